@@ -1,0 +1,40 @@
+# The whole set-up is `make run` or `make test`: each creates .venv and installs what is missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench install lock clean
+
+install: $(STAMP)
+
+# torch goes first and exactly: a looser request would pull the CUDA build and gigabytes with it.
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) is required (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/arbiter up
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check libs services tests benchmarks
+	$(BIN)/mypy libs services
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
+# Re-pin after adding a dependency: every installed package at its current version (torch stays exact).
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(arbiter|torch)[=@ ]' | sort -f > requirements.lock
+	echo "torch==2.13.0" >> requirements.lock
+
+clean:
+	rm -rf $(VENV) .arbiter .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,41 @@
+"""Kernel tables that every service database carries: its outbox and the ids of events it has processed.
+
+These models have no router entry: code always names the service's alias (`.using(alias)`).
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+
+class OutboxEvent(models.Model):
+    """An event written in the same transaction as the state change it announces; the relay sends it."""
+
+    id = models.BigAutoField(primary_key=True)
+    event_id = models.CharField(max_length=64, unique=True)
+    type = models.CharField(max_length=100)
+    topic = models.CharField(max_length=200)
+    key = models.CharField(max_length=64)
+    payload = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.IntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "events_outbox"
+        indexes = [models.Index(fields=["sent_at", "id"], name="events_outbox_unsent")]
+
+
+class ProcessedEvent(models.Model):
+    """Written in the handler's transaction: a redelivered event is recognised and skipped."""
+
+    consumer = models.CharField(max_length=100)
+    event_id = models.CharField(max_length=64)
+    type = models.CharField(max_length=100)
+    processed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "events_processed"
+        constraints = [models.UniqueConstraint(fields=["consumer", "event_id"], name="events_processed_once")]

@@ -1,0 +1,60 @@
+"""`publish()`: write an event into the producing service's outbox, inside the caller's transaction."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from arbiter.config.services import db_alias
+from arbiter.events.envelope import Event
+from arbiter.events.models import OutboxEvent
+from arbiter.events.registry import EventSchemaError, get_event_type
+
+logger = logging.getLogger(__name__)
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+def current_traceparent() -> str | None:
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def publish(*, type: str, org_id: int, subject: str, data: dict[str, Any]) -> Event:
+    """Record an event for the relay to send once the surrounding transaction commits.
+
+    Must run inside `transaction.atomic(using=<producer's alias>)`: a rolled-back transaction publishes nothing.
+    """
+    event_type = get_event_type(type)
+    if not org_id:
+        raise PublishError(f"{type}: every event needs the org it belongs to (org_id)")
+    try:
+        event_type.validate(data)
+    except EventSchemaError:
+        if settings.ARBITER_ENV == "production":
+            logger.error("publishing an event that fails its schema", extra={"event_type": type}, exc_info=True)
+        else:
+            raise
+    alias = db_alias(event_type.producer)
+    if not transaction.get_connection(alias).in_atomic_block:
+        raise PublishError(
+            f"publish({type!r}) must run inside transaction.atomic(using={alias!r}) so the event commits "
+            "with the change it announces"
+        )
+    event = Event(
+        type=type, source=f"/arbiter/{event_type.producer}", subject=subject, org_id=int(org_id), data=data,
+        traceparent=current_traceparent(),
+    )
+    OutboxEvent.objects.using(alias).create(
+        event_id=event.id, type=type, topic=event_type.topic, key=str(org_id), payload=event.to_dict()
+    )
+    return event

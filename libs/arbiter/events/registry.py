@@ -1,0 +1,98 @@
+"""The one registry of event types: topic, versioned JSON Schema (with an example), producer and consumers.
+
+Schemas live in `schemas/<type>.v<version>.json`; each carries at least one example under `examples`.
+Topics are per domain and keyed by org id, so one tenant's events stay in order.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+
+
+class UnknownEventType(LookupError):
+    pass
+
+
+class EventSchemaError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class EventType:
+    type: str
+    topic: str
+    producer: str
+    consumers: tuple[str, ...]
+    description: str
+    version: int = 1
+
+    @property
+    def schema_path(self) -> Path:
+        return SCHEMA_DIR / f"{self.type}.v{self.version}.json"
+
+    @functools.cached_property
+    def schema(self) -> dict[str, Any]:
+        return json.loads(self.schema_path.read_text())
+
+    @property
+    def example(self) -> dict[str, Any]:
+        return dict(self.schema["examples"][0])
+
+    def validate(self, data: dict[str, Any]) -> None:
+        validator = jsonschema.Draft202012Validator(self.schema, format_checker=jsonschema.FormatChecker())
+        errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+        if errors:
+            first = errors[0]
+            where = "/".join(str(p) for p in first.absolute_path) or "(root)"
+            raise EventSchemaError(f"{self.type} data does not match its schema v{self.version} at {where}: {first.message}")
+
+
+DATASET = "arbiter.dataset"
+TRAINING = "arbiter.training"
+INFERENCE = "arbiter.inference"
+ANNOTATION = "arbiter.annotation"
+USAGE = "arbiter.usage"
+
+EVENT_TYPES: dict[str, EventType] = {
+    et.type: et
+    for et in [
+        EventType("snapshot.created", DATASET, "dataset", ("training",),
+                  "A dataset snapshot was frozen and validated; carries its manifest."),
+        EventType("training.requested", TRAINING, "training", ("training",),
+                  "A model version's training run was created and should be launched."),
+        EventType("training.progress", TRAINING, "training", (), "A training run finished an epoch."),
+        EventType("training.completed", TRAINING, "training", (), "A training run succeeded; the version has metrics."),
+        EventType("training.failed", TRAINING, "training", (), "A training run failed or was cancelled."),
+        EventType("deployment.requested", INFERENCE, "inference", ("inference",),
+                  "A deployment was created and should be loaded."),
+        EventType("deployment.live", INFERENCE, "inference", (), "A deployment is loaded and serving."),
+        EventType("deployment.stopped", INFERENCE, "inference", (), "A deployment was stopped."),
+        EventType("annotation.completed", ANNOTATION, "annotation", (), "An auto-labeling job finished."),
+        EventType("usage.recorded", USAGE, "inference", (), "Billable usage: units of a meter for an org."),
+    ]
+}
+
+TOPICS: tuple[str, ...] = tuple(sorted({et.topic for et in EVENT_TYPES.values()}))
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+def get_event_type(type_name: str) -> EventType:
+    try:
+        return EVENT_TYPES[type_name]
+    except KeyError:
+        raise UnknownEventType(f"unknown event type {type_name!r}; register it in arbiter.events.registry") from None
+
+
+def consumed_types(service: str) -> tuple[EventType, ...]:
+    return tuple(et for et in EVENT_TYPES.values() if service in et.consumers)

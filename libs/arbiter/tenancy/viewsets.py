@@ -1,0 +1,65 @@
+"""The one base viewset for org-scoped resources.
+
+It takes the org from the URL (`<org>` = slug), checks the caller holds the scope the method needs, sets
+the org scope for the request (so `OrgScopedModel.objects` only sees this org), and answers 404 for
+"missing" and "not yours" alike. Subclasses implement `safely_get_queryset`; anything unscoped is spelled
+`dangerously_...`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import models
+from rest_framework import exceptions, viewsets
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from arbiter.tenancy.access import OrgAccess, resolve_org_access
+from arbiter.tenancy.scopes import holds
+from arbiter.tenancy.scoping import reset_org_scope, set_org_scope
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+class OrgScopedViewSet(viewsets.GenericViewSet):
+    # The scope a method needs; None means any member or key of the org may do it.
+    read_scope: str | None = "datasets:read"
+    write_scope: str | None = "datasets:write"
+    # Per-action overrides, e.g. {"classify": "inference"}.
+    action_scopes: dict[str, str | None] = {}
+
+    access: OrgAccess
+
+    def required_scope(self, request: Request) -> str | None:
+        action = getattr(self, "action", None)
+        if action and action in self.action_scopes:
+            return self.action_scopes[action]
+        return self.read_scope if request.method in SAFE_METHODS else self.write_scope
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        self.access = resolve_org_access(request, kwargs["org"])
+        self._scope_token = set_org_scope(self.access.org_id)
+        required = self.required_scope(request)
+        if required is not None and not holds(self.access.scopes, required):
+            raise exceptions.PermissionDenied(f"This needs the '{required}' scope, which the caller does not hold.")
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        token = getattr(self, "_scope_token", None)
+        if token is not None:
+            reset_org_scope(token)
+            self._scope_token = None
+        return super().finalize_response(request, response, *args, **kwargs)
+
+    @property
+    def org_id(self) -> int:
+        return self.access.org_id
+
+    def get_queryset(self) -> models.QuerySet[Any]:
+        return self.safely_get_queryset()
+
+    def safely_get_queryset(self) -> models.QuerySet[Any]:
+        """Return this resource's queryset; `OrgScopedModel.objects` is already limited to the URL's org."""
+        raise ImproperlyConfigured(f"{type(self).__name__} must implement safely_get_queryset()")

@@ -1,0 +1,51 @@
+"""Pytest plugin loaded for the whole suite (`-p arbiter.testing.plugin` in pyproject).
+
+It points Django at the machine's PostgreSQL before settings load, gives each run a private ARBITER_HOME,
+and provides the `tenant` / `victim` fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/arbiter")
+os.environ.setdefault("ARBITER_ENV", "test")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "ARBITER_HOME" not in os.environ:
+    os.environ["ARBITER_HOME"] = tempfile.mkdtemp(prefix="arbiter-test-")
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def tenant(db: None) -> object:
+    from arbiter.testing.tenants import make_tenant
+
+    return make_tenant()
+
+
+@pytest.fixture
+def victim(db: None) -> object:
+    """A second org whose data the `tenant` must never see."""
+    from arbiter.testing.tenants import make_tenant
+
+    return make_tenant()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("the public datasets in ../shared/data are not present beside this checkout")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def arbiter_home() -> Iterator[Path]:
+    yield Path(os.environ["ARBITER_HOME"])

@@ -1,0 +1,1 @@
+"""The annotation service: Label schemas with descriptions, LLM auto-labeling, the review queue."""

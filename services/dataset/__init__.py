@@ -1,0 +1,1 @@
+"""The dataset service: Uploads with column mapping, rows, immutable validated snapshots."""

@@ -1,0 +1,1 @@
+"""The training service: Models, versions, runs, the training operator and the trainer entrypoint."""

@@ -1,0 +1,1 @@
+"""Event handlers this service consumes, declared with `@handles("<type>")`."""

@@ -1,0 +1,1 @@
+"""Tables owned by this service (in its own database)."""

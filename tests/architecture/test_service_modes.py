@@ -1,0 +1,76 @@
+"""A process started with ARBITER_SERVICES=dataset answers dataset URLs and 404s the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from arbiter.config.services import ServiceConfigError, parse_services
+
+
+def test_parse_services() -> None:
+    assert parse_services("all")[0] == "gateway"
+    assert parse_services(" inference , training") == ("training", "inference")
+    with pytest.raises(ServiceConfigError, match="unknown services"):
+        parse_services("dataset,search")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str, key: str | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+@pytest.mark.slow
+def test_dataset_only_process_serves_dataset_urls_and_404s_the_rest(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "ARBITER_DB_NAME"))}
+    env.update(ARBITER_HOME=str(tmp_path), ARBITER_SERVICES="all")  # SQLite files under a private home
+    arbiter = [sys.executable, "-m", "arbiter.cli"]
+    subprocess.run([*arbiter, "migrate"], env=env, check=True, capture_output=True)
+    boot = json.loads(subprocess.run([*arbiter, "bootstrap", "--org", "modes", "--email", "m@example.com"],
+                                     env=env, check=True, capture_output=True, text=True).stdout)
+    port = _free_port()
+    env["ARBITER_SERVICES"] = "dataset"
+    server = subprocess.Popen([*arbiter, "serve", "--services", "dataset", "--bind", f"127.0.0.1:{port}"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                status, health = _get(f"{base}/healthz")
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("the dataset-only server did not start")
+        assert status == 200 and health["services"] == ["dataset"]
+        key = boot["api_key"]
+        status, body = _get(f"{base}/api/v1/orgs/modes/datasets", key)
+        assert status == 200, body
+        for other in ["/api/v1/me", "/api/v1/orgs/modes/members", "/api/v1/orgs/modes/models",
+                      "/api/v1/orgs/modes/deployments", "/console/"]:
+            status, body = _get(base + other, key)
+            assert status == 404, (other, status, body)
+        status, ready = _get(f"{base}/readyz")
+        assert status == 200 and set(ready["checks"]) >= {"database:dataset", "database:default"}
+    finally:
+        server.terminate()
+        server.wait(timeout=15)

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from arbiter.tenancy.models import ApiKey, Membership, Org
+from arbiter.testing.tenants import Tenant, assert_not_found
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+
+def test_sign_up_sign_out_sign_in() -> None:
+    browser = Client(enforce_csrf_checks=False)
+    page = browser.post("/signup", {"email": "Ana@Example.com", "password": "correct horse battery", "org_name": "Ana's T&S"})
+    assert page.status_code == 302
+    org = Org.objects.get(name="Ana's T&S")
+    assert page["Location"] == f"/console/{org.slug}/"
+    home = browser.get(page["Location"])
+    assert b"Ana&#x27;s T&amp;S" in home.content  # user text is escaped
+    assert browser.post("/signout").status_code == 302
+    assert browser.get(f"/console/{org.slug}/").status_code == 302  # back to sign-in
+    wrong = browser.post("/signin", {"email": "ana@example.com", "password": "nope"})
+    assert wrong.status_code == 400 and b"do not match" in wrong.content
+    ok = browser.post("/signin", {"email": "ana@example.com", "password": "correct horse battery"})
+    assert ok.status_code == 302
+
+
+def test_sign_up_with_a_taken_email_says_so_and_creates_nothing(tenant: Tenant) -> None:
+    email = tenant.owner.email
+    orgs_before, users_before = Org.objects.count(), get_user_model().objects.count()
+    page = Client().post("/signup", {"email": email.upper(), "password": "correct horse battery", "org_name": "Dup"})
+    assert page.status_code == 400
+    assert b"already exists" in page.content
+    assert (Org.objects.count(), get_user_model().objects.count()) == (orgs_before, users_before)
+    weak = Client().post("/signup", {"email": "weak@example.com", "password": "short", "org_name": "Weak"})
+    assert weak.status_code == 400 and not get_user_model().objects.filter(email="weak@example.com").exists()
+
+
+def test_console_api_keys_show_the_secret_once_and_revoke(tenant: Tenant) -> None:
+    browser = Client()
+    browser.force_login(tenant.owner)
+    page = browser.post(f"/console/{tenant.slug}/api-keys", {"name": "prod", "scopes": ["inference"]})
+    assert page.status_code == 200
+    secret = re.search(rb'id="new-key-secret">(arb_[^<]+)<', page.content).group(1).decode()
+    assert ApiKey.objects.get(name="prod").last_four == secret[-4:]
+    again = browser.get(f"/console/{tenant.slug}/api-keys")
+    assert secret.encode() not in again.content and b"prod" in again.content
+    key = ApiKey.objects.get(name="prod")
+    assert browser.post(f"/console/{tenant.slug}/api-keys/{key.pk}/revoke").status_code == 302
+    assert ApiKey.objects.get(pk=key.pk).revoked_at is not None
+
+
+@pytest.mark.cross_tenant("console-org", "console-api-keys", "console-api-key-revoke", "console-members")
+def test_console_pages_of_another_org_are_404(tenant: Tenant, victim: Tenant) -> None:
+    victim.key(["admin"])
+    victim_key = ApiKey.objects.get(org=victim.org)
+    browser = Client()
+    browser.force_login(tenant.owner)
+    for path in ["/", "/api-keys", "/members"]:
+        assert_not_found(browser.get(f"/console/{victim.slug}{path}"))
+    assert_not_found(browser.post(f"/console/{victim.slug}/api-keys/{victim_key.pk}/revoke"))
+    assert_not_found(browser.post(f"/console/{tenant.slug}/api-keys/{victim_key.pk}/revoke"))
+    assert_not_found(browser.post(f"/console/{victim.slug}/members", {"action": "add", "email": tenant.owner.email}))
+    assert ApiKey.objects.get(pk=victim_key.pk).revoked_at is None
+    assert not Membership.objects.filter(org=victim.org, user=tenant.owner).exists()
+
+
+def test_viewer_cannot_manage_keys(tenant: Tenant) -> None:
+    viewer, _ = tenant.add_member("viewer")
+    browser = Client()
+    browser.force_login(viewer)
+    assert browser.get(f"/console/{tenant.slug}/api-keys").status_code == 403
+    assert browser.get(f"/console/{tenant.slug}/members").status_code == 200
