@@ -1,1 +1,126 @@
-"""Tables owned by this service (in its own database)."""
+"""Tables owned by the training service: models, their versions and runs, and a read model of snapshots.
+
+A version is trained by exactly one run. The run carries the operator's view (state, conditions, the job that
+runs its trainer); the version carries what the run produced (evaluation, thresholds, artifact).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+
+from arbiter.tenancy.scoping import OrgScopedModel
+
+
+class Snapshot(OrgScopedModel):
+    """What the training service knows of a dataset snapshot: its manifest, from `snapshot.created`."""
+
+    snapshot_id = models.BigIntegerField()
+    dataset_id = models.BigIntegerField()
+    name = models.CharField(max_length=200, blank=True, default="")
+    type = models.CharField(max_length=40)
+    input_column = models.CharField(max_length=200)
+    heads = models.JSONField()
+    rows = models.IntegerField()
+    sha256 = models.CharField(max_length=64)
+    blob = models.CharField(max_length=500)
+    report = models.JSONField(default=dict)
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["org_id", "snapshot_id"], name="training_snapshot_once")]
+
+    @property
+    def invalid_percent(self) -> float:
+        return float(self.report.get("invalid_percent") or 0.0)
+
+
+class Model(OrgScopedModel):
+    TYPES = [("text_classification", "text classification")]
+
+    name = models.CharField(max_length=200)
+    type = models.CharField(max_length=40, choices=TYPES, default="text_classification")
+    base_model = models.CharField(max_length=300)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["org_id", "name"], name="training_model_name_unique")]
+        ordering = ["-created_at", "-id"]
+
+
+class ModelVersion(OrgScopedModel):
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    # The version this one was trained from (of this model, or of another model for a new model).
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    base_model = models.CharField(max_length=300)
+    # Every head of the version: {"name", "labels", "multi_label", "origin": "trained" | "added" | "kept"}.
+    heads = models.JSONField(default=list)
+    snapshot_ids = models.JSONField(default=list)
+    # {"snapshot": <id>} or {"split_percent": <float>}
+    test = models.JSONField(default=dict)
+    options = models.JSONField(default=dict)
+    # The full evaluation from the ML core: per head and class metrics, curves, confusion matrices.
+    evaluation = models.JSONField(null=True, blank=True)
+    thresholds = models.JSONField(default=dict)
+    artifact_key = models.CharField(max_length=500, blank=True, default="")
+    # A retried create with the same Idempotency-Key header returns this version instead of a new one.
+    idempotency_key = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model", "number"], name="training_version_number_unique"),
+            models.UniqueConstraint(
+                fields=["org_id", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="training_version_idempotency_key_unique",
+            ),
+        ]
+        ordering = ["number"]
+
+
+class RunState(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
+
+
+class TrainingRun(OrgScopedModel):
+    version = models.OneToOneField(ModelVersion, on_delete=models.CASCADE, related_name="run")
+    state = models.CharField(max_length=20, choices=RunState.choices, default=RunState.QUEUED)
+    # [{"type", "status", "reason", "message", "time"}], one per type.
+    conditions = models.JSONField(default=list)
+    # Set when `training.requested` was consumed and the run passed validation: the operator may launch it.
+    admitted_at = models.DateTimeField(null=True, blank=True)
+    executor = models.CharField(max_length=20, blank=True, default="")
+    # The executor's handle on the trainer: the Kubernetes Job name, or the local process id.
+    job = models.CharField(max_length=200, blank=True, default="")
+    # The operator still answers for a trainer of this run that may be alive.
+    job_active = models.BooleanField(default=False)
+    attempt = models.PositiveIntegerField(default=0)
+    # One entry per finished epoch: {"epoch", "train_loss", "valid_loss", "selection_metric", ...}.
+    epochs = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["state", "admitted_at"], name="training_run_queue"),
+            models.Index(fields=["job_active"], name="training_run_job_active"),
+        ]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def condition(self, type: str) -> dict[str, Any] | None:
+        return next((c for c in self.conditions if c["type"] == type), None)

@@ -1,24 +1,56 @@
-"""Template context for console pages: the signed-in user's orgs and the org in the URL, if any."""
+"""Template context for console pages: the signed-in user's orgs, the org in the URL, and the navigation."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.http import HttpRequest
+from django.urls import NoReverseMatch, reverse
 
 from arbiter.tenancy.selectors import orgs_for_user
 
-# Console sections contributed by services; only the enabled ones show in the navigation.
-NAV_SECTIONS: tuple[tuple[str, str, str], ...] = (
-    ("dataset", "Datasets", "datasets"),
-    ("annotation", "Labeling", "labeling"),
-    ("training", "Models", "models"),
-    ("inference", "Deployments", "deployments"),
-    ("billing", "Usage", "usage"),
-    ("gateway", "API keys", "api-keys"),
-    ("gateway", "Members", "members"),
+
+@dataclass(frozen=True)
+class NavSection:
+    label: str
+    url_name: str
+    icon: str
+
+
+# Sections in the order of the journey. A section shows only when its page is routed in this process, so a
+# service that is disabled (or has no console pages yet) never leaves a dead link in the navigation.
+NAV_SECTIONS: tuple[NavSection, ...] = (
+    NavSection("Overview", "console-org", "home"),
+    NavSection("Datasets", "console-datasets", "datasets"),
+    NavSection("Labeling", "console-labeling", "labeling"),
+    NavSection("Models", "console-models", "models"),
+    NavSection("Deployments", "console-deployments", "deployments"),
+    NavSection("Usage", "console-usage", "usage"),
+    NavSection("API keys", "console-api-keys", "keys"),
+    NavSection("Members", "console-members", "members"),
 )
+
+
+@dataclass(frozen=True)
+class NavLink:
+    label: str
+    url: str
+    icon: str
+    active: bool
+
+
+def nav_links(*, org_slug: str, path: str) -> list[NavLink]:
+    links = []
+    for section in NAV_SECTIONS:
+        try:
+            url = reverse(section.url_name, kwargs={"org": org_slug})
+        except NoReverseMatch:
+            continue
+        home = section.url_name == "console-org"
+        active = path == url if home else path.startswith(url)
+        links.append(NavLink(section.label, url, section.icon, active))
+    return links
 
 
 def console(request: HttpRequest) -> dict[str, Any]:
@@ -33,5 +65,5 @@ def console(request: HttpRequest) -> dict[str, Any]:
         "console_memberships": memberships,
         "console_org": current.org if current else None,
         "console_role": current.role if current else None,
-        "console_nav": [(label, path) for service, label, path in NAV_SECTIONS if service in settings.ARBITER_SERVICES],
+        "console_nav": nav_links(org_slug=current.org.slug, path=request.path) if current else [],
     }

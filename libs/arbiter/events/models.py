@@ -27,6 +27,9 @@ class OutboxEvent(models.Model):
         db_table = "events_outbox"
         indexes = [models.Index(fields=["sent_at", "id"], name="events_outbox_unsent")]
 
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id} ({'sent' if self.sent_at else 'unsent'})"
+
 
 class ProcessedEvent(models.Model):
     """Written in the handler's transaction: a redelivered event is recognised and skipped."""
@@ -39,3 +42,6 @@ class ProcessedEvent(models.Model):
     class Meta:
         db_table = "events_processed"
         constraints = [models.UniqueConstraint(fields=["consumer", "event_id"], name="events_processed_once")]
+
+    def __str__(self) -> str:
+        return f"{self.consumer} processed {self.type} {self.event_id}"

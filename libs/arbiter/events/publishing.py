@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from opentelemetry import trace
 
 from arbiter.config.services import db_alias
 from arbiter.events.envelope import Event
@@ -15,24 +17,30 @@ from arbiter.events.registry import EventSchemaError, get_event_type
 
 logger = logging.getLogger(__name__)
 
+# Kafka's default message limit is 1 MiB; an event is a notification, not a payload carrier (blobs go to
+# the blob store and events carry their keys), so refuse it here rather than wedge the relay later.
+MAX_EVENT_BYTES = 512 * 1024
+
 
 class PublishError(RuntimeError):
     pass
 
 
-def current_traceparent() -> str | None:
-    from opentelemetry import trace
-
+def current_traceparent() -> str:
+    """The W3C trace context of the active span; a fresh, unsampled one when there is none, so the event
+    and everything it causes still share one trace id in the logs."""
     context = trace.get_current_span().get_span_context()
-    if not context.is_valid:
-        return None
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+    if context.is_valid:
+        return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
 
 
 def publish(*, type: str, org_id: int, subject: str, data: dict[str, Any]) -> Event:
     """Record an event for the relay to send once the surrounding transaction commits.
 
-    Must run inside `transaction.atomic(using=<producer's alias>)`: a rolled-back transaction publishes nothing.
+    Must run inside `transaction.atomic(using=<producer's alias>)`: a rolled-back transaction publishes
+    nothing. Raises `UnknownEventType`, `EventSchemaError` (outside production, where it is logged and the
+    consumers dead-letter it) or `PublishError`.
     """
     event_type = get_event_type(type)
     if not org_id:
@@ -40,10 +48,9 @@ def publish(*, type: str, org_id: int, subject: str, data: dict[str, Any]) -> Ev
     try:
         event_type.validate(data)
     except EventSchemaError:
-        if settings.ARBITER_ENV == "production":
-            logger.error("publishing an event that fails its schema", extra={"event_type": type}, exc_info=True)
-        else:
+        if settings.ARBITER_ENV != "production":
             raise
+        logger.error("publishing an event that fails its schema", extra={"event_type": type}, exc_info=True)
     alias = db_alias(event_type.producer)
     if not transaction.get_connection(alias).in_atomic_block:
         raise PublishError(
@@ -51,10 +58,18 @@ def publish(*, type: str, org_id: int, subject: str, data: dict[str, Any]) -> Ev
             "with the change it announces"
         )
     event = Event(
-        type=type, source=f"/arbiter/{event_type.producer}", subject=subject, org_id=int(org_id), data=data,
+        type=type,
+        source=f"/arbiter/{event_type.producer}",
+        subject=subject,
+        org_id=int(org_id),
+        data=data,
         traceparent=current_traceparent(),
+        dataschema=event_type.schema.get("$id"),
     )
+    encoded = event.to_json()
+    if len(encoded) > MAX_EVENT_BYTES:
+        raise PublishError(f"{type}: the event is {len(encoded)} bytes; the limit is {MAX_EVENT_BYTES}")
     OutboxEvent.objects.using(alias).create(
-        event_id=event.id, type=type, topic=event_type.topic, key=str(org_id), payload=event.to_dict()
+        event_id=event.id, type=type, topic=event_type.topic, key=str(event.org_id), payload=event.to_dict()
     )
     return event

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import jsonschema.protocols
+import jsonschema.validators
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -33,26 +35,41 @@ class EventType:
     consumers: tuple[str, ...]
     description: str
     version: int = 1
+    # Tests register their own types with schemas written elsewhere; the real ones live in SCHEMA_DIR.
+    schema_dir: Path = field(default=SCHEMA_DIR, compare=False, repr=False)
 
     @property
     def schema_path(self) -> Path:
-        return SCHEMA_DIR / f"{self.type}.v{self.version}.json"
+        return self.schema_dir / f"{self.type}.v{self.version}.json"
 
     @functools.cached_property
     def schema(self) -> dict[str, Any]:
-        return json.loads(self.schema_path.read_text())
+        return dict(json.loads(self.schema_path.read_text()))
+
+    @functools.cached_property
+    def _validator(self) -> jsonschema.protocols.Validator:
+        validator_class = jsonschema.validators.validator_for(
+            self.schema, default=jsonschema.Draft202012Validator
+        )
+        validator_class.check_schema(self.schema)
+        return validator_class(self.schema, format_checker=jsonschema.FormatChecker())
 
     @property
     def example(self) -> dict[str, Any]:
         return dict(self.schema["examples"][0])
 
+    @property
+    def dead_letter_topic(self) -> str:
+        return dead_letter_topic(self.topic)
+
     def validate(self, data: dict[str, Any]) -> None:
-        validator = jsonschema.Draft202012Validator(self.schema, format_checker=jsonschema.FormatChecker())
-        errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+        errors = sorted(self._validator.iter_errors(data), key=lambda e: list(e.absolute_path))
         if errors:
             first = errors[0]
             where = "/".join(str(p) for p in first.absolute_path) or "(root)"
-            raise EventSchemaError(f"{self.type} data does not match its schema v{self.version} at {where}: {first.message}")
+            raise EventSchemaError(
+                f"{self.type} data does not match its schema v{self.version} at {where}: {first.message}"
+            )
 
 
 DATASET = "arbiter.dataset"
@@ -64,15 +81,36 @@ USAGE = "arbiter.usage"
 EVENT_TYPES: dict[str, EventType] = {
     et.type: et
     for et in [
-        EventType("snapshot.created", DATASET, "dataset", ("training",),
-                  "A dataset snapshot was frozen and validated; carries its manifest."),
-        EventType("training.requested", TRAINING, "training", ("training",),
-                  "A model version's training run was created and should be launched."),
+        EventType(
+            "snapshot.created",
+            DATASET,
+            "dataset",
+            ("training",),
+            "A dataset snapshot was frozen and validated; carries its manifest.",
+        ),
+        EventType(
+            "training.requested",
+            TRAINING,
+            "training",
+            ("training",),
+            "A model version's training run was created and should be launched.",
+        ),
         EventType("training.progress", TRAINING, "training", (), "A training run finished an epoch."),
-        EventType("training.completed", TRAINING, "training", (), "A training run succeeded; the version has metrics."),
+        EventType(
+            "training.completed",
+            TRAINING,
+            "training",
+            (),
+            "A training run succeeded; the version has metrics.",
+        ),
         EventType("training.failed", TRAINING, "training", (), "A training run failed or was cancelled."),
-        EventType("deployment.requested", INFERENCE, "inference", ("inference",),
-                  "A deployment was created and should be loaded."),
+        EventType(
+            "deployment.requested",
+            INFERENCE,
+            "inference",
+            ("inference",),
+            "A deployment was created and should be loaded.",
+        ),
         EventType("deployment.live", INFERENCE, "inference", (), "A deployment is loaded and serving."),
         EventType("deployment.stopped", INFERENCE, "inference", (), "A deployment was stopped."),
         EventType("annotation.completed", ANNOTATION, "annotation", (), "An auto-labeling job finished."),
@@ -80,18 +118,24 @@ EVENT_TYPES: dict[str, EventType] = {
     ]
 }
 
-TOPICS: tuple[str, ...] = tuple(sorted({et.topic for et in EVENT_TYPES.values()}))
-
 
 def dead_letter_topic(topic: str) -> str:
     return f"{topic}.dlq"
+
+
+def broker_topics() -> tuple[str, ...]:
+    """Every topic the broker must have: each domain topic and its dead-letter topic."""
+    topics = {et.topic for et in EVENT_TYPES.values()}
+    return tuple(sorted(topics | {dead_letter_topic(topic) for topic in topics}))
 
 
 def get_event_type(type_name: str) -> EventType:
     try:
         return EVENT_TYPES[type_name]
     except KeyError:
-        raise UnknownEventType(f"unknown event type {type_name!r}; register it in arbiter.events.registry") from None
+        raise UnknownEventType(
+            f"unknown event type {type_name!r}; register it in arbiter.events.registry"
+        ) from None
 
 
 def consumed_types(service: str) -> tuple[EventType, ...]:
