@@ -143,3 +143,20 @@ def test_person_creates_org_and_lists_orgs(tenant: Tenant) -> None:
     assert tenant.client(["admin"]).post("/api/v1/orgs", {"name": "x"}, format="json").status_code == 403
     taken = session.post("/api/v1/orgs", {"name": "x", "slug": tenant.slug}, format="json")
     assert taken.status_code == 409
+
+
+def test_idempotency_key_returns_the_first_result_and_creates_once(tenant: Tenant) -> None:
+    admin = tenant.client(["admin"])
+    body = {"name": "retry-me", "scopes": ["inference"]}
+    first = admin.post(tenant.url("/api-keys"), body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    again = admin.post(tenant.url("/api-keys"), body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"]
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.json()["secret"] is None  # a secret is shown once, never replayed from storage
+    assert ApiKey.objects.filter(org=tenant.org, name="retry-me").count() == 1
+    different = admin.post(tenant.url("/api-keys"), {**body, "name": "other"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert different.status_code == 422
+    assert different.json()["error"]["code"] == "idempotency_key_reused"
+    fresh = admin.post(tenant.url("/api-keys"), body, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+    assert fresh.status_code == 201 and fresh.json()["id"] != first.json()["id"]

@@ -57,6 +57,10 @@ def _validation_message(detail: Any, prefix: str = "") -> str:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    from arbiter.api.idempotency import IdempotentReplay, replay_response
+
+    if isinstance(exc, IdempotentReplay):
+        return replay_response(exc.record)
     if isinstance(exc, ApiError):
         return Response(error_body(exc.error_code, exc.message, exc.details), status=exc.status_code)
     if isinstance(exc, Http404):

@@ -15,8 +15,8 @@ ALL_SERVICES: tuple[str, ...] = ("gateway", "dataset", "annotation", "training",
 # other service reads them to authenticate, and never writes them.
 IDENTITY_APP_LABELS: frozenset[str] = frozenset({"auth", "contenttypes", "sessions", "tenancy"})
 
-# Kernel tables every service database carries (its own outbox and processed-event ids).
-PER_SERVICE_APP_LABELS: frozenset[str] = frozenset({"events"})
+# Kernel tables every service database carries (its outbox, processed-event ids, idempotency records).
+PER_SERVICE_APP_LABELS: frozenset[str] = frozenset({"events", "api"})
 
 
 class ServiceConfigError(ValueError):

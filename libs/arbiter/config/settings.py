@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_htmx",
     "arbiter.config",
+    "arbiter.api",
     "arbiter.tenancy",
     "arbiter.events",
     "arbiter.console",

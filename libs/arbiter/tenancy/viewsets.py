@@ -16,6 +16,8 @@ from rest_framework import exceptions, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from arbiter.api.idempotency import idempotency_begin, idempotency_finish
+from arbiter.config.services import db_alias
 from arbiter.tenancy.access import OrgAccess, resolve_org_access
 from arbiter.tenancy.scopes import holds
 from arbiter.tenancy.scoping import reset_org_scope, set_org_scope
@@ -29,6 +31,9 @@ class OrgScopedViewSet(viewsets.GenericViewSet):
     write_scope: str | None = "datasets:write"
     # Per-action overrides, e.g. {"classify": "inference"}.
     action_scopes: dict[str, str | None] = {}
+
+    # Response fields never stored for Idempotency-Key replays (secrets that are shown once).
+    idempotency_redact: tuple[str, ...] = ()
 
     access: OrgAccess
 
@@ -45,8 +50,22 @@ class OrgScopedViewSet(viewsets.GenericViewSet):
         required = self.required_scope(request)
         if required is not None and not holds(self.access.scopes, required):
             raise exceptions.PermissionDenied(f"This needs the '{required}' scope, which the caller does not hold.")
+        self._idempotency = idempotency_begin(
+            request=request, alias=self.service_alias, org_id=self.access.org_id, actor=self.access.actor
+        )
+
+    @property
+    def service_alias(self) -> str:
+        """The database of the service this view belongs to (where its idempotency records live)."""
+        parts = type(self).__module__.split(".")
+        return db_alias(parts[1]) if parts[0] == "services" else "default"
 
     def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        record = getattr(self, "_idempotency", None)
+        if record is not None:
+            idempotency_finish(record=record, alias=self.service_alias, response=response,
+                               redact=self.idempotency_redact)
+            self._idempotency = None
         token = getattr(self, "_scope_token", None)
         if token is not None:
             reset_org_scope(token)

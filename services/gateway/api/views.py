@@ -112,6 +112,7 @@ class MemberViewSet(OrgScopedViewSet, mixins.ListModelMixin):
 class ApiKeyViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
     read_scope = "admin"
     write_scope = "admin"
+    idempotency_redact = ("secret",)
     serializer_class = s.ApiKeySerializer
     pagination_class = None
 
