@@ -29,6 +29,9 @@ else:
 ALLOWED_HOSTS = env.env_list("ARBITER_ALLOWED_HOSTS", ["*"] if ARBITER_ENV != "production" else [])
 CSRF_TRUSTED_ORIGINS = env.env_list("ARBITER_CSRF_TRUSTED_ORIGINS", [])
 ARBITER_PUBLIC_URL = env.env_str("ARBITER_PUBLIC_URL", "http://127.0.0.1:8000")
+# Behind a TLS-terminating ingress, trust its X-Forwarded-Proto header (opt in: only when a proxy sets it).
+if env.env_bool("ARBITER_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # --- apps: identity and kernel apps everywhere, service apps only where enabled -----------------------------
 INSTALLED_APPS = [
