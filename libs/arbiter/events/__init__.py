@@ -6,6 +6,12 @@ Consuming: in `services/<svc>/events.py`,
     @handles("training.requested")
     def on_training_requested(event: Event) -> None: ...
 Types, topics, schemas, producers and consumers are listed once, in `arbiter.events.registry`.
+
+Modules: `envelope` (the CloudEvent), `registry` and `schemas/`, `publishing` (`publish`), `handlers`
+(`@handles`), `models` (outbox, processed ids), `relay` (outbox -> Kafka), `consumer` (Kafka -> handlers,
+retries, dead letters), `clients` (kafka-python settings), `broker` (the embedded tansu broker), `tools`
+(`arbiter events`), `conf` (environment), `testing` (pytest fixtures). Commands: `arbiter relay`,
+`arbiter consume`, `arbiter events tail|dlq|outbox|topics|broker`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import time
 from django.apps import AppConfig
 
 
-class _BrokerReadiness:
+class BrokerReadinessCheck:
     """`/readyz`'s broker check, cached briefly so that frequent probes do not each open a connection."""
 
     ttl_s = 5.0
@@ -43,4 +43,4 @@ class EventsConfig(AppConfig):
         # Web processes only write to the outbox; the broker is their dependency only where one is configured
         # (under `arbiter up` and in deployments), where an unreachable broker means events are not flowing.
         if settings.KAFKA_BOOTSTRAP_SERVERS or os.environ.get(BOOTSTRAP_ENV):
-            register_readiness_check("broker", _BrokerReadiness())
+            register_readiness_check("broker", BrokerReadinessCheck())

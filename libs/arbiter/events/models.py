@@ -5,6 +5,9 @@ These models have no router entry: code always names the service's alias (`.usin
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.db import models
 from django.utils import timezone
 
@@ -17,7 +20,8 @@ class OutboxEvent(models.Model):
     type = models.CharField(max_length=100)
     topic = models.CharField(max_length=200)
     key = models.CharField(max_length=64)
-    payload = models.JSONField()
+    # The CloudEvent exactly as it goes to Kafka (structured-mode JSON): the relay sends it as it is.
+    payload = models.TextField()
     created_at = models.DateTimeField(default=timezone.now)
     sent_at = models.DateTimeField(null=True, blank=True)
     attempts = models.IntegerField(default=0)
@@ -25,10 +29,20 @@ class OutboxEvent(models.Model):
 
     class Meta:
         db_table = "events_outbox"
-        indexes = [models.Index(fields=["sent_at", "id"], name="events_outbox_unsent")]
+        # The relay reads unsent rows in id order; a partial index holds only those, so it stays small however
+        # many sent rows are kept, and marking a row sent removes it from the relay's path.
+        indexes = [
+            models.Index(
+                fields=["id"], condition=models.Q(sent_at__isnull=True), name="events_outbox_unsent_id"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id} ({'sent' if self.sent_at else 'unsent'})"
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return dict(json.loads(self.payload))
 
 
 class ProcessedEvent(models.Model):

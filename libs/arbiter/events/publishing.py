@@ -70,6 +70,6 @@ def publish(*, type: str, org_id: int, subject: str, data: dict[str, Any]) -> Ev
     if len(encoded) > MAX_EVENT_BYTES:
         raise PublishError(f"{type}: the event is {len(encoded)} bytes; the limit is {MAX_EVENT_BYTES}")
     OutboxEvent.objects.using(alias).create(
-        event_id=event.id, type=type, topic=event_type.topic, key=str(event.org_id), payload=event.to_dict()
+        event_id=event.id, type=type, topic=event_type.topic, key=str(event.org_id), payload=encoded.decode()
     )
     return event

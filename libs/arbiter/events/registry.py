@@ -100,7 +100,7 @@ EVENT_TYPES: dict[str, EventType] = {
             "training.completed",
             TRAINING,
             "training",
-            (),
+            ("inference",),
             "A training run succeeded; the version has metrics.",
         ),
         EventType("training.failed", TRAINING, "training", (), "A training run failed or was cancelled."),
@@ -112,6 +112,9 @@ EVENT_TYPES: dict[str, EventType] = {
             "A deployment was created and should be loaded.",
         ),
         EventType("deployment.live", INFERENCE, "inference", (), "A deployment is loaded and serving."),
+        EventType(
+            "deployment.failed", INFERENCE, "inference", (), "A deployment could not be loaded; says why."
+        ),
         EventType("deployment.stopped", INFERENCE, "inference", (), "A deployment was stopped."),
         EventType("annotation.completed", ANNOTATION, "annotation", (), "An auto-labeling job finished."),
         EventType("usage.recorded", USAGE, "inference", (), "Billable usage: units of a meter for an org."),
