@@ -49,3 +49,9 @@ def shared_data() -> Path:
 @pytest.fixture
 def arbiter_home() -> Iterator[Path]:
     yield Path(os.environ["ARBITER_HOME"])
+
+
+# The embedded Kafka broker (one per test session) and test-only event types, for any service's tests.
+from arbiter.events.testing import event_types, kafka_bootstrap, kafka_broker  # noqa: E402
+
+__all__ = ["event_types", "kafka_bootstrap", "kafka_broker"]

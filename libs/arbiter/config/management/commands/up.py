@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from arbiter.config.management.commands.migrate_services import migrate_enabled_services
 from arbiter.config.supervisor import Child, Supervisor
+from arbiter.events.broker import ensure_broker
 
 DEMO_ORG = "demo"
 DEMO_EMAIL = "admin@example.com"
@@ -53,8 +54,16 @@ class Command(BaseCommand):
         Path(settings.ARBITER_HOME).mkdir(parents=True, exist_ok=True)
         migrate_enabled_services(verbosity=0)
         credentials = _demo_credentials()
+        # Without KAFKA_BOOTSTRAP_SERVERS this starts the embedded broker and exports its address to the children.
+        broker = ensure_broker(log_path=Path(settings.ARBITER_HOME) / "broker.log")
         arbiter = [sys.executable, "-m", "arbiter.cli"]
-        children = [Child("web", [*arbiter, "serve", "--bind", options["bind"]])]
+        children = [
+            Child("web", [*arbiter, "serve", "--bind", options["bind"]]),
+            Child("relay", [*arbiter, "relay"]),
+            Child("consume", [*arbiter, "consume"]),
+        ]
+        if "training" in settings.ARBITER_SERVICES:
+            children.append(Child("operator", [*arbiter, "operator"]))
         url = f"http://{options['bind']}"
         self.stdout.write(f"Arbiter is starting at {url}/console/  (API docs: {url}/api/docs/)")
         if credentials:
@@ -62,6 +71,13 @@ class Command(BaseCommand):
                 f"Demo sign-in: {credentials['email']} / {credentials['password']}  (org '{credentials['org']}')\n"
                 f"Demo API key: {credentials['api_key']}"
             )
+        self.stdout.write(f"Events: Kafka at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}"
+                          + (f" (embedded broker, storage {broker.storage})" if broker else ""))
         self.stdout.write("Press Ctrl-C to stop.")
         self.stdout.flush()
-        sys.exit(Supervisor(children).run())
+        try:
+            code = Supervisor(children).run()
+        finally:
+            if broker is not None:
+                broker.stop()  # after the children: consumers finish against a live broker
+        sys.exit(code)
