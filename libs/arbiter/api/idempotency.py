@@ -8,11 +8,14 @@ errors are not stored, so a retry after a 5xx really retries.
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -30,7 +33,8 @@ class IdempotentReplay(Exception):
 
 def _fingerprint(request: Request) -> str:
     content_type = request.content_type or ""
-    if content_type.startswith("multipart/"):
+    length = int(request.META.get("CONTENT_LENGTH") or 0)
+    if content_type.startswith("multipart/") or length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
         # Uploads may be large: their size and type identify a retry well enough without reading them twice.
         basis = f"{request.method} {request.path} {content_type.split(';')[0]} {request.META.get('CONTENT_LENGTH', '')}"
         return hashlib.sha256(basis.encode()).hexdigest()
@@ -69,7 +73,8 @@ def idempotency_finish(
     if response.status_code >= 500:
         IdempotencyRecord.objects.using(alias).filter(pk=record.pk).delete()
         return
-    body: Any = response.data if isinstance(response, Response) else None
+    # Stored as the client saw it (dates as strings, decimals as numbers), through the API's own renderer.
+    body: Any = json.loads(JSONRenderer().render(response.data)) if isinstance(response, Response) else None
     if isinstance(body, dict) and redact:
         body = {name: (None if name in redact else value) for name, value in body.items()}
     IdempotencyRecord.objects.using(alias).filter(pk=record.pk).update(status_code=response.status_code, body=body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 
@@ -66,4 +67,6 @@ def console(request: HttpRequest) -> dict[str, Any]:
         "console_org": current.org if current else None,
         "console_role": current.role if current else None,
         "console_nav": nav_links(org_slug=current.org.slug, path=request.path) if current else [],
+        # Where API clients reach this install; snippets shown to users must name it, not the browser's host.
+        "console_public_url": (settings.ARBITER_PUBLIC_URL or "").rstrip("/"),
     }

@@ -14,6 +14,8 @@ urlpatterns = [
     path("console/orgs/new", views.org_create, name="console-org-create"),
     path("console/<slug:org>/", views.org_overview, name="console-org"),
     path("console/<slug:org>/api-keys", views.api_keys, name="console-api-keys"),
-    path("console/<slug:org>/api-keys/<int:key_id>/revoke", views.api_key_revoke, name="console-api-key-revoke"),
+    path(
+        "console/<slug:org>/api-keys/<int:key_id>/revoke", views.api_key_revoke, name="console-api-key-revoke"
+    ),
     path("console/<slug:org>/members", views.members, name="console-members"),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
@@ -18,7 +20,7 @@ from arbiter.api.errors import ApiError
 from arbiter.console.pages import org_page
 from arbiter.tenancy import logic, selectors
 from arbiter.tenancy.access import OrgAccess
-from arbiter.tenancy.scopes import SCOPES, Role, expand
+from arbiter.tenancy.scopes import SCOPES, Role, expand, holds
 
 
 def _safe_next(request: HttpRequest, fallback: str = "/console/") -> str:
@@ -44,7 +46,9 @@ def signup(request: HttpRequest) -> HttpResponse:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             messages.success(request, f"Welcome to Arbiter. Your org “{org.name}” is ready.")
             return redirect(f"/console/{org.slug}/")
-    return render(request, "gateway/signup.html", {"form": form, "error": error}, status=400 if error else 200)
+    return render(
+        request, "gateway/signup.html", {"form": form, "error": error}, status=400 if error else 200
+    )
 
 
 @require_http_methods(["GET", "POST"])
@@ -73,10 +77,17 @@ def home(request: HttpRequest) -> HttpResponse:
     return redirect("/console/" if request.user.is_authenticated else "/signin")
 
 
+def _user_id(request: HttpRequest) -> int:
+    """The signed-in user's id, for views behind `login_required`."""
+    assert request.user.pk is not None
+    return int(request.user.pk)
+
+
 @login_required
 def console_home(request: HttpRequest) -> HttpResponse:
-    memberships = list(selectors.orgs_for_user(user_id=request.user.pk))
-    if len(memberships) == 1:
+    memberships = list(selectors.orgs_for_user(user_id=_user_id(request)))
+    # With a single org there is nothing to choose; `?all=1` still shows the list (to create another org).
+    if len(memberships) == 1 and "all" not in request.GET:
         return redirect(f"/console/{memberships[0].org.slug}/")
     return render(request, "gateway/orgs.html", {"memberships": memberships})
 
@@ -84,7 +95,9 @@ def console_home(request: HttpRequest) -> HttpResponse:
 @login_required
 def switch_org(request: HttpRequest) -> HttpResponse:
     slug = request.GET.get("org", "")
-    if not any(m.org.slug == slug for m in selectors.orgs_for_user(user_id=request.user.pk)):
+    if slug in ("", "-"):
+        return redirect("/console/?all=1")
+    if not any(m.org.slug == slug for m in selectors.orgs_for_user(user_id=_user_id(request))):
         raise Http404
     return redirect(f"/console/{slug}/")
 
@@ -100,9 +113,81 @@ def org_create(request: HttpRequest) -> HttpResponse:
     return redirect(f"/console/{org.slug}/")
 
 
+@dataclass(frozen=True)
+class GettingStartedStep:
+    title: str
+    why: str
+    action: str
+    url: str
+    # A list endpoint of the JSON API: the page marks the step done once it returns anything.
+    check_api: str | None
+    done: bool
+
+
+def _getting_started(*, org: str, access: OrgAccess) -> list[GettingStartedStep]:
+    api = f"/api/v1/orgs/{org}"
+    wanted = [
+        (
+            "Upload a dataset",
+            "A CSV, XLSX or JSONL file with a text column and one or more label columns. "
+            "No data yet? Start from an example.",
+            "Upload data",
+            "console-datasets",
+            f"{api}/datasets",
+        ),
+        (
+            "Train a model",
+            "Snapshot the dataset, then train a classifier on it in seconds. Read its metrics "
+            "and try it in the playground.",
+            "Train",
+            "console-models",
+            f"{api}/models",
+        ),
+        (
+            "Deploy it",
+            "Put a version behind an endpoint that answers the REST API and the OpenAI and Mistral SDKs.",
+            "Deploy",
+            "console-deployments",
+            f"{api}/deployments",
+        ),
+    ]
+    steps = []
+    for title, why, action, url_name, check_api in wanted:
+        try:
+            url = reverse(url_name, kwargs={"org": org})
+        except NoReverseMatch:
+            continue  # that service is not enabled in this process
+        steps.append(GettingStartedStep(title, why, action, url, check_api, done=False))
+    if holds(access.scopes, "admin"):
+        has_key = selectors.org_api_keys(org_id=access.org_id).filter(revoked_at__isnull=True).exists()
+        steps.append(
+            GettingStartedStep(
+                "Create an API key",
+                "Your applications call Arbiter with a key. Choose exactly what it may do.",
+                "Create a key",
+                reverse("console-api-keys", kwargs={"org": org}),
+                None,
+                done=has_key,
+            )
+        )
+        teammates = selectors.org_members(org_id=access.org_id).count() > 1
+        steps.append(
+            GettingStartedStep(
+                "Invite your team",
+                "Reviewers can label and read metrics; admins manage keys and members.",
+                "Add members",
+                reverse("console-members", kwargs={"org": org}),
+                None,
+                done=teammates,
+            )
+        )
+    return steps
+
+
 @org_page()
 def org_overview(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpResponse:
-    return render(request, "gateway/overview.html", {"access": access})
+    context = {"access": access, "steps": _getting_started(org=org, access=access)}
+    return render(request, "gateway/overview.html", context)
 
 
 @org_page("admin")
@@ -114,8 +199,12 @@ def api_keys(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpRespon
         expires_at = _parse_local_datetime(request.POST.get("expires_at", ""))
         try:
             created = logic.api_key_create(
-                org_id=access.org_id, name=request.POST.get("name", ""), scopes=request.POST.getlist("scopes"),
-                granted=access.scopes, created_by_id=access.user_id, expires_at=expires_at,
+                org_id=access.org_id,
+                name=request.POST.get("name", ""),
+                scopes=request.POST.getlist("scopes"),
+                granted=access.scopes,
+                created_by_id=access.user_id,
+                expires_at=expires_at,
             )
         except ApiError as exc:
             error = exc.message
@@ -124,6 +213,8 @@ def api_keys(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpRespon
         "scopes": [(name, text) for name, text in SCOPES.items() if name in expand(access.scopes)],
         "created": created,
         "error": error,
+        # A page that sent the person here for a key (a deployment's snippet) is one click away afterwards.
+        "next": _safe_next(request, ""),
     }
     return render(request, "gateway/api_keys.html", context, status=400 if error else 200)
 
@@ -153,29 +244,39 @@ def api_key_revoke(request: HttpRequest, key_id: int, *, org: str, access: OrgAc
 @require_http_methods(["GET", "POST"])
 def members(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpResponse:
     if request.method == "POST":
-        if "admin" not in access.scopes:
+        if not holds(access.scopes, "admin"):
             messages.error(request, "Only admins and owners can change members.")
             return redirect(f"/console/{org}/members")
         try:
             action = request.POST.get("action")
             if action == "add":
-                logic.member_add(org_id=access.org_id, email=request.POST.get("email", ""),
-                                 role=request.POST.get("role", "member"), acting_role=access.role)
+                logic.member_add(
+                    org_id=access.org_id,
+                    email=request.POST.get("email", ""),
+                    role=request.POST.get("role", "member"),
+                    acting_role=access.role,
+                )
                 messages.success(request, "Member added.")
             else:
-                membership = selectors.org_members(org_id=access.org_id).filter(pk=request.POST.get("member")).first()
+                member = request.POST.get("member", "")
+                members = selectors.org_members(org_id=access.org_id)
+                membership = members.filter(pk=int(member)).first() if member.isdigit() else None
                 if membership is None:
                     raise Http404
                 if action == "remove":
                     logic.member_remove(membership=membership, acting_role=access.role)
                     messages.success(request, f"Removed {membership.user.email}.")
                 else:
-                    logic.member_set_role(membership=membership, role=request.POST.get("role", ""),
-                                          acting_role=access.role)
+                    logic.member_set_role(
+                        membership=membership, role=request.POST.get("role", ""), acting_role=access.role
+                    )
                     messages.success(request, f"{membership.user.email} is now {membership.role}.")
         except ApiError as exc:
             messages.error(request, exc.message)
         return redirect(f"/console/{org}/members")
-    context = {"members": selectors.org_members(org_id=access.org_id), "roles": [r.value for r in Role],
-               "can_manage": "admin" in access.scopes}
+    context = {
+        "members": selectors.org_members(org_id=access.org_id),
+        "roles": [r.value for r in Role],
+        "can_manage": holds(access.scopes, "admin"),
+    }
     return render(request, "gateway/members.html", context)

@@ -1,0 +1,215 @@
+"""Turning an uploaded byte stream into lines of text, whatever its encoding and line ends.
+
+The encoding is decided from a sample at the start of the file: a BOM wins (UTF-8, UTF-16); otherwise UTF-8
+when the sample decodes as UTF-8 (a few broken sequences are tolerated: real exports truncate emoji), else
+Windows-1252, the superset of Latin-1 that spreadsheet programs write. Two surprises later in the file are
+handled without starting over:
+- an invalid UTF-8 byte after nothing but ASCII means the guess was wrong; ASCII reads the same in both
+  encodings, so decoding switches to Windows-1252 from there and the text read so far stays correct;
+- invalid bytes in a file that is otherwise UTF-8 are replaced with U+FFFD and each affected line is noted.
+An encoding the uploader names is applied strictly: a byte it cannot decode is an error naming the line.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import re
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from services.dataset.importing.errors import ImportFileError
+
+SAMPLE_BYTES = 64 * 1024
+CHUNK_BYTES = 1024 * 1024
+MAX_NOTES = 100
+
+UTF8 = "utf-8"
+UTF8_BOM = "utf-8-sig"
+UTF16 = "utf-16"
+CP1252 = "cp1252"
+
+# Windows-1252 leaves five bytes undefined; Windows itself maps them to the C1 controls of the same value,
+# as Latin-1 does. With that table no byte sequence fails to decode.
+_CP1252_TABLE = "".join(
+    chr(byte) if ch == "\ufffe" else ch
+    for byte, ch in enumerate(bytes(range(256)).decode(CP1252, errors="replace").replace("\ufffd", "\ufffe"))
+)
+_UNDECODED = re.compile("[\udc80-\udcff]+")
+
+
+def detect_encoding(sample: bytes) -> str:
+    if sample.startswith(codecs.BOM_UTF8):
+        return UTF8_BOM
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return UTF16
+    decoder = codecs.getincrementaldecoder(UTF8)(errors="replace")
+    # final=False: a character cut by the sample's end is not an error.
+    text = decoder.decode(sample, final=False)
+    broken = text.count("\ufffd")
+    if broken == 0:
+        return UTF8
+    non_ascii = sum(1 for ch in text if ord(ch) > 127) - broken
+    # Mostly-valid multi-byte sequences mean UTF-8 with a few damaged characters, not a legacy encoding.
+    return UTF8 if non_ascii >= 4 * broken else CP1252
+
+
+def normalise_encoding_name(name: str, *, file_name: str) -> str:
+    try:
+        canonical = codecs.lookup(name).name
+    except LookupError:
+        raise ImportFileError(f"unknown encoding {name!r}", file_name=file_name, code="bad_option") from None
+    return {"windows-1252": CP1252, "iso8859-1": CP1252, "latin-1": CP1252}.get(canonical, canonical)
+
+
+class DecodedLines:
+    """Iterates the text lines of a byte stream, line ends kept (what `csv.reader` wants).
+
+    Lines end at \\n, \\r\\n or a lone \\r. `encoding` says what was used (it can change from UTF-8 to cp1252
+    once, see the module docstring); `notes` lists lines whose text had to be repaired.
+    """
+
+    def __init__(self, raw: BinaryIO, *, file_name: str, encoding: str | None = None) -> None:
+        self.file_name = file_name
+        self._raw = raw
+        self._sample = raw.read(SAMPLE_BYTES)
+        self.explicit = encoding is not None
+        self.encoding = (
+            normalise_encoding_name(encoding, file_name=file_name)
+            if encoding
+            else detect_encoding(self._sample)
+        )
+        if self.encoding == UTF8 and self._sample.startswith(codecs.BOM_UTF8):
+            self.encoding = UTF8_BOM
+        self.notes: list[str] = []
+        self.repaired_lines = 0
+        self.lines_read = 0
+        self._ascii_so_far = True
+        self._decoder = self._make_decoder(self.encoding)
+        if self.encoding not in (UTF16,) and b"\x00" in self._sample:
+            offset = self._sample.index(b"\x00")
+            raise ImportFileError(
+                f"this is not a text file (byte {offset} is NUL); upload CSV, TSV, XLSX or JSONL",
+                file_name=file_name,
+                line=self._sample[:offset].count(b"\n") + 1,
+                code="not_text",
+            )
+
+    @property
+    def sample(self) -> bytes:
+        return self._sample
+
+    def sample_text(self) -> str:
+        """The decoded sample, cut after its last complete line."""
+        text = self._make_decoder(self.encoding, errors="replace").decode(self._sample, final=False)
+        if len(self._sample) < SAMPLE_BYTES:
+            return text
+        cut = max(text.rfind("\n"), text.rfind("\r"))
+        return text[: cut + 1] if cut >= 0 else text
+
+    def _make_decoder(self, encoding: str, errors: str = "strict") -> codecs.IncrementalDecoder:
+        if encoding == CP1252:
+            return _Cp1252Decoder()
+        return codecs.getincrementaldecoder(encoding)(errors=errors)
+
+    def __iter__(self) -> Iterator[str]:
+        carry = ""
+        chunk = self._sample
+        final = False
+        while not final:
+            following = self._raw.read(CHUNK_BYTES)
+            final = not following
+            text = self._decode(chunk, final=final)
+            if "\x00" in text:
+                # PostgreSQL cannot store NUL in text; nothing else is altered.
+                text = self._repair(carry + text, "\x00", "a NUL character was replaced with U+FFFD")
+                carry = ""
+            lines = io.StringIO(carry + text, newline="").readlines()
+            # The last line may continue in the next chunk (or be a \r whose \n comes next): hold it back.
+            carry = "" if final or not lines else lines.pop()
+            self.lines_read += len(lines)
+            yield from lines
+            chunk = following
+        if carry:
+            self.lines_read += 1
+            yield carry
+
+    def _decode(self, chunk: bytes, *, final: bool) -> str:
+        state = self._decoder.getstate()
+        try:
+            text = self._decoder.decode(chunk, final)
+        except UnicodeDecodeError as exc:
+            return self._decode_failed(chunk, final=final, state=state, exc=exc)
+        if self._ascii_so_far and not text.isascii():
+            self._ascii_so_far = False
+        return text
+
+    def _decode_failed(
+        self, chunk: bytes, *, final: bool, state: tuple[bytes, int], exc: UnicodeDecodeError
+    ) -> str:
+        pending = state[0] + chunk
+        guessed_utf8 = self.encoding in (UTF8, UTF8_BOM) and not self.explicit
+        if guessed_utf8 and self._ascii_so_far and pending[: exc.start].isascii():
+            self.encoding = CP1252
+            self._decoder = _Cp1252Decoder()
+            self.notes.append("the file is not valid UTF-8: it is read as Windows-1252 (Latin-1)")
+            return self._decoder.decode(pending, final)
+        self._ascii_so_far = False
+        # Decode again keeping undecodable bytes as lone surrogates, which shows the lines they are on.
+        self._decoder.setstate(state)
+        self._decoder.errors = "surrogateescape"  # type: ignore[attr-defined]
+        try:
+            text = self._decoder.decode(chunk, final)
+        except UnicodeDecodeError:
+            # Only ASCII-compatible encodings can escape bytes (UTF-16 cannot): repair without line numbers.
+            self._decoder.setstate(state)
+            self._decoder.errors = "replace"  # type: ignore[attr-defined]
+            text = self._decoder.decode(chunk, final)
+            if self.explicit:
+                raise ImportFileError(
+                    f"the file is not valid {self.encoding}; check the file's encoding",
+                    file_name=self.file_name,
+                    code="bad_encoding",
+                ) from None
+            self.notes.append(
+                f"after line {self.lines_read}: bytes that are not valid {self.encoding} were replaced"
+            )
+            return text
+        finally:
+            self._decoder.errors = "strict"  # type: ignore[attr-defined]
+        if self.explicit:
+            first = _UNDECODED.search(text)
+            assert first is not None
+            byte = ord(first.group()[0]) - 0xDC00
+            raise ImportFileError(
+                f"byte 0x{byte:02x} is not valid {self.encoding}; check the file's encoding",
+                file_name=self.file_name,
+                line=self.lines_read + text.count("\n", 0, first.start()) + 1,
+                code="bad_encoding",
+            )
+        message = f"bytes that are not valid {self.encoding} were replaced with U+FFFD"
+        return _UNDECODED.sub("\ufffd", self._note_lines(text, _UNDECODED, message))
+
+    def _repair(self, text: str, bad: str, message: str) -> str:
+        return self._note_lines(text, re.compile(re.escape(bad)), message).replace(bad, "\ufffd")
+
+    def _note_lines(self, text: str, pattern: re.Pattern[str], message: str) -> str:
+        # Line numbers here count \n only; lone \r line ends are rare in files that also need repairs.
+        line = self.lines_read + 1
+        position = 0
+        last_noted = 0
+        for match in pattern.finditer(text):
+            line += text.count("\n", position, match.start())
+            position = match.start()
+            if line == last_noted:
+                continue
+            last_noted = line
+            self.repaired_lines += 1
+            if len(self.notes) < MAX_NOTES:
+                self.notes.append(f"line {line}: {message}")
+        return text
+
+
+class _Cp1252Decoder(codecs.IncrementalDecoder):
+    def decode(self, input: Any, final: bool = False) -> str:  # noqa: A002 - the codecs signature
+        return codecs.charmap_decode(input, "strict", _CP1252_TABLE)[0]
