@@ -30,7 +30,9 @@ class Snapshot(OrgScopedModel):
     recorded_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["org_id", "snapshot_id"], name="training_snapshot_once")]
+        constraints = [
+            models.UniqueConstraint(fields=["org_id", "snapshot_id"], name="training_snapshot_once")
+        ]
 
     @property
     def invalid_percent(self) -> float:
@@ -54,7 +56,9 @@ class ModelVersion(OrgScopedModel):
     model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="versions")
     number = models.PositiveIntegerField()
     # The version this one was trained from (of this model, or of another model for a new model).
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
     base_model = models.CharField(max_length=300)
     # Every head of the version: {"name", "labels", "multi_label", "origin": "trained" | "added" | "kept"}.
     heads = models.JSONField(default=list)
@@ -66,18 +70,11 @@ class ModelVersion(OrgScopedModel):
     evaluation = models.JSONField(null=True, blank=True)
     thresholds = models.JSONField(default=dict)
     artifact_key = models.CharField(max_length=500, blank=True, default="")
-    # A retried create with the same Idempotency-Key header returns this version instead of a new one.
-    idempotency_key = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["model", "number"], name="training_version_number_unique"),
-            models.UniqueConstraint(
-                fields=["org_id", "idempotency_key"],
-                condition=~models.Q(idempotency_key=""),
-                name="training_version_idempotency_key_unique",
-            ),
+            models.UniqueConstraint(fields=["model", "number"], name="training_version_number_unique")
         ]
         ordering = ["number"]
 

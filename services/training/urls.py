@@ -3,3 +3,4 @@
 from django.urls import URLPattern, URLResolver, include, path
 
 urlpatterns: list[URLPattern | URLResolver] = [path("", include("services.training.api.urls"))]
+urlpatterns += [path("", include("services.training.console.urls"))]

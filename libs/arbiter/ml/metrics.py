@@ -1,0 +1,326 @@
+"""Evaluation of predicted probabilities against labelled rows, per head and per label.
+
+Rows where a head does not apply (its labels are null) are left out of that head's numbers.
+Decisions use each head's default rule: argmax for a multi-class head, score >= 0.5 per label for a
+multi-label head. Per label, the numbers are one-vs-rest.
+
+`model_evaluate` returns this JSON-serialisable dict (the API serves it verbatim; floats are rounded
+to 6 decimals):
+
+    {
+      "split": "test",                 # or "validation" when the snapshot had no test rows
+      "rows": 2648,                    # rows evaluated (any head)
+      "macro": {"precision", "recall", "f1", "balanced_accuracy", "loss"},   # mean over heads
+      "heads": {
+        "<head>": {
+          "multi_label": false,
+          "labels": ["NOT", "OFF"],    # the label order used everywhere below
+          "support": 2648,             # rows where the head applies
+          "accuracy": 0.79,            # multi-class: share correct; multi-label: exact label-set match
+          "loss": 0.45,                # mean cross-entropy (multi-class) or binary cross-entropy
+          "macro": {"precision", "recall", "f1", "balanced_accuracy"},
+          "per_label": {
+            "<label>": {
+              "support": 880,          # applicable rows that carry the label
+              "predicted": 812,        # applicable rows predicted with the label
+              "precision", "recall", "f1",
+              "balanced_accuracy",     # (true-positive rate + true-negative rate) / 2
+              "average_precision",     # area under the PR curve (step-wise), null without positives
+              "confusion": {"tp", "fp", "fn", "tn"},
+              "pr_curve": [{"threshold", "precision", "recall"}, ...],   # <= 101 points, by threshold desc
+              "thresholds": {
+                "default": 0.5,        # multi-label: 0.5; multi-class: null (argmax decides)
+                "best_f1": {"threshold", "precision", "recall", "f1"} | null,
+                "target_precision": {"target", "threshold", "precision", "recall", "f1"} | null
+              }
+            }
+          },
+          # multi-class heads only (null for multi-label): rows = true label, columns = predicted
+          "confusion_matrix": {"labels": [...], "matrix": [[...]]} | null
+        }
+      }
+    }
+
+`train_from_snapshot` writes this dict to metrics.json with two more keys:
+
+    "training": {"strategy", "selected", "selection_rule", "selection_head", "selection_metric",
+                 "best_epoch", "rows": {"train", "validation", "test"},
+                 "history": [EpochProgress.to_dict(), ...],     # per epoch: train/valid loss, metric
+                 "candidates": [{"name", "selection_metric", "seconds", ...}, ...],   # auto only
+                 "warnings": [...], "kept_heads": [...], "initialised_from_parent": [...]},
+    "inherited_heads": {"<head>": {...}}    # an update's kept heads: their metrics from the parent
+
+Macro averages run over the labels that occur in the rows or in the predictions (as scikit-learn
+does); a head's balanced accuracy is its mean recall (multi-class) or the mean of its labels'
+balanced accuracies (multi-label). Precision of a label never predicted is 0. Metrics of a head
+without applicable rows are null. Thresholds picked here are picked on the evaluated rows: they show
+what a threshold would give, the artifact's own thresholds are chosen on the validation rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from arbiter.ml.data import HeadLabels, LabelledRows
+
+PR_CURVE_POINTS = 100
+_EPS = 1e-7
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def _divide(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else 0.0
+
+
+def head_predictions(probabilities: np.ndarray, *, multi_label: bool) -> np.ndarray:
+    """Boolean `[rows, labels]` decisions by the head's default rule."""
+    if multi_label:
+        return probabilities >= 0.5
+    decided = np.zeros_like(probabilities, dtype=bool)
+    if len(probabilities):
+        decided[np.arange(len(probabilities)), probabilities.argmax(axis=1)] = True
+    return decided
+
+
+def head_loss(probabilities: np.ndarray, labels: HeadLabels) -> float | None:
+    """Mean cross-entropy over the applicable rows (binary cross-entropy per label for multi-label)."""
+    if not labels.mask.any():
+        return None
+    p = np.clip(probabilities[labels.mask].astype(np.float64), _EPS, 1 - _EPS)
+    y = labels.indicators[labels.mask]
+    if labels.spec.multi_label:
+        return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+    return float(-(y * np.log(p)).sum(axis=1).mean())
+
+
+def precision_recall_points(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(thresholds desc, precision, recall) at every distinct score: predict positive when score >= t."""
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    hits = positives[order].astype(np.float64)
+    true_pos = np.cumsum(hits)
+    false_pos = np.cumsum(1.0 - hits)
+    last_of_tie = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
+    true_pos, false_pos = true_pos[last_of_tie], false_pos[last_of_tie]
+    precision = true_pos / np.maximum(true_pos + false_pos, 1.0)
+    recall = true_pos / max(float(hits.sum()), 1.0)
+    return ranked[last_of_tie], precision, recall
+
+
+def _f1(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    total = precision + recall
+    return np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
+
+
+def threshold_best_f1(scores: np.ndarray, positives: np.ndarray) -> dict[str, float] | None:
+    """The score threshold with the highest F1 (the highest threshold among ties)."""
+    if not positives.any():
+        return None
+    thresholds, precision, recall = precision_recall_points(scores, positives)
+    f1 = _f1(precision, recall)
+    best = int(np.argmax(f1))
+    return {
+        "threshold": float(thresholds[best]),
+        "precision": float(precision[best]),
+        "recall": float(recall[best]),
+        "f1": float(f1[best]),
+    }
+
+
+def threshold_for_precision(
+    scores: np.ndarray, positives: np.ndarray, target: float
+) -> dict[str, float] | None:
+    """The lowest threshold whose precision reaches `target` (so the most recall); None if none does."""
+    if not positives.any():
+        return None
+    thresholds, precision, recall = precision_recall_points(scores, positives)
+    reaching = np.flatnonzero(precision >= target - 1e-12)
+    if not len(reaching):
+        return None
+    best = int(reaching[np.argmax(recall[reaching])])
+    return {
+        "target": float(target),
+        "threshold": float(thresholds[best]),
+        "precision": float(precision[best]),
+        "recall": float(recall[best]),
+        "f1": float(_f1(precision[best : best + 1], recall[best : best + 1])[0]),
+    }
+
+
+def _downsample(count: int, limit: int) -> np.ndarray:
+    if count <= limit:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, limit + 1).round().astype(np.int64))
+
+
+def _label_metrics(
+    *, scores: np.ndarray, positives: np.ndarray, decided: np.ndarray, multi_label: bool, target: float | None
+) -> dict[str, Any]:
+    tp = int((decided & positives).sum())
+    fp = int((decided & ~positives).sum())
+    fn = int((~decided & positives).sum())
+    tn = int((~decided & ~positives).sum())
+    precision = _divide(tp, tp + fp)
+    recall = _divide(tp, tp + fn)
+    f1 = _divide(2 * precision * recall, precision + recall)
+    balanced = (recall + _divide(tn, tn + fp)) / 2 if (tp + fn) and (tn + fp) else None
+    curve: list[dict[str, float | None]] = []
+    average_precision = None
+    if positives.any():
+        thresholds, precisions, recalls = precision_recall_points(scores, positives)
+        average_precision = float(np.sum(np.diff(np.r_[0.0, recalls]) * precisions))
+        curve = [
+            {
+                "threshold": _round(thresholds[i]),
+                "precision": _round(precisions[i]),
+                "recall": _round(recalls[i]),
+            }
+            for i in _downsample(len(thresholds), PR_CURVE_POINTS)
+        ]
+    best = threshold_best_f1(scores, positives)
+    reached = threshold_for_precision(scores, positives, target) if target is not None else None
+    return {
+        "support": int(positives.sum()),
+        "predicted": int(decided.sum()),
+        "precision": _round(precision),
+        "recall": _round(recall),
+        "f1": _round(f1),
+        "balanced_accuracy": _round(balanced),
+        "average_precision": _round(average_precision),
+        "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
+        "pr_curve": curve,
+        "thresholds": {
+            "default": 0.5 if multi_label else None,
+            "best_f1": None if best is None else {key: _round(value) for key, value in best.items()},
+            "target_precision": None
+            if reached is None
+            else {key: _round(value) for key, value in reached.items()},
+        },
+    }
+
+
+def head_evaluate(
+    *, probabilities: np.ndarray, labels: HeadLabels, target_precision: float | None = None
+) -> dict[str, Any]:
+    """Metrics of one head (see the module docstring for the shape)."""
+    spec = labels.spec
+    probabilities = probabilities[labels.mask]
+    truth = labels.indicators[labels.mask] > 0.5
+    decided = head_predictions(probabilities, multi_label=spec.multi_label)
+    per_label = {
+        label: _label_metrics(
+            scores=probabilities[:, i],
+            positives=truth[:, i],
+            decided=decided[:, i],
+            multi_label=spec.multi_label,
+            target=target_precision,
+        )
+        for i, label in enumerate(spec.labels)
+    }
+    support = int(labels.mask.sum())
+    result: dict[str, Any] = {
+        "multi_label": spec.multi_label,
+        "labels": list(spec.labels),
+        "support": support,
+        "accuracy": None,
+        "loss": _round(head_loss(probabilities, labels.subset(np.flatnonzero(labels.mask)))),
+        "macro": {"precision": None, "recall": None, "f1": None, "balanced_accuracy": None},
+        "per_label": per_label,
+        "confusion_matrix": None,
+    }
+    if not spec.multi_label:
+        matrix = np.zeros((len(spec.labels), len(spec.labels)), dtype=np.int64)
+        np.add.at(matrix, (truth.argmax(axis=1), decided.argmax(axis=1)), 1)
+        result["confusion_matrix"] = {"labels": list(spec.labels), "matrix": matrix.tolist()}
+    if not support:
+        return result
+    occurring = [m for m in per_label.values() if m["support"] or m["predicted"]]
+    if spec.multi_label:
+        result["accuracy"] = _round(float((decided == truth).all(axis=1).mean()))
+        balanced = [m["balanced_accuracy"] for m in per_label.values() if m["balanced_accuracy"] is not None]
+    else:
+        result["accuracy"] = _round(float((decided.argmax(axis=1) == truth.argmax(axis=1)).mean()))
+        balanced = [m["recall"] for m in per_label.values() if m["support"]]
+    result["macro"] = {
+        "precision": _round(np.mean([m["precision"] for m in occurring])) if occurring else None,
+        "recall": _round(np.mean([m["recall"] for m in occurring])) if occurring else None,
+        "f1": _round(np.mean([m["f1"] for m in occurring])) if occurring else None,
+        "balanced_accuracy": _round(np.mean(balanced)) if balanced else None,
+    }
+    return result
+
+
+def model_evaluate(
+    *,
+    probabilities: Mapping[str, np.ndarray],
+    rows: LabelledRows,
+    split: str = "test",
+    target_precision: float | None = None,
+) -> dict[str, Any]:
+    """Metrics of every head of `rows` from the predicted probabilities (see the module docstring)."""
+    heads = {
+        name: head_evaluate(
+            probabilities=probabilities[name], labels=labels, target_precision=target_precision
+        )
+        for name, labels in rows.heads.items()
+    }
+    macro: dict[str, float | None] = {}
+    for key in ("precision", "recall", "f1", "balanced_accuracy", "loss"):
+        values = [
+            (head["loss"] if key == "loss" else head["macro"][key])
+            for head in heads.values()
+            if head["support"]
+        ]
+        present = [value for value in values if value is not None]
+        macro[key] = _round(np.mean(present)) if present else None
+    return {"split": split, "rows": len(rows), "macro": macro, "heads": heads}
+
+
+def head_score(*, probabilities: np.ndarray, labels: HeadLabels, rule: str) -> float | None:
+    """One head's selection score, higher is better (the loss is negated); None without rows."""
+    if not labels.mask.any():
+        return None
+    if rule == "loss":
+        loss = head_loss(probabilities, labels)
+        return None if loss is None else -loss
+    probabilities = probabilities[labels.mask]
+    truth = labels.indicators[labels.mask] > 0.5
+    decided = head_predictions(probabilities, multi_label=labels.spec.multi_label)
+    tp = (decided & truth).sum(axis=0).astype(np.float64)
+    fp = (decided & ~truth).sum(axis=0).astype(np.float64)
+    fn = (~decided & truth).sum(axis=0).astype(np.float64)
+    tn = (~decided & ~truth).sum(axis=0).astype(np.float64)
+    if rule == "f1":
+        occurring = (tp + fn + fp) > 0
+        denominator = 2 * tp + fp + fn
+        f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+        return float(f1[occurring].mean()) if occurring.any() else 0.0
+    recall = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=(tp + fn) > 0)
+    if labels.spec.multi_label:
+        specificity = np.divide(tn, tn + fp, out=np.zeros_like(tn), where=(tn + fp) > 0)
+        defined = ((tp + fn) > 0) & ((tn + fp) > 0)
+        return float(((recall + specificity) / 2)[defined].mean()) if defined.any() else 0.0
+    return float(recall[(tp + fn) > 0].mean())
+
+
+def selection_score(
+    *, probabilities: Mapping[str, np.ndarray], rows: LabelledRows, rule: str, head: str | None = None
+) -> tuple[float, dict[str, float]]:
+    """(score, per-head scores) by the selection rule; the score is the mean over heads or `head`'s.
+
+    Higher is better for every rule: for `loss` the score is the negated loss.
+    """
+    per_head = {
+        name: score
+        for name, labels in rows.heads.items()
+        if (score := head_score(probabilities=probabilities[name], labels=labels, rule=rule)) is not None
+    }
+    if head is not None:
+        return per_head.get(head, float("-inf")), per_head
+    return (float(np.mean(list(per_head.values()))) if per_head else float("-inf")), per_head

@@ -1,0 +1,230 @@
+"""Serving a model version: a `Predictor` turns texts into per-head labels, scores and a `flagged` flag.
+
+Result for one input, one entry per head (the API's native classification shape)::
+
+    {"toxicity": {"label": "toxic", "score": 0.97, "labels": ["toxic"],
+                  "label_scores": {"toxic": 0.97, "safe": 0.03}, "flagged": true}}
+
+- multi-class head: `label` is the most probable label and `score` its probability; `labels` is
+  `[label]`.
+- multi-label head: `labels` are the labels whose score reaches their threshold, `label` the highest
+  scoring of them (null when none does) and `score` the highest label score.
+- `flagged`: some label that is not one of the head's negative labels (safe, none, not, neutral, 0,
+  no, ok, clean, ... see `arbiter.ml.specs.label_is_negative`) is decided and its score reaches the
+  label's threshold. Multi-class thresholds default to 0 (the argmax label alone decides); multi-label
+  ones to 0.5; training with `target_precision` raises them to reach that precision on the validation
+  rows. A multi-class head without negative labels (a topic head, say) never flags.
+
+Runtimes: eager torch (CUDA when available) and ONNX Runtime (the artifact's exported encoder+heads,
+int8 or fp32 as chosen at training time). `runtime="auto"` takes torch on a GPU, else ONNX when the
+artifact has it, else torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from arbiter.ml.artifacts import Artifact, artifact_load
+from arbiter.ml.encoders import EmbeddingCache, Encoder, length_batches
+from arbiter.ml.model import ClassifierModel, HeadModel
+
+Runtime = Literal["auto", "torch", "onnx"]
+
+
+def threads_default() -> int:
+    """Intra-op threads: the cores we have, at most 4 (more rarely helps a small encoder)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class EncoderRuntime(Protocol):
+    name: str
+
+    def encoder_logits(self, texts: Sequence[str]) -> dict[str, np.ndarray]: ...
+
+
+class TorchRuntime:
+    """Embeds with the torch encoder (bf16 autocast where the hardware makes it faster) and applies heads."""
+
+    name = "torch"
+
+    def __init__(
+        self,
+        *,
+        encoder: Encoder,
+        model: ClassifierModel,
+        max_tokens: int,
+        cache: EmbeddingCache | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.model = model
+        self.max_tokens = max_tokens
+        self.cache = cache
+
+    def encoder_logits(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        embeddings = self.encoder.embed(texts, max_tokens=self.max_tokens, cache=self.cache)
+        return self.model.encoder_logits(embeddings)
+
+
+class OnnxRuntime:
+    """Runs the exported encoder+heads graph with ONNX Runtime on CPU."""
+
+    name = "onnx"
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        tokenizer: Any,
+        outputs: dict[str, str],
+        max_tokens: int,
+        threads: int | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or threads_default()
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.tokenizer = tokenizer
+        self.outputs = outputs
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        self.path = path
+
+    def encoder_logits(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        heads = list(self.outputs)
+        names = [self.outputs[head] for head in heads]
+        result: dict[str, np.ndarray] = {}
+        if not texts:
+            return result
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens)["input_ids"]
+        for batch in length_batches(ids, batch_size=self.batch_size):
+            padded = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="np")
+            values = self.session.run(
+                names,
+                {
+                    "input_ids": padded["input_ids"].astype(np.int64),
+                    "attention_mask": padded["attention_mask"].astype(np.int64),
+                },
+            )
+            for head, value in zip(heads, values, strict=True):
+                if head not in result:
+                    result[head] = np.zeros((len(texts), value.shape[1]), dtype=np.float32)
+                result[head][batch] = value
+        return result
+
+
+def _head_result(head: HeadModel, scores: np.ndarray) -> dict[str, Any]:
+    labels = head.spec.labels
+    negative = set(head.spec.resolved_negative_labels)
+    label_scores = {label: round(float(score), 6) for label, score in zip(labels, scores, strict=True)}
+    top = int(np.argmax(scores))
+    if head.spec.multi_label:
+        decided = [label for i, label in enumerate(labels) if scores[i] >= head.thresholds.get(label, 0.5)]
+        label = max(decided, key=label_scores.__getitem__) if decided else None
+    else:
+        decided = [labels[top]]
+        label = labels[top]
+    # A multi-class head without a negative label sorts inputs into topics: none of them is a flag.
+    flags = head.spec.multi_label or bool(negative)
+    flagged = flags and any(
+        name not in negative and label_scores[name] >= head.thresholds.get(name, 0.0) for name in decided
+    )
+    return {
+        "label": label,
+        "score": round(float(scores[top]), 6),
+        "labels": decided,
+        "label_scores": label_scores,
+        "flagged": flagged,
+    }
+
+
+class Predictor:
+    """Predictions for a model version; build it with `Predictor.load(artifact)`."""
+
+    def __init__(self, *, model: ClassifierModel, runtime: EncoderRuntime | None) -> None:
+        if model.uses_encoder and runtime is None:
+            raise ValueError("This model's heads read the encoder: a runtime is needed.")
+        self.model = model
+        self.runtime = runtime
+
+    @classmethod
+    def load(
+        cls,
+        artifact: Artifact | Path,
+        *,
+        runtime: Runtime = "auto",
+        precision: Literal["fp32", "int8"] | None = None,
+        device: torch.device | None = None,
+        threads: int | None = None,
+    ) -> Predictor:
+        """Load a predictor from an artifact (directory or loaded `Artifact`).
+
+        `precision` picks the ONNX file (default: the one chosen at training time); `threads` sets ONNX
+        Runtime's intra-op threads (default: the cores, at most 4).
+        """
+        if not isinstance(artifact, Artifact):
+            artifact = artifact_load(Path(artifact))
+        model = artifact.model
+        if not model.uses_encoder:
+            return cls(model=model, runtime=None)
+        encoder_path = artifact.encoder_path
+        assert encoder_path is not None
+        onnx_path = artifact.onnx_path(precision)
+        use_onnx = runtime == "onnx" or (
+            runtime == "auto" and onnx_path is not None and not torch.cuda.is_available()
+        )
+        if use_onnx:
+            if onnx_path is None:
+                raise ValueError("This artifact has no ONNX export; use runtime='torch'.")
+            from transformers import AutoTokenizer
+
+            return cls(
+                model=model,
+                runtime=OnnxRuntime(
+                    path=onnx_path,
+                    tokenizer=AutoTokenizer.from_pretrained(str(encoder_path)),
+                    outputs=artifact.config["onnx"]["outputs"],
+                    max_tokens=artifact.max_tokens,
+                    threads=threads,
+                ),
+            )
+        encoder = Encoder.load(str(encoder_path), device=device)
+        return cls(
+            model=model, runtime=TorchRuntime(encoder=encoder, model=model, max_tokens=artifact.max_tokens)
+        )
+
+    @property
+    def runtime_name(self) -> str:
+        return self.runtime.name if self.runtime is not None else "tfidf"
+
+    def probabilities(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per head, label probabilities `[len(texts), labels]` in the head's label order."""
+        texts = list(texts)
+        encoder_logits = self.runtime.encoder_logits(texts) if self.runtime is not None else None
+        return self.model.probabilities(texts=texts, encoder_logits=encoder_logits)
+
+    def predict(self, texts: Sequence[str]) -> list[dict[str, dict[str, Any]]]:
+        """One `{head: {"label", "score", "labels", "label_scores", "flagged"}}` per input text."""
+        probabilities = self.probabilities(texts)
+        return [
+            {
+                head.spec.name: _head_result(head, probabilities[head.spec.name][i])
+                for head in self.model.heads
+            }
+            for i in range(len(texts))
+        ]
+
+    def warm_up(self) -> None:
+        """Run one short input so the first real request does not pay for lazy initialisation."""
+        self.predict(["warm up"])

@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from services.training import selectors
+from services.training.logic import VersionRef
+from services.training.models import Model, ModelVersion, TrainingRun
+from services.training.options import SELECTION_RULES, STRATEGIES
+
+DEFAULT_BASE_MODEL = "minilm-l6"
+
+
+class OptionsSerializer(serializers.Serializer):
+    """Every option may be left out: the default (or, for a new version, the parent's value) applies."""
+
+    strategy = serializers.ChoiceField(choices=STRATEGIES, required=False)
+    max_epochs = serializers.IntegerField(min_value=1, max_value=1000, required=False)
+    selection_rule = serializers.ChoiceField(choices=SELECTION_RULES, required=False)
+    selection_head = serializers.CharField(max_length=200, allow_null=True, required=False)
+    early_stopping = serializers.IntegerField(min_value=0, max_value=1000, required=False)
+    max_invalid_row_percent = serializers.FloatField(min_value=0, max_value=100, required=False)
+    learning_rate = serializers.FloatField(min_value=1e-8, max_value=0.999, allow_null=True, required=False)
+    batch_size = serializers.IntegerField(min_value=1, max_value=4096, required=False)
+    max_tokens = serializers.IntegerField(min_value=8, max_value=8192, required=False)
+    target_precision = serializers.FloatField(min_value=0.01, max_value=1, allow_null=True, required=False)
+
+    def to_internal_value(self, data: Any) -> Any:
+        unknown = sorted(set(data) - set(self.fields)) if isinstance(data, dict) else []
+        if unknown:
+            raise serializers.ValidationError(
+                {unknown[0]: [f"Unknown option. Known options: {', '.join(sorted(self.fields))}."]}
+            )
+        return super().to_internal_value(data)
+
+
+class TestDataSerializer(serializers.Serializer):
+    snapshot = serializers.IntegerField(min_value=1, required=False)
+    split_percent = serializers.FloatField(min_value=1, max_value=90, required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if len(attrs) != 1:
+            raise serializers.ValidationError(
+                "Give either `snapshot` (a test snapshot id) or `split_percent` (the share of rows held out)."
+            )
+        return attrs
+
+
+class BaseModelField(serializers.Field):
+    """An encoder name (`minilm-l6`, a Hugging Face id) or a trained version: `{"model": 3, "version": 2}`."""
+
+    default_error_messages = {
+        # Doubled braces: DRF formats this message.
+        "invalid": 'Give an encoder name such as "minilm-l6", or a version as {{"model": 3, "version": 2}}.'
+    }
+
+    def to_internal_value(self, data: Any) -> str | VersionRef:
+        if isinstance(data, str) and data.strip() and len(data) <= 300:
+            return data.strip()
+        if isinstance(data, dict) and set(data) == {"model", "version"}:
+            model, version = data["model"], data["version"]
+            if isinstance(model, int) and isinstance(version, int) and model > 0 and version > 0:
+                return VersionRef(model_id=model, number=version)
+        self.fail("invalid")
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class ModelCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    type = serializers.ChoiceField(choices=[t for t, _ in Model.TYPES], default="text_classification")
+    base_model = BaseModelField(default=DEFAULT_BASE_MODEL)
+    snapshots = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), min_length=1, max_length=50
+    )
+    test = TestDataSerializer(required=False)
+    options = OptionsSerializer(required=False)
+
+
+class VersionCreateSerializer(serializers.Serializer):
+    # DRF takes declared fields off the class, so `parent` does not shadow Field.parent (mypy cannot tell).
+    parent = serializers.IntegerField(  # type: ignore[assignment]
+        min_value=1, required=False, help_text="Version number to train from."
+    )
+    snapshots = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), min_length=1, max_length=50, required=False
+    )
+    test = TestDataSerializer(required=False)
+    options = OptionsSerializer(required=False)
+
+
+class RunSerializer(serializers.ModelSerializer):
+    model = serializers.IntegerField(source="version.model_id")
+    version = serializers.IntegerField(source="version.number")
+    progress = serializers.SerializerMethodField()
+    outcome = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TrainingRun
+        fields = [
+            "id",
+            "model",
+            "version",
+            "state",
+            "outcome",
+            "conditions",
+            "progress",
+            "executor",
+            "job",
+            "attempt",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+    def get_progress(self, run: TrainingRun) -> dict[str, Any]:
+        return selectors.run_progress(run)
+
+    def get_outcome(self, run: TrainingRun) -> dict[str, str] | None:
+        return selectors.run_outcome(run)
+
+
+class VersionSummarySerializer(serializers.ModelSerializer):
+    status = serializers.CharField(source="run.state")
+    run = serializers.IntegerField(source="run.id")
+
+    class Meta:
+        model = ModelVersion
+        fields = ["number", "status", "run", "created_at"]
+
+
+class VersionSerializer(serializers.ModelSerializer):
+    model = serializers.IntegerField(source="model_id")
+    parent = serializers.SerializerMethodField()  # type: ignore[assignment]  # as in VersionCreateSerializer
+    status = serializers.CharField(source="run.state")
+    snapshots = serializers.ListField(source="snapshot_ids", child=serializers.IntegerField())
+    run = RunSerializer()
+    progress = serializers.SerializerMethodField()
+    metrics = serializers.JSONField(source="evaluation")
+    artifact = serializers.CharField(source="artifact_key")
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "model",
+            "number",
+            "parent",
+            "base_model",
+            "status",
+            "heads",
+            "snapshots",
+            "test",
+            "options",
+            "run",
+            "progress",
+            "metrics",
+            "thresholds",
+            "artifact",
+            "created_at",
+        ]
+
+    def get_parent(self, version: ModelVersion) -> dict[str, int] | None:
+        if version.parent is None:
+            return None
+        return {"model": version.parent.model_id, "version": version.parent.number}
+
+    def get_progress(self, version: ModelVersion) -> dict[str, Any]:
+        return selectors.run_progress(version.run)
+
+
+class ModelSerializer(serializers.ModelSerializer):
+    versions = VersionSummarySerializer(many=True)
+    latest_version = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Model
+        fields = ["id", "name", "type", "base_model", "created_at", "latest_version", "versions"]
+
+    def get_latest_version(self, model: Model) -> int | None:
+        numbers = [v.number for v in model.versions.all()]
+        return max(numbers) if numbers else None
+
+
+class ModelCreatedSerializer(serializers.Serializer):
+    """A new model with its first version (and that version's run)."""
+
+    model = ModelSerializer()
+    version = VersionSerializer()

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from services.training.console import views
+
+ORG = "console/<slug:org>"
+
+urlpatterns = [
+    path(f"{ORG}/models", views.model_list, name="console-models"),
+    path(f"{ORG}/models/new", views.model_create, name="console-model-create"),
+    path(f"{ORG}/models/<int:model_id>", views.model_detail, name="console-model"),
+    path(
+        f"{ORG}/models/<int:model_id>/versions/new", views.version_create, name="console-model-version-create"
+    ),
+    path(
+        f"{ORG}/models/<int:model_id>/versions/<int:number>",
+        views.version_detail,
+        name="console-model-version",
+    ),
+    path(
+        f"{ORG}/models/<int:model_id>/versions/<int:number>/cancel",
+        views.version_cancel,
+        name="console-model-version-cancel",
+    ),
+]

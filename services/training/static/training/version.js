@@ -1,0 +1,193 @@
+/* The version page: live training progress, loss curves, metrics toggles, PR curves with a threshold
+   slider, confusion-matrix shading and the playground. Data comes from the page (json_script) and the API. */
+(function () {
+  "use strict";
+
+  var data = JSON.parse(document.getElementById("version-data").textContent);
+  var api = JSON.parse(document.getElementById("version-api").textContent);
+  var TERMINAL = ["succeeded", "failed", "cancelled"];
+
+  function fmt(value, digits) {
+    return value === null || value === undefined ? "—" : Number(value).toFixed(digits === undefined ? 3 : digits);
+  }
+
+  /* --- loss curves --------------------------------------------------------------------------------- */
+  function drawLoss(epochs) {
+    var container = document.getElementById("loss-chart");
+    if (!container) { return; }
+    var byCandidate = {};
+    (epochs || []).forEach(function (e) {
+      var key = e.candidate || "model";
+      (byCandidate[key] = byCandidate[key] || []).push(e);
+    });
+    var candidates = Object.keys(byCandidate);
+    var series = [];
+    candidates.forEach(function (name, i) {
+      var color = ArbiterCharts.palette[i % ArbiterCharts.palette.length];
+      var prefix = candidates.length > 1 ? name + ": " : "";
+      var rows = byCandidate[name];
+      series.push({ name: prefix + "training loss", color: color,
+        points: rows.filter(function (e) { return e.train_loss !== null && e.train_loss !== undefined; })
+          .map(function (e) { return [e.epoch, e.train_loss]; }) });
+      series.push({ name: prefix + "validation loss", color: color, dashed: true,
+        points: rows.filter(function (e) { return e.valid_loss !== null && e.valid_loss !== undefined; })
+          .map(function (e) { return [e.epoch, e.valid_loss]; }) });
+    });
+    ArbiterCharts.line(container, {
+      title: "Loss per epoch", series: series, x: { label: "epoch", integer: true },
+      y: { label: "loss", min: 0 }, empty: "The first epoch's losses appear here when it ends."
+    });
+  }
+  drawLoss(data.epochs);
+
+  /* --- live progress while the run is queued or running ---------------------------------------------- */
+  var progress = document.getElementById("progress");
+  if (progress) {
+    var STATUS = {
+      queued: '<span class="pill live warn">queued</span>', running: '<span class="pill live">training</span>',
+      succeeded: '<span class="pill ok">trained</span>', failed: '<span class="pill bad">failed</span>',
+      cancelled: '<span class="pill grey">cancelled</span>'
+    };
+    var poll = function () {
+      Arbiter.api(api.version).then(function (version) {
+        document.getElementById("run-status").innerHTML = STATUS[version.status] || "";
+        if (TERMINAL.indexOf(version.status) >= 0) { window.location.reload(); return; }
+        var p = version.progress || {};
+        var bar = document.getElementById("progress-bar");
+        if (p.epoch) {
+          bar.classList.remove("indeterminate");
+          bar.firstElementChild.style.width = Math.min(100, 100 * p.epoch / (p.max_epochs || p.epoch)) + "%";
+          document.getElementById("progress-epoch").textContent = "epoch " + p.epoch + " of " + p.max_epochs;
+        }
+        var conditions = (version.run && version.run.conditions) || [];
+        var latest = conditions.slice().sort(function (a, b) { return a.time < b.time ? -1 : 1; }).pop();
+        if (latest) { document.getElementById("progress-message").textContent = latest.message; }
+        drawLoss(p.epochs);
+        setTimeout(poll, 2000);
+      }).catch(function () { setTimeout(poll, 5000); });
+    };
+    setTimeout(poll, 1500);
+  }
+
+  /* --- per head / per class toggle ----------------------------------------------------------------- */
+  document.querySelectorAll("[data-metrics-view]").forEach(function (button) {
+    button.addEventListener("click", function () {
+      document.querySelectorAll("[data-metrics-view]").forEach(function (b) {
+        var on = b === button;
+        b.setAttribute("aria-pressed", on ? "true" : "false");
+        document.getElementById(b.getAttribute("data-metrics-view")).hidden = !on;
+      });
+    });
+  });
+
+  /* --- confusion matrices: shade each cell by its share of the true class ---------------------------- */
+  document.querySelectorAll(".confusion-matrix tbody tr").forEach(function (row) {
+    var cells = row.querySelectorAll("td");
+    var total = 0;
+    cells.forEach(function (c) { total += Number(c.getAttribute("data-count")); });
+    cells.forEach(function (c) {
+      var share = total ? Number(c.getAttribute("data-count")) / total : 0;
+      c.style.setProperty("--v", share.toFixed(3));
+      if (share > 0.55) { c.classList.add("strong"); }
+      c.title += " (" + Math.round(share * 100) + "% of true " + row.querySelector("th").textContent + ")";
+    });
+  });
+
+  /* --- PR curves and the threshold slider ---------------------------------------------------------- */
+  function pointAt(curve, threshold) {
+    // The curve runs by threshold, high to low; a text is flagged when its score >= threshold, so the
+    // operating point is the lowest curve threshold that is still >= the slider.
+    var best = null;
+    curve.forEach(function (p) { if (p.threshold >= threshold - 1e-9) { best = p; } });
+    return best;
+  }
+
+  document.querySelectorAll(".head-card").forEach(function (card) {
+    var head = card.getAttribute("data-head");
+    var metrics = data.evaluation.heads[head];
+    var chosen = (data.thresholds || {})[head] || {};
+    var select = card.querySelector(".pr-label");
+    var slider = card.querySelector(".threshold");
+    var chart = card.querySelector(".pr-chart");
+    var readout = card.querySelector(".threshold-readout");
+
+    function render() {
+      var label = select.value;
+      var m = metrics.per_label[label];
+      var curve = m.pr_curve || [];
+      var t = Number(slider.value);
+      var at = pointAt(curve, t);
+      ArbiterCharts.line(chart, {
+        title: "Precision-recall curve of " + label,
+        series: [{ name: label, points: curve.slice().reverse().map(function (p) { return [p.recall, p.precision]; }) }],
+        x: { min: 0, max: 1, label: "recall" }, y: { min: 0, max: 1, label: "precision" },
+        marker: at ? { x: at.recall, y: at.precision, label: "t = " + fmt(t, 2) } : null,
+        empty: "No " + label + " rows among the evaluated rows, so there is no curve."
+      });
+      var f1 = at && (at.precision + at.recall) ? 2 * at.precision * at.recall / (at.precision + at.recall) : null;
+      var parts = [
+        "<span>At <strong>" + fmt(t, 2) + "</strong>:</span>",
+        "<span class='pill'>precision " + (at ? fmt(at.precision) : "—") + "</span>",
+        "<span class='pill'>recall " + (at ? fmt(at.recall) : "0.000") + "</span>",
+        "<span class='pill'>F1 " + fmt(f1) + "</span>"
+      ];
+      readout.innerHTML = parts.join(" ");
+      var best = m.thresholds && m.thresholds.best_f1;
+      var target = m.thresholds && m.thresholds.target_precision;
+      [[best, "best F1"], [target, "target precision"]].forEach(function (pair) {
+        if (!pair[0]) { return; }
+        var jump = document.createElement("button");
+        jump.type = "button";
+        jump.className = "link small";
+        jump.textContent = pair[1] + " at " + fmt(pair[0].threshold, 2);
+        jump.addEventListener("click", function () { slider.value = pair[0].threshold; render(); });
+        readout.appendChild(jump);
+      });
+      var note = document.createElement("span");
+      note.className = "muted small";
+      note.textContent = metrics.multi_label
+        ? "This version flags " + label + " at " + fmt(chosen[label] !== undefined ? chosen[label] : 0.5, 2) + "."
+        : "This version picks the class with the highest score; the slider shows what a threshold would give.";
+      readout.appendChild(note);
+    }
+
+    function reset() {
+      var label = select.value;
+      // Multi-class heads decide by argmax (stored as threshold 0): start the slider at 0.5 instead.
+      var start = metrics.multi_label && chosen[label] !== undefined ? chosen[label] : 0.5;
+      slider.value = start;
+      render();
+    }
+    select.addEventListener("change", reset);
+    slider.addEventListener("input", render);
+    reset();
+  });
+
+  /* --- playground (the inference service's API) ---------------------------------------------------- */
+  var form = document.getElementById("playground-form");
+  if (form) {
+    var results = document.getElementById("playground-results");
+    var errorBox = document.getElementById("playground-error");
+    var free = document.getElementById("free-queries");
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var button = form.querySelector("button");
+      button.disabled = true;
+      errorBox.hidden = true;
+      Arbiter.api(api.playground, { method: "POST", json: { input: form.input.value } })
+        .then(function (body) {
+          ArbiterResults.render(results, body.results, [form.input.value]);
+          if (body.quota) {
+            free.textContent = body.quota.remaining + " of " + body.quota.free + " free queries left for this model";
+          }
+        })
+        .catch(function (error) {
+          errorBox.textContent = error.status === 404
+            ? "This version is not available to the playground yet: it appears a few seconds after training ends."
+            : error.message;
+          errorBox.hidden = false;
+        })
+        .then(function () { button.disabled = false; });
+    });
+  }
+})();

@@ -1,0 +1,65 @@
+"""Base encoders: name resolution, embeddings as sentence-transformers makes them, the embedding cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from arbiter.ml import BaseModelError, EmbeddingCache, Encoder, encoder_resolve
+
+TEXTS = ["the football match is lovely", "you are a stupid moron", "the football match is lovely", "ok"]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    return Encoder.load("minilm-l6")
+
+
+@pytest.mark.parametrize("name", ["minilm-l6", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"])
+def test_minilm_names_resolve_to_the_installed_copy(name: str) -> None:
+    folder = Path(encoder_resolve(name))
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+
+
+def test_other_names_are_hub_ids_or_folders() -> None:
+    assert encoder_resolve("intfloat/e5-small-v2") == "intfloat/e5-small-v2"
+    with pytest.raises(BaseModelError, match="could not be loaded"):
+        Encoder.load("arbiter-tests/no-such-model")
+
+
+def test_embeddings_match_sentence_transformers(encoder: Encoder) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(encoder_resolve("minilm-l6"), device="cpu").encode(TEXTS)
+    embeddings = encoder.embed(TEXTS, max_tokens=128, bf16=False)
+
+    assert embeddings.shape == (4, 384) and embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(embeddings, reference, atol=1e-4)
+    # bf16 autocast (used where the CPU has native bf16) stays within 1e-3 cosine of fp32.
+    fast = encoder.embed(TEXTS, max_tokens=128, bf16=True)
+    assert (fast * embeddings).sum(axis=1).min() > 0.999
+
+
+def test_truncation_to_max_tokens_changes_long_texts_only(encoder: Encoder) -> None:
+    long_text = "the football match is lovely " * 20
+    full = encoder.embed([long_text, "ok"], max_tokens=128, bf16=False)
+    short = encoder.embed([long_text, "ok"], max_tokens=8, bf16=False)
+    assert not np.allclose(full[0], short[0], atol=1e-3)
+    np.testing.assert_allclose(full[1], short[1], atol=1e-5)
+
+
+def test_cache_on_disk_is_reused_by_a_new_process(encoder: Encoder, tmp_path: Path) -> None:
+    first = encoder.embed(TEXTS, max_tokens=64, cache=EmbeddingCache(tmp_path))
+    shards = list(tmp_path.rglob("*.safetensors"))
+    assert len(shards) == 1
+
+    reopened = EmbeddingCache(tmp_path)
+    key = f"{encoder.fingerprint()}:64"
+    assert set(reopened.lookup(key, TEXTS)) == set(TEXTS)
+    again = encoder.embed(TEXTS, max_tokens=64, cache=reopened)
+    np.testing.assert_array_equal(again, first)
+    assert list(tmp_path.rglob("*.safetensors")) == shards  # nothing new was computed
+    assert reopened.lookup(f"{encoder.fingerprint()}:128", TEXTS) == {}

@@ -1,0 +1,224 @@
+"""Training strategies end to end on the synthetic snapshot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from arbiter.ml import (
+    BaseModelError,
+    EmbeddingCache,
+    EpochProgress,
+    Predictor,
+    TrainingCancelled,
+    TrainingDataError,
+    TrainOptions,
+    TrainResult,
+    train_from_snapshot,
+)
+
+from .synthetic import HEADS, synthetic_rows
+
+
+def test_head_strategy_separates_the_synthetic_snapshot(head_result: TrainResult) -> None:
+    metrics = head_result.metrics
+    assert metrics["split"] == "test" and metrics["rows"] == 40
+    assert metrics["heads"]["toxicity"]["macro"]["f1"] >= 0.95
+    assert metrics["heads"]["topics"]["macro"]["f1"] >= 0.9
+    # Every 7th row has `topics: null`: those test rows are not counted for that head.
+    assert metrics["heads"]["topics"]["support"] == 40 - len([i for i in range(0, 200, 5) if i % 7 == 3])
+    assert metrics["heads"]["toxicity"]["support"] == 40
+    written = json.loads((head_result.artifact_dir / "metrics.json").read_text())
+    assert written["heads"] == metrics["heads"]
+    assert written["training"]["selected"] == "head"
+    assert [epoch["epoch"] for epoch in written["training"]["history"]] == list(
+        range(1, len(written["training"]["history"]) + 1)
+    )
+
+
+def test_progress_is_reported_per_epoch_and_the_best_epoch_is_kept(
+    tmp_path: Path, embedding_cache: EmbeddingCache
+) -> None:
+    seen: list[EpochProgress] = []
+    result = train_from_snapshot(
+        rows=synthetic_rows(),
+        heads=HEADS,
+        options=TrainOptions(
+            strategy="head", max_epochs=6, early_stopping=0, selection_rule="loss", export_onnx=False
+        ),
+        out_dir=tmp_path / "artifact",
+        on_progress=seen.append,
+        cache=embedding_cache,
+    )
+    assert [progress.epoch for progress in seen] == [1, 2, 3, 4, 5, 6]
+    first = seen[0].to_dict()
+    assert set(first) >= {"epoch", "train_loss", "valid_loss", "selection_metric", "head_metrics"}
+    assert set(first["head_metrics"]) == {"toxicity", "topics"}
+    best = min(seen, key=lambda progress: progress.valid_loss or 0)
+    assert result.best_epoch == best.epoch
+    assert result.selection_metric == pytest.approx(best.selection_metric, abs=1e-4)
+
+
+def test_early_stopping_stops_after_patience_epochs(tmp_path: Path, embedding_cache: EmbeddingCache) -> None:
+    # A quarter of the toxicity labels flipped: a fast learner soon overfits them.
+    noisy = [
+        {
+            **row,
+            "labels": {
+                **row["labels"],
+                "toxicity": [{"safe": "toxic", "toxic": "safe"}[row["labels"]["toxicity"][0]]],
+            },
+        }
+        if row["row"] % 4 == 1
+        else row
+        for row in synthetic_rows()
+    ]
+    result = train_from_snapshot(
+        rows=noisy,
+        heads=HEADS,
+        options=TrainOptions(
+            strategy="head",
+            max_epochs=60,
+            early_stopping=2,
+            learning_rate=0.05,
+            selection_rule="loss",
+            export_onnx=False,
+        ),
+        out_dir=tmp_path / "artifact",
+        cache=embedding_cache,
+    )
+    assert len(result.history) < 60
+    assert len(result.history) - result.best_epoch == 2  # type: ignore[operator]
+
+
+def test_same_seed_gives_the_same_metrics(tmp_path: Path, embedding_cache: EmbeddingCache) -> None:
+    def train(seed: int, folder: str) -> TrainResult:
+        return train_from_snapshot(
+            rows=synthetic_rows(seed=1),
+            heads=HEADS,
+            options=TrainOptions(strategy="head", max_epochs=4, seed=seed, export_onnx=False),
+            out_dir=tmp_path / folder,
+            cache=embedding_cache,
+        )
+
+    first, second, other = train(5, "a"), train(5, "b"), train(6, "c")
+    assert first.metrics["heads"] == second.metrics["heads"]
+    assert [p.to_dict()["train_loss"] for p in first.history] == [
+        p.to_dict()["train_loss"] for p in second.history
+    ]
+    assert [p.train_loss for p in first.history] != [p.train_loss for p in other.history]
+
+
+def test_cancel_stops_training(tmp_path: Path, embedding_cache: EmbeddingCache) -> None:
+    epochs: list[int] = []
+    with pytest.raises(TrainingCancelled):
+        train_from_snapshot(
+            rows=synthetic_rows(),
+            heads=HEADS,
+            options=TrainOptions(strategy="head", max_epochs=50, early_stopping=0, export_onnx=False),
+            out_dir=tmp_path / "artifact",
+            on_progress=lambda progress: epochs.append(progress.epoch),
+            should_cancel=lambda: len(epochs) >= 2,
+            cache=embedding_cache,
+        )
+    assert epochs == [1, 2]
+
+
+def test_auto_within_a_tiny_budget_serves_tfidf_without_an_encoder(tmp_path: Path) -> None:
+    result = train_from_snapshot(
+        rows=synthetic_rows(),
+        heads=HEADS,
+        options=TrainOptions(strategy="auto", time_budget_s=0.001, selection_rule="f1"),
+        out_dir=tmp_path / "artifact",
+    )
+    assert result.selected == "tfidf"
+    assert [candidate["name"] for candidate in result.candidates] == ["tfidf", "head"]
+    assert result.candidates[1]["skipped"] == "the time budget was spent"
+    assert result.metrics["heads"]["toxicity"]["macro"]["f1"] >= 0.95
+    assert not (result.artifact_dir / "encoder").exists()
+    assert result.artifact.config["onnx"] is None
+    predictor = Predictor.load(result.artifact_dir)
+    assert predictor.runtime_name == "tfidf"
+    [prediction] = predictor.predict(["you are a stupid moron, the election"])
+    assert prediction["toxicity"]["label"] == "toxic"
+    assert prediction["topics"]["labels"] == ["politics"]
+
+
+@pytest.mark.slow
+def test_auto_compares_candidates_and_blends_per_head(
+    tmp_path: Path, embedding_cache: EmbeddingCache
+) -> None:
+    result = train_from_snapshot(
+        rows=synthetic_rows(),
+        heads=HEADS,
+        options=TrainOptions(strategy="auto", time_budget_s=20, max_epochs=10, export_onnx=False),
+        out_dir=tmp_path / "artifact",
+        cache=embedding_cache,
+    )
+    names = [candidate["name"] for candidate in result.candidates]
+    assert names[:2] == ["tfidf", "head"] and names[-1] == "blend"
+    assert result.selected in {"tfidf", "head", "full", "blend"}
+    blend = result.candidates[-1]
+    assert set(blend["encoder_share"]) == {"toxicity", "topics"}
+    assert set(blend["encoder_share"].values()) <= {0.0, 0.25, 0.5, 0.75, 1.0}
+    components = {head.spec.name: len(head.components) for head in result.artifact.model.heads}
+    assert components == {
+        name: 1 if share in {0.0, 1.0} else 2 for name, share in blend["encoder_share"].items()
+    }
+    assert result.metrics["macro"]["f1"] >= 0.9
+
+
+def test_full_strategy_fine_tunes_the_encoder_on_a_tiny_input(tmp_path: Path) -> None:
+    result = train_from_snapshot(
+        rows=synthetic_rows(30),
+        heads=HEADS,
+        options=TrainOptions(strategy="full", max_epochs=2, batch_size=16, max_tokens=16, export_onnx=False),
+        out_dir=tmp_path / "artifact",
+    )
+    assert result.selected == "full"
+    assert [progress.candidate for progress in result.history] == ["full", "full"]
+    assert result.artifact.config["encoder"]["fine_tuned"] is True
+    assert (result.artifact_dir / "encoder" / "model.safetensors").is_file()
+    assert set(result.metrics["heads"]) == {"toxicity", "topics"}
+
+
+def test_no_training_rows_is_a_clear_error(tmp_path: Path) -> None:
+    rows = [{**row, "split": "test"} for row in synthetic_rows(20)]
+    with pytest.raises(TrainingDataError, match="no training rows"):
+        train_from_snapshot(rows=rows, heads=HEADS, out_dir=tmp_path / "artifact")
+
+
+def test_single_class_head_is_a_clear_error(tmp_path: Path) -> None:
+    rows = [{**row, "labels": {**row["labels"], "toxicity": ["safe"]}} for row in synthetic_rows(30)]
+    with pytest.raises(TrainingDataError, match="single class"):
+        train_from_snapshot(rows=rows, heads=HEADS, out_dir=tmp_path / "artifact")
+
+
+def test_a_base_model_that_cannot_be_loaded_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(BaseModelError, match="could not be loaded") as caught:
+        train_from_snapshot(
+            rows=synthetic_rows(30),
+            heads=HEADS,
+            options=TrainOptions(strategy="head"),
+            base_model=str(tmp_path / "no-such-model"),
+            out_dir=tmp_path / "artifact",
+        )
+    assert caught.value.code == "base_model_unavailable"
+
+
+def test_target_precision_raises_thresholds(tmp_path: Path, embedding_cache: EmbeddingCache) -> None:
+    result = train_from_snapshot(
+        rows=synthetic_rows(),
+        heads=HEADS,
+        options=TrainOptions(strategy="head", max_epochs=10, target_precision=0.99, export_onnx=False),
+        out_dir=tmp_path / "artifact",
+        cache=embedding_cache,
+    )
+    thresholds = result.artifact.model.head("topics").thresholds
+    assert all(value >= 0.5 for value in thresholds.values())
+    per_label = result.metrics["heads"]["topics"]["per_label"]
+    assert per_label["sports"]["thresholds"]["target_precision"]["target"] == 0.99
+    config_thresholds = {head["name"]: head["thresholds"] for head in result.artifact.config["heads"]}
+    assert config_thresholds["topics"] == thresholds
