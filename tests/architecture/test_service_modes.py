@@ -46,12 +46,23 @@ def test_dataset_only_process_serves_dataset_urls_and_404s_the_rest(tmp_path: Pa
     env.update(ARBITER_HOME=str(tmp_path), ARBITER_SERVICES="all")  # SQLite files under a private home
     arbiter = [sys.executable, "-m", "arbiter.cli"]
     subprocess.run([*arbiter, "migrate"], env=env, check=True, capture_output=True)
-    boot = json.loads(subprocess.run([*arbiter, "bootstrap", "--org", "modes", "--email", "m@example.com"],
-                                     env=env, check=True, capture_output=True, text=True).stdout)
+    boot = json.loads(
+        subprocess.run(
+            [*arbiter, "bootstrap", "--org", "modes", "--email", "m@example.com"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     port = _free_port()
     env["ARBITER_SERVICES"] = "dataset"
-    server = subprocess.Popen([*arbiter, "serve", "--services", "dataset", "--bind", f"127.0.0.1:{port}"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [*arbiter, "serve", "--services", "dataset", "--bind", f"127.0.0.1:{port}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -66,8 +77,13 @@ def test_dataset_only_process_serves_dataset_urls_and_404s_the_rest(tmp_path: Pa
         key = boot["api_key"]
         status, body = _get(f"{base}/api/v1/orgs/modes/datasets", key)
         assert status == 200, body
-        for other in ["/api/v1/me", "/api/v1/orgs/modes/members", "/api/v1/orgs/modes/models",
-                      "/api/v1/orgs/modes/deployments", "/console/"]:
+        for other in [
+            "/api/v1/me",
+            "/api/v1/orgs/modes/members",
+            "/api/v1/orgs/modes/models",
+            "/api/v1/orgs/modes/deployments",
+            "/console/",
+        ]:
             status, body = _get(base + other, key)
             assert status == 404, (other, status, body)
         status, ready = _get(f"{base}/readyz")

@@ -21,7 +21,9 @@ def bearer(secret: str) -> APIClient:
 
 def test_key_created_through_the_api_authenticates_me_until_revoked(tenant: Tenant) -> None:
     admin = tenant.client(["admin"])
-    created = admin.post(tenant.url("/api-keys"), {"name": "ci", "scopes": ["inference", "models:read"]}, format="json")
+    created = admin.post(
+        tenant.url("/api-keys"), {"name": "ci", "scopes": ["inference", "models:read"]}, format="json"
+    )
     assert created.status_code == 201
     secret = created.json()["secret"]
     assert secret.startswith("arb_")
@@ -73,8 +75,12 @@ def test_missing_scope_or_role_is_403(tenant: Tenant) -> None:
 
     # Nobody can mint a key with more power than they hold.
     member, _ = tenant.add_member("member")
-    assert tenant.session_client(member).post(tenant.url("/api-keys"), {"name": "x", "scopes": ["inference"]},
-                                              format="json").status_code == 403
+    assert (
+        tenant.session_client(member)
+        .post(tenant.url("/api-keys"), {"name": "x", "scopes": ["inference"]}, format="json")
+        .status_code
+        == 403
+    )
 
 
 @pytest.mark.cross_tenant("org-detail", "member-list", "member-detail", "api-key-list", "api-key-detail")
@@ -86,14 +92,20 @@ def test_another_orgs_resources_are_404_like_missing_ones(tenant: Tenant, victim
     for path in ["", "/members", "/api-keys"]:
         assert_not_found(attacker.get(victim.url(path)))
     assert_not_found(attacker.patch(victim.url(), {"name": "pwned"}, format="json"))
-    assert_not_found(attacker.post(victim.url("/api-keys"), {"name": "x", "scopes": ["admin"]}, format="json"))
+    assert_not_found(
+        attacker.post(victim.url("/api-keys"), {"name": "x", "scopes": ["admin"]}, format="json")
+    )
     assert_not_found(attacker.delete(victim.url(f"/api-keys/{victim_key.pk}")))
     assert_not_found(attacker.get(victim.url(f"/api-keys/{victim_key.pk}")))
-    assert_not_found(attacker.patch(victim.url(f"/members/{victim_member.pk}"), {"role": "viewer"}, format="json"))
+    assert_not_found(
+        attacker.patch(victim.url(f"/members/{victim_member.pk}"), {"role": "viewer"}, format="json")
+    )
     assert_not_found(attacker.delete(victim.url(f"/members/{victim_member.pk}")))
     # The victim's own objects, addressed through the attacker's org, are missing too.
     assert_not_found(attacker.delete(tenant.url(f"/api-keys/{victim_key.pk}")))
-    assert_not_found(attacker.patch(tenant.url(f"/members/{victim_member.pk}"), {"role": "viewer"}, format="json"))
+    assert_not_found(
+        attacker.patch(tenant.url(f"/members/{victim_member.pk}"), {"role": "viewer"}, format="json")
+    )
     assert_not_found(attacker.get(tenant.url("/api-keys/not-a-number")))
     # A signed-in person outside the org gets the same answer.
     assert_not_found(tenant.session_client().get(victim.url("/members")))
@@ -118,14 +130,21 @@ def test_malformed_json_and_fields_are_400_naming_the_field(tenant: Tenant) -> N
 
 def test_members_roles_and_the_last_owner(tenant: Tenant) -> None:
     admin = tenant.client(["admin"])
-    user = get_user_model().objects.create_user(username="new@example.com", email="new@example.com", password="x" * 12)
+    user = get_user_model().objects.create_user(
+        username="new@example.com", email="new@example.com", password="x" * 12
+    )
     added = admin.post(tenant.url("/members"), {"email": "New@Example.com", "role": "viewer"}, format="json")
     assert added.status_code == 201, added.content
     assert added.json()["email"] == user.email
     assert admin.post(tenant.url("/members"), {"email": "new@example.com"}, format="json").status_code == 409
-    assert admin.post(tenant.url("/members"), {"email": "nobody@example.com"}, format="json").status_code == 404
+    assert (
+        admin.post(tenant.url("/members"), {"email": "nobody@example.com"}, format="json").status_code == 404
+    )
     member_id = added.json()["id"]
-    assert admin.patch(tenant.url(f"/members/{member_id}"), {"role": "member"}, format="json").json()["role"] == "member"
+    assert (
+        admin.patch(tenant.url(f"/members/{member_id}"), {"role": "member"}, format="json").json()["role"]
+        == "member"
+    )
     owner = tenant.org.memberships.get(role="owner")
     last = tenant.session_client().delete(tenant.url(f"/members/{owner.pk}"))
     assert last.status_code == 409
@@ -155,7 +174,9 @@ def test_idempotency_key_returns_the_first_result_and_creates_once(tenant: Tenan
     assert again["Idempotent-Replayed"] == "true"
     assert again.json()["secret"] is None  # a secret is shown once, never replayed from storage
     assert ApiKey.objects.filter(org=tenant.org, name="retry-me").count() == 1
-    different = admin.post(tenant.url("/api-keys"), {**body, "name": "other"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    different = admin.post(
+        tenant.url("/api-keys"), {**body, "name": "other"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1"
+    )
     assert different.status_code == 422
     assert different.json()["error"]["code"] == "idempotency_key_reused"
     fresh = admin.post(tenant.url("/api-keys"), body, format="json", HTTP_IDEMPOTENCY_KEY="k-2")

@@ -85,7 +85,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
 
 def _wants_json(request: HttpRequest) -> bool:
-    return request.path.startswith(("/api/", "/v1/")) or "application/json" in request.headers.get("Accept", "")
+    return request.path.startswith(("/api/", "/v1/")) or "application/json" in request.headers.get(
+        "Accept", ""
+    )
 
 
 def _page_or_json(request: HttpRequest, status_code: int, code: str, message: str) -> HttpResponse:
@@ -97,7 +99,9 @@ def _page_or_json(request: HttpRequest, status_code: int, code: str, message: st
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    return _page_or_json(request, status.HTTP_400_BAD_REQUEST, "invalid", "The request could not be understood.")
+    return _page_or_json(
+        request, status.HTTP_400_BAD_REQUEST, "invalid", "The request could not be understood."
+    )
 
 
 def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -47,6 +47,9 @@ def readyz(request: HttpRequest) -> JsonResponse:
     ready = all(reason is None for reason in results.values())
     body = {
         "status": "ready" if ready else "not_ready",
-        "checks": {name: {"ok": reason is None, **({"reason": reason} if reason else {})} for name, reason in results.items()},
+        "checks": {
+            name: {"ok": reason is None, **({"reason": reason} if reason else {})}
+            for name, reason in results.items()
+        },
     }
     return JsonResponse(body, status=200 if ready else 503)

@@ -53,16 +53,28 @@ def idempotency_begin(*, request: Request, alias: str, org_id: int, actor: str) 
     records.filter(created_at__lt=timezone.now() - RETENTION).delete()
     try:
         with transaction.atomic(using=alias):
-            return records.create(org_id=org_id, actor=actor, key=key, method=request.method,
-                                  path=request.path[:500], fingerprint=fingerprint)
+            return records.create(
+                org_id=org_id,
+                actor=actor,
+                key=key,
+                method=request.method,
+                path=request.path[:500],
+                fingerprint=fingerprint,
+            )
     except IntegrityError:
         existing = records.get(org_id=org_id, actor=actor, key=key)
     if existing.fingerprint != fingerprint:
-        raise ApiError(status=422, code="idempotency_key_reused",
-                       message=f"This {HEADER} was already used for a different request; use a new key.")
+        raise ApiError(
+            status=422,
+            code="idempotency_key_reused",
+            message=f"This {HEADER} was already used for a different request; use a new key.",
+        )
     if existing.status_code is None:
-        raise ApiError(status=409, code="idempotency_in_progress",
-                       message=f"A request with this {HEADER} is still being processed; retry shortly.")
+        raise ApiError(
+            status=409,
+            code="idempotency_in_progress",
+            message=f"A request with this {HEADER} is still being processed; retry shortly.",
+        )
     raise IdempotentReplay(existing)
 
 
@@ -77,7 +89,9 @@ def idempotency_finish(
     body: Any = json.loads(JSONRenderer().render(response.data)) if isinstance(response, Response) else None
     if isinstance(body, dict) and redact:
         body = {name: (None if name in redact else value) for name, value in body.items()}
-    IdempotencyRecord.objects.using(alias).filter(pk=record.pk).update(status_code=response.status_code, body=body)
+    IdempotencyRecord.objects.using(alias).filter(pk=record.pk).update(
+        status_code=response.status_code, body=body
+    )
 
 
 def replay_response(record: IdempotencyRecord) -> Response:

@@ -22,4 +22,9 @@ class IdempotencyRecord(models.Model):
 
     class Meta:
         db_table = "api_idempotency"
-        constraints = [models.UniqueConstraint(fields=["org_id", "actor", "key"], name="api_idempotency_once")]
+        constraints = [
+            models.UniqueConstraint(fields=["org_id", "actor", "key"], name="api_idempotency_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} ({self.key})"

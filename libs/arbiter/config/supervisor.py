@@ -52,7 +52,10 @@ class Supervisor:
                     if code is None or self._stopping:
                         continue
                     if self._restarted_too_often(child):
-                        print(f"arbiter: {child.name} keeps exiting (last code {code}); stopping.", file=sys.stderr)
+                        print(
+                            f"arbiter: {child.name} keeps exiting (last code {code}); stopping.",
+                            file=sys.stderr,
+                        )
                         return_code = 1
                         self._stopping = True
                         break

@@ -23,7 +23,9 @@ class JsonFormatter(logging.Formatter):
             payload["trace_id"] = trace_id
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
-                payload[key] = value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+                payload[key] = (
+                    value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+                )
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
         return json.dumps(payload, ensure_ascii=False)

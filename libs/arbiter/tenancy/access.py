@@ -44,7 +44,9 @@ def resolve_org_access(request: Request | HttpRequest, org_slug: str) -> OrgAcce
             api_key_id=key.pk,
         )
     membership = (
-        Membership.objects.select_related("org").filter(org__slug=org_slug, user_id=getattr(user, "pk", None)).first()
+        Membership.objects.select_related("org")
+        .filter(org__slug=org_slug, user_id=getattr(user, "pk", None))
+        .first()
     )
     if membership is None:
         raise Http404

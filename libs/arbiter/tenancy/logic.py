@@ -33,8 +33,12 @@ class CreatedApiKey:
 def _normalise_email(email: str) -> str:
     email = (email or "").strip()
     if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
-        raise ApiError(status=400, code="invalid", message="email: enter a valid email address.",
-                       details={"email": ["Enter a valid email address."]})
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message="email: enter a valid email address.",
+            details={"email": ["Enter a valid email address."]},
+        )
     return email.lower()
 
 
@@ -52,7 +56,8 @@ def _unique_slug(name: str) -> str:
 def _check_slug(slug: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{1,48}[a-z0-9]", slug) or slug in RESERVED_SLUGS:
         raise ApiError(
-            status=400, code="invalid",
+            status=400,
+            code="invalid",
             message="slug: use 3-50 lowercase letters, digits and dashes, not starting or ending with a dash.",
             details={"slug": ["Invalid slug."]},
         )
@@ -63,12 +68,20 @@ def _check_slug(slug: str) -> str:
 def org_create(*, name: str, owner: AbstractBaseUser, slug: str | None = None) -> Org:
     name = (name or "").strip()
     if not name:
-        raise ApiError(status=400, code="invalid", message="name: this field is required.",
-                       details={"name": ["This field is required."]})
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message="name: this field is required.",
+            details={"name": ["This field is required."]},
+        )
     slug = _check_slug(slug) if slug else _unique_slug(name)
     if Org.objects.filter(slug=slug).exists():
-        raise ApiError(status=409, code="slug_taken", message=f"The org slug '{slug}' is taken; choose another.",
-                       details={"slug": ["Taken."]})
+        raise ApiError(
+            status=409,
+            code="slug_taken",
+            message=f"The org slug '{slug}' is taken; choose another.",
+            details={"slug": ["Taken."]},
+        )
     org = Org.objects.create(slug=slug, name=name[:200])
     Membership.objects.create(org=org, user=owner, role=Role.OWNER)
     return org
@@ -80,20 +93,30 @@ def user_signup(*, email: str, password: str, org_name: str) -> tuple[AbstractBa
     try:
         validate_password(password)
     except DjangoValidationError as exc:
-        raise ApiError(status=400, code="invalid", message="password: " + " ".join(exc.messages),
-                       details={"password": exc.messages}) from None
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message="password: " + " ".join(exc.messages),
+            details={"password": exc.messages},
+        ) from None
     try:
         with transaction.atomic(using="default"):
             if User.objects.filter(username=email).exists():
-                raise ApiError(status=409, code="email_taken",
-                               message="An account with this email already exists. Sign in instead.",
-                               details={"email": ["Taken."]})
+                raise ApiError(
+                    status=409,
+                    code="email_taken",
+                    message="An account with this email already exists. Sign in instead.",
+                    details={"email": ["Taken."]},
+                )
             user = User.objects.create_user(username=email, email=email, password=password)
             org = org_create(name=org_name or f"{email.split('@')[0]}'s org", owner=user)
     except IntegrityError:
-        raise ApiError(status=409, code="email_taken",
-                       message="An account with this email already exists. Sign in instead.",
-                       details={"email": ["Taken."]}) from None
+        raise ApiError(
+            status=409,
+            code="email_taken",
+            message="An account with this email already exists. Sign in instead.",
+            details={"email": ["Taken."]},
+        ) from None
     return user, org
 
 
@@ -104,9 +127,12 @@ def member_add(*, org_id: int, email: str, role: str, acting_role: Role | None) 
     _check_can_grant(acting_role=acting_role, role=new_role)
     user = User.objects.filter(username=email).first()
     if user is None:
-        raise ApiError(status=404, code="user_not_found",
-                       message=f"No Arbiter account uses {email}; ask them to sign up first.",
-                       details={"email": ["No such user."]})
+        raise ApiError(
+            status=404,
+            code="user_not_found",
+            message=f"No Arbiter account uses {email}; ask them to sign up first.",
+            details={"email": ["No such user."]},
+        )
     if Membership.objects.filter(org_id=org_id, user=user).exists():
         raise ApiError(status=409, code="already_member", message=f"{email} is already a member.")
     return Membership.objects.create(org_id=org_id, user=user, role=new_role)
@@ -135,48 +161,84 @@ def member_remove(*, membership: Membership, acting_role: Role | None) -> None:
 def _ensure_another_owner(membership: Membership) -> None:
     others = Membership.objects.select_for_update().filter(org_id=membership.org_id, role=Role.OWNER)
     if not others.exclude(pk=membership.pk).exists():
-        raise ApiError(status=409, code="last_owner", message="An org needs at least one owner; add another first.")
+        raise ApiError(
+            status=409, code="last_owner", message="An org needs at least one owner; add another first."
+        )
 
 
 def _parse_role(role: str) -> Role:
     try:
         return Role(role)
     except ValueError:
-        raise ApiError(status=400, code="invalid", message=f"role: choose one of {', '.join(r.value for r in Role)}.",
-                       details={"role": ["Invalid choice."]}) from None
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message=f"role: choose one of {', '.join(r.value for r in Role)}.",
+            details={"role": ["Invalid choice."]},
+        ) from None
 
 
 def _check_can_grant(*, acting_role: Role | None, role: Role) -> None:
     # Keys with `admin` act as admins; nobody can hand out more than they hold.
     acting = acting_role or Role.ADMIN
     if ROLE_RANK[role] > ROLE_RANK[acting]:
-        raise ApiError(status=403, code="permission_denied", message=f"Only an owner can grant or change the '{role}' role.")
+        raise ApiError(
+            status=403,
+            code="permission_denied",
+            message=f"Only an owner can grant or change the '{role}' role.",
+        )
 
 
 def api_key_create(
-    *, org_id: int, name: str, scopes: list[str], granted: frozenset[str], created_by_id: int | None,
+    *,
+    org_id: int,
+    name: str,
+    scopes: list[str],
+    granted: frozenset[str],
+    created_by_id: int | None,
     expires_at: datetime | None = None,
 ) -> CreatedApiKey:
     name = (name or "").strip()
     if not name:
-        raise ApiError(status=400, code="invalid", message="name: this field is required.",
-                       details={"name": ["This field is required."]})
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message="name: this field is required.",
+            details={"name": ["This field is required."]},
+        )
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
-        raise ApiError(status=400, code="invalid",
-                       message=f"scopes: choose one or more of {', '.join(SCOPES)}" + (f"; unknown: {unknown}" if unknown else ""),
-                       details={"scopes": ["Invalid scopes."]})
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message=f"scopes: choose one or more of {', '.join(SCOPES)}"
+            + (f"; unknown: {unknown}" if unknown else ""),
+            details={"scopes": ["Invalid scopes."]},
+        )
     beyond = sorted(expand(set(scopes)) - expand(granted))
     if beyond:
-        raise ApiError(status=403, code="permission_denied",
-                       message=f"A key cannot carry scopes its creator lacks: {', '.join(beyond)}.")
+        raise ApiError(
+            status=403,
+            code="permission_denied",
+            message=f"A key cannot carry scopes its creator lacks: {', '.join(beyond)}.",
+        )
     if expires_at is not None and expires_at <= timezone.now():
-        raise ApiError(status=400, code="invalid", message="expires_at: must be in the future.",
-                       details={"expires_at": ["Must be in the future."]})
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message="expires_at: must be in the future.",
+            details={"expires_at": ["Must be in the future."]},
+        )
     secret = generate_key_secret()
     key = ApiKey.objects.create(
-        org_id=org_id, name=name[:200], hashed_secret=hash_key_secret(secret), prefix=secret[:12],
-        last_four=secret[-4:], scopes=sorted(set(scopes)), created_by_id=created_by_id, expires_at=expires_at,
+        org_id=org_id,
+        name=name[:200],
+        hashed_secret=hash_key_secret(secret),
+        prefix=secret[:12],
+        last_four=secret[-4:],
+        scopes=sorted(set(scopes)),
+        created_by_id=created_by_id,
+        expires_at=expires_at,
     )
     return CreatedApiKey(key=key, secret=secret)
 
@@ -217,6 +279,7 @@ def org_bootstrap(*, slug: str, email: str, password: str | None = None) -> Boot
     if membership.role != Role.OWNER:
         membership.role = Role.OWNER
         membership.save(update_fields=["role"])
-    created = api_key_create(org_id=org.pk, name="bootstrap", scopes=["admin"], granted=frozenset({"admin"}),
-                             created_by_id=user.pk)
+    created = api_key_create(
+        org_id=org.pk, name="bootstrap", scopes=["admin"], granted=frozenset({"admin"}), created_by_id=user.pk
+    )
     return Bootstrap(org=org, email=email, password=password, api_key=created.secret)

@@ -30,7 +30,12 @@ class Membership(models.Model):
 
     class Meta:
         db_table = "tenancy_membership"
-        constraints = [models.UniqueConstraint(fields=["org", "user"], name="one_membership_per_user_and_org")]
+        constraints = [
+            models.UniqueConstraint(fields=["org", "user"], name="one_membership_per_user_and_org")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.org_id} as {self.role}"
 
 
 KEY_PREFIX = "arb_"
@@ -64,6 +69,9 @@ class ApiKey(models.Model):
 
     class Meta:
         db_table = "tenancy_api_key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.display})"
 
     @property
     def is_active(self) -> bool:

@@ -49,7 +49,9 @@ class OrgScopedViewSet(viewsets.GenericViewSet):
         self._scope_token = set_org_scope(self.access.org_id)
         required = self.required_scope(request)
         if required is not None and not holds(self.access.scopes, required):
-            raise exceptions.PermissionDenied(f"This needs the '{required}' scope, which the caller does not hold.")
+            raise exceptions.PermissionDenied(
+                f"This needs the '{required}' scope, which the caller does not hold."
+            )
         self._idempotency = idempotency_begin(
             request=request, alias=self.service_alias, org_id=self.access.org_id, actor=self.access.actor
         )
@@ -63,8 +65,9 @@ class OrgScopedViewSet(viewsets.GenericViewSet):
     def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
         record = getattr(self, "_idempotency", None)
         if record is not None:
-            idempotency_finish(record=record, alias=self.service_alias, response=response,
-                               redact=self.idempotency_redact)
+            idempotency_finish(
+                record=record, alias=self.service_alias, response=response, redact=self.idempotency_redact
+            )
             self._idempotency = None
         token = getattr(self, "_scope_token", None)
         if token is not None:

@@ -1,6 +1,5 @@
 """Tenants and API clients for tests."""
 
-
 from __future__ import annotations
 
 import itertools
@@ -36,7 +35,10 @@ class Tenant:
 
     def key(self, scopes: list[str] | None = None, name: str = "test key") -> str:
         created = api_key_create(
-            org_id=self.org.pk, name=name, scopes=scopes or ["admin"], granted=frozenset(SCOPES),
+            org_id=self.org.pk,
+            name=name,
+            scopes=scopes or ["admin"],
+            granted=frozenset(SCOPES),
             created_by_id=self.owner.pk,
         )
         return created.secret
@@ -73,6 +75,8 @@ def make_tenant(slug: str | None = None) -> Tenant:
 
 def assert_not_found(response: Any) -> None:
     """Another org's object answers exactly like a missing one: 404 with the standard error body."""
-    assert response.status_code == 404, f"expected 404, got {response.status_code}: {getattr(response, 'content', b'')[:300]!r}"
+    assert response.status_code == 404, (
+        f"expected 404, got {response.status_code}: {getattr(response, 'content', b'')[:300]!r}"
+    )
     if response.get("Content-Type", "").startswith("application/json"):
         assert response.json()["error"]["code"] == "not_found"

@@ -49,8 +49,17 @@ class ApiKeySerializer(serializers.ModelSerializer):
     class Meta:
         model = ApiKey
         fields = [
-            "id", "name", "prefix", "last_four", "display", "scopes", "created_at", "expires_at", "revoked_at",
-            "last_used_at", "active",
+            "id",
+            "name",
+            "prefix",
+            "last_four",
+            "display",
+            "scopes",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+            "last_used_at",
+            "active",
         ]
         read_only_fields = fields
 

@@ -26,21 +26,38 @@ class MeView(APIView):
         if isinstance(principal, ApiKeyPrincipal):
             key = request.auth
             assert isinstance(key, ApiKey)
-            return Response({
-                "kind": "api_key",
-                "user": None,
-                "api_key": {"id": key.pk, "name": key.name, "display": key.display, "scopes": key.scopes},
-                "orgs": [{"slug": key.org.slug, "name": key.org.name, "role": None,
-                          "scopes": sorted(expand(key.scopes))}],
-            })
+            return Response(
+                {
+                    "kind": "api_key",
+                    "user": None,
+                    "api_key": {"id": key.pk, "name": key.name, "display": key.display, "scopes": key.scopes},
+                    "orgs": [
+                        {
+                            "slug": key.org.slug,
+                            "name": key.org.name,
+                            "role": None,
+                            "scopes": sorted(expand(key.scopes)),
+                        }
+                    ],
+                }
+            )
         memberships = selectors.orgs_for_user(user_id=principal.pk)
-        return Response({
-            "kind": "user",
-            "user": {"id": principal.pk, "email": principal.email},
-            "api_key": None,
-            "orgs": [{"slug": m.org.slug, "name": m.org.name, "role": m.role,
-                      "scopes": sorted(ROLE_SCOPES[Role(m.role)])} for m in memberships],
-        })
+        return Response(
+            {
+                "kind": "user",
+                "user": {"id": principal.pk, "email": principal.email},
+                "api_key": None,
+                "orgs": [
+                    {
+                        "slug": m.org.slug,
+                        "name": m.org.name,
+                        "role": m.role,
+                        "scopes": sorted(ROLE_SCOPES[Role(m.role)]),
+                    }
+                    for m in memberships
+                ],
+            }
+        )
 
 
 class OrgListView(APIView):
@@ -93,15 +110,18 @@ class MemberViewSet(OrgScopedViewSet, mixins.ListModelMixin):
     def create(self, request: Request, org: str) -> Response:
         payload = s.MemberCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        membership = logic.member_add(org_id=self.org_id, acting_role=self.access.role, **payload.validated_data)
+        membership = logic.member_add(
+            org_id=self.org_id, acting_role=self.access.role, **payload.validated_data
+        )
         return Response(s.MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=s.MemberUpdateSerializer, responses=s.MembershipSerializer)
     def partial_update(self, request: Request, org: str, pk: str) -> Response:
         payload = s.MemberUpdateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        membership = logic.member_set_role(membership=self.get_object(), acting_role=self.access.role,
-                                           role=payload.validated_data["role"])
+        membership = logic.member_set_role(
+            membership=self.get_object(), acting_role=self.access.role, role=payload.validated_data["role"]
+        )
         return Response(s.MembershipSerializer(membership).data)
 
     def destroy(self, request: Request, org: str, pk: str) -> Response:
@@ -124,7 +144,10 @@ class ApiKeyViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveMode
         payload = s.ApiKeyCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         created = logic.api_key_create(
-            org_id=self.org_id, granted=self.access.scopes, created_by_id=self.access.user_id, **payload.validated_data
+            org_id=self.org_id,
+            granted=self.access.scopes,
+            created_by_id=self.access.user_id,
+            **payload.validated_data,
         )
         body = s.ApiKeyCreatedSerializer(created.key, context={"secret": created.secret}).data
         return Response(body, status=status.HTTP_201_CREATED)

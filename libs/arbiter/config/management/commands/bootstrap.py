@@ -21,6 +21,13 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         result = org_bootstrap(slug=options["org"], email=options["email"], password=options["password"])
-        self.stdout.write(json.dumps(
-            {"org": result.org.slug, "email": result.email, "password": result.password, "api_key": result.api_key}
-        ))
+        self.stdout.write(
+            json.dumps(
+                {
+                    "org": result.org.slug,
+                    "email": result.email,
+                    "password": result.password,
+                    "api_key": result.api_key,
+                }
+            )
+        )

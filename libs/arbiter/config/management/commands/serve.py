@@ -12,7 +12,9 @@ class Command(BaseCommand):
     help = "Serve the HTTP API and console of the chosen services (gunicorn, threads)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--services", default=None, help="comma list of services (default: ARBITER_SERVICES)")
+        parser.add_argument(
+            "--services", default=None, help="comma list of services (default: ARBITER_SERVICES)"
+        )
         parser.add_argument("--bind", default=os.environ.get("ARBITER_BIND", "127.0.0.1:8000"))
         parser.add_argument("--workers", type=int, default=int(os.environ.get("ARBITER_WEB_WORKERS", "1")))
         parser.add_argument("--threads", type=int, default=int(os.environ.get("ARBITER_WEB_THREADS", "16")))
@@ -21,9 +23,25 @@ class Command(BaseCommand):
         # The CLI already moved --services into ARBITER_SERVICES before settings loaded; gunicorn inherits it.
         os.environ["ARBITER_SERVICES"] = ",".join(settings.ARBITER_SERVICES)
         argv = [
-            sys.executable, "-m", "gunicorn", "arbiter.config.wsgi:application",
-            "--bind", options["bind"], "--workers", str(options["workers"]), "--threads", str(options["threads"]),
-            "--worker-class", "gthread", "--timeout", "120", "--graceful-timeout", "10",
-            "--limit-request-line", "8190", "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "arbiter.config.wsgi:application",
+            "--bind",
+            options["bind"],
+            "--workers",
+            str(options["workers"]),
+            "--threads",
+            str(options["threads"]),
+            "--worker-class",
+            "gthread",
+            "--timeout",
+            "120",
+            "--graceful-timeout",
+            "10",
+            "--limit-request-line",
+            "8190",
+            "--log-level",
+            "warning",
         ]
-        os.execv(sys.executable, argv)
+        os.execv(sys.executable, argv)  # noqa: S606 - become the web server, no shell involved

@@ -37,8 +37,12 @@ def _demo_credentials() -> dict[str, str] | None:
             continue
         with org_scope(result.org.pk):
             demo.seed_demo(org_id=result.org.pk)
-    credentials = {"org": result.org.slug, "email": result.email, "password": result.password,
-                   "api_key": result.api_key}
+    credentials = {
+        "org": result.org.slug,
+        "email": result.email,
+        "password": result.password,
+        "api_key": result.api_key,
+    }
     path.write_text(json.dumps(credentials))
     path.chmod(0o600)
     return credentials
@@ -71,8 +75,10 @@ class Command(BaseCommand):
                 f"Demo sign-in: {credentials['email']} / {credentials['password']}  (org '{credentials['org']}')\n"
                 f"Demo API key: {credentials['api_key']}"
             )
-        self.stdout.write(f"Events: Kafka at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}"
-                          + (f" (embedded broker, storage {broker.storage})" if broker else ""))
+        self.stdout.write(
+            f"Events: Kafka at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}"
+            + (f" (embedded broker, storage {broker.storage})" if broker else "")
+        )
         self.stdout.write("Press Ctrl-C to stop.")
         self.stdout.flush()
         try:
