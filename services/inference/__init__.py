@@ -1,1 +1,2 @@
-"""The inference service: Deployments, classify APIs (native, OpenAI- and Mistral-compatible), playground, usage events."""
+"""The inference service: deployments, classify APIs (native, OpenAI- and Mistral-compatible), the playground,
+the request log and usage events."""

@@ -1,1 +1,174 @@
-"""Tables owned by this service (in its own database)."""
+"""Tables owned by the inference service: the read model of trained versions, deployments, the playground
+allowance, the opt-in request log and daily usage.
+
+Models and versions belong to the training service; this service knows them only through
+`training.completed` (`ModelVersion` here is that event's read model) and refers to them by id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+
+from arbiter.tenancy.scoping import OrgScopedModel
+
+
+class ModelVersion(OrgScopedModel):
+    """A trained version that can be deployed or tried in the playground (from `training.completed`)."""
+
+    model_id = models.BigIntegerField()
+    version = models.PositiveIntegerField()
+    model_name = models.CharField(max_length=200, blank=True, default="")
+    run_id = models.BigIntegerField(null=True, blank=True)
+    artifact = models.CharField(max_length=500)
+    # [{"name", "labels", "multi_label", "negative_labels"}], from the event or the artifact's config.
+    heads = models.JSONField(default=list)
+    # {head: {label: threshold}} chosen at training time.
+    thresholds = models.JSONField(default=dict)
+    # The run's metrics summary (validation metric, ONNX precision check) as the event carried it.
+    metrics = models.JSONField(default=dict)
+    completed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["org_id", "model_id", "version"], name="inference_version_once")
+        ]
+        ordering = ["model_id", "version"]
+
+    def __str__(self) -> str:
+        return f"model {self.model_id} v{self.version}"
+
+
+class DeploymentStatus(models.TextChoices):
+    PENDING = "pending"
+    LIVE = "live"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+ACTIVE_STATUSES = (DeploymentStatus.PENDING, DeploymentStatus.LIVE)
+
+
+class Deployment(OrgScopedModel):
+    """A model version served behind the org's API keys, under a name unique among its active deployments."""
+
+    name = models.CharField(max_length=100)
+    model_id = models.BigIntegerField()
+    version = models.PositiveIntegerField()
+    model_name = models.CharField(max_length=200, blank=True, default="")
+    artifact = models.CharField(max_length=500)
+    status = models.CharField(
+        max_length=16, choices=DeploymentStatus.choices, default=DeploymentStatus.PENDING
+    )
+    # Why a deployment failed or stopped: a stable code and a sentence for people.
+    reason = models.CharField(max_length=100, blank=True, default="")
+    message = models.TextField(blank=True, default="")
+    # {head: {label: threshold}} overriding the version's thresholds.
+    thresholds = models.JSONField(default=dict)
+    log_requests = models.BooleanField(default=False)
+    log_retention_days = models.PositiveIntegerField(default=30)
+    # How the loading process serves it, e.g. "onnx-int8", "onnx-fp32", "torch-cuda", "torch-cpu".
+    runtime = models.CharField(max_length=40, blank=True, default="")
+    created_by = models.CharField(max_length=100, blank=True, default="")
+    # A retried create with the same Idempotency-Key header returns this deployment instead of a new one.
+    idempotency_key = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    live_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["org_id", "name"],
+                condition=models.Q(status__in=["pending", "live"]),
+                name="inference_deployment_active_name_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["org_id", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="inference_deployment_idempotency_key_unique",
+            ),
+        ]
+        indexes = [models.Index(fields=["org_id", "model_id", "status"], name="inference_deployment_model")]
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_live(self) -> bool:
+        return self.status == DeploymentStatus.LIVE
+
+
+class PlaygroundCounter(OrgScopedModel):
+    """Playground queries an org has made against one model (all its versions), for the free allowance."""
+
+    model_id = models.BigIntegerField()
+    queries = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["org_id", "model_id"], name="inference_playground_counter_once")
+        ]
+
+
+class RequestLogEntry(OrgScopedModel):
+    """One classified input of a deployment that logs its requests, kept for its retention period."""
+
+    deployment_id = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+    endpoint = models.CharField(max_length=40)
+    api_key_id = models.BigIntegerField(null=True, blank=True)
+    text = models.TextField()
+    # {head: {"labels": [...], "flagged": bool}}: what the deployment answered.
+    prediction = models.JSONField(default=dict)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["deployment_id", "created_at"], name="inference_log_deployment"),
+            models.Index(fields=["created_at"], name="inference_log_created"),
+        ]
+        ordering = ["created_at", "id"]
+
+
+class Meter(models.TextChoices):
+    CLASSIFICATION = "classification"
+    PLAYGROUND = "playground"
+
+
+class UsageDay(OrgScopedModel):
+    """Calls and units (classified inputs) per org, day, meter and deployment: the `GET .../usage` source.
+
+    `deployment_id` is 0 for playground queries, which run against a version, not a deployment.
+    """
+
+    day = models.DateField()
+    meter = models.CharField(max_length=20, choices=Meter.choices)
+    deployment_id = models.BigIntegerField(default=0)
+    model_id = models.BigIntegerField()
+    version = models.PositiveIntegerField()
+    requests = models.PositiveBigIntegerField(default=0)
+    units = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["org_id", "day", "meter", "deployment_id", "model_id", "version"],
+                name="inference_usage_day_once",
+            )
+        ]
+        ordering = ["day", "deployment_id"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "day": self.day.isoformat(),
+            "meter": self.meter,
+            "deployment_id": self.deployment_id or None,
+            "model_id": self.model_id,
+            "version": self.version,
+            "requests": self.requests,
+            "units": self.units,
+        }

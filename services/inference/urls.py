@@ -1,5 +1,9 @@
-"""URLs of the inference service, included by the root urlconf when the service is enabled."""
+"""URLs of the inference service: the native API (deployments, classify, playground, usage) and the
+OpenAI- and Mistral-compatible endpoints."""
 
-from django.urls import URLPattern, URLResolver
+from django.urls import include, path
 
-urlpatterns: list[URLPattern | URLResolver] = []
+urlpatterns = [
+    path("", include("services.inference.api.urls")),
+    path("", include("services.inference.console.urls")),
+]

@@ -91,6 +91,7 @@ def sqlite_database(path: Path) -> dict[str, Any]:
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": str(path),
+        "CONN_MAX_AGE": 60,
         # Several processes (web, relay, consumers, trainer) share these files locally: WAL lets readers
         # proceed beside one writer, and IMMEDIATE transactions avoid lock-upgrade deadlocks.
         "OPTIONS": {

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import inline_serializer
+from rest_framework import serializers
+
+from services.inference.models import Deployment, DeploymentStatus, ModelVersion, RequestLogEntry
+
+
+class DeploymentSerializer(serializers.ModelSerializer):
+    model = serializers.IntegerField(source="model_id", read_only=True)
+    classify_url = serializers.SerializerMethodField(help_text="Where to POST {inputs: [...]} to classify.")
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "id",
+            "name",
+            "model",
+            "model_name",
+            "version",
+            "status",
+            "reason",
+            "message",
+            "runtime",
+            "thresholds",
+            "log_requests",
+            "log_retention_days",
+            "created_by",
+            "created_at",
+            "live_at",
+            "stopped_at",
+            "classify_url",
+        ]
+        read_only_fields = fields
+
+    def get_classify_url(self, obj: Deployment) -> str:
+        return f"/api/v1/orgs/{self.context['org']}/deployments/{obj.pk}/classify"
+
+
+class DeploymentCreateSerializer(serializers.Serializer):
+    model = serializers.CharField(max_length=200, help_text="The model's id (or its name).")
+    version = serializers.IntegerField(
+        min_value=1, required=False, help_text="Default: the newest trained one."
+    )
+    name = serializers.CharField(max_length=100, required=False, help_text="Unique among active deployments.")
+    thresholds = serializers.JSONField(
+        required=False, help_text="{head: {label: threshold}} overriding the version's."
+    )
+    log_requests = serializers.BooleanField(default=False)
+    log_retention_days = serializers.IntegerField(required=False, min_value=1)
+
+
+class DeploymentListQuerySerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=DeploymentStatus.choices, required=False)
+    model = serializers.IntegerField(required=False, min_value=1)
+
+
+class ClassifyRequestSerializer(serializers.Serializer):
+    inputs = serializers.ListField(
+        child=serializers.CharField(), help_text="Texts to classify (or one string)."
+    )
+
+
+# `label` is also an attribute of every DRF field, so this shape is declared inline.
+HEAD_RESULT = inline_serializer(
+    "HeadResult",
+    {
+        "label": serializers.CharField(
+            allow_null=True, help_text="The decided label (null: none, multi-label)"
+        ),
+        "score": serializers.FloatField(),
+        "labels": serializers.ListField(child=serializers.CharField(), help_text="Every decided label"),
+        "label_scores": serializers.DictField(child=serializers.FloatField()),
+        "flagged": serializers.BooleanField(),
+    },
+)
+
+
+class ClassifyResponseSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    model = serializers.CharField()
+    version = serializers.IntegerField()
+    results = serializers.ListField(child=serializers.DictField(child=HEAD_RESULT))
+
+
+class PlaygroundRequestSerializer(serializers.Serializer):
+    input = serializers.CharField(help_text="A text (or a list of texts; each counts as one query).")
+
+
+class PlaygroundResponseSerializer(ClassifyResponseSerializer):
+    quota = serializers.DictField(child=serializers.IntegerField())
+
+
+class RequestLogEntrySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RequestLogEntry
+        fields = ["id", "created_at", "endpoint", "api_key_id", "text", "prediction"]
+        read_only_fields = fields
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    model = serializers.IntegerField(source="model_id", read_only=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = ["model", "model_name", "version", "heads", "thresholds", "metrics", "completed_at"]
+        read_only_fields = fields
+
+
+class UsageDaySerializer(serializers.Serializer):
+    day = serializers.DateField()
+    meter = serializers.ChoiceField(choices=["classification", "playground"])
+    deployment_id = serializers.IntegerField(allow_null=True, help_text="null for playground queries")
+    deployment = serializers.CharField(allow_null=True, help_text="the deployment's name")
+    model_id = serializers.IntegerField()
+    version = serializers.IntegerField()
+    requests = serializers.IntegerField()
+    units = serializers.IntegerField(help_text="classified inputs")
+
+
+# `from` is a Python keyword: the response shape is declared inline.
+USAGE_RESPONSE = inline_serializer(
+    "UsageResponse",
+    {
+        "from": serializers.DateField(),
+        "to": serializers.DateField(),
+        "days": UsageDaySerializer(many=True),
+        "totals": serializers.DictField(
+            child=serializers.DictField(child=serializers.IntegerField()),
+            help_text="per meter: requests and units",
+        ),
+    },
+)

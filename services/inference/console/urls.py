@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from services.inference.console import views
+
+ORG = "console/<slug:org>"
+
+urlpatterns = [
+    path(f"{ORG}/deployments", views.deployment_list, name="console-deployments"),
+    path(f"{ORG}/deployments/new", views.deployment_create, name="console-deployment-create"),
+    path(f"{ORG}/deployments/<int:deployment_id>", views.deployment_detail, name="console-deployment"),
+    path(
+        f"{ORG}/deployments/<int:deployment_id>/stop", views.deployment_stop, name="console-deployment-stop"
+    ),
+    path(f"{ORG}/usage", views.usage, name="console-usage"),
+]

@@ -1,0 +1,223 @@
+"""Console pages of the inference service: deployments (create, watch go live, stop, copy a ready snippet)
+and usage per day and deployment.
+
+Writes go through `logic`, reads through `selectors`. Going live happens in the background
+(`deployment.requested`); the deployment page polls the JSON API until the status settles.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.views.decorators.http import require_http_methods, require_POST
+
+from arbiter.api.errors import ApiError
+from arbiter.console.pages import org_page
+from arbiter.tenancy.access import OrgAccess
+from arbiter.tenancy.scopes import holds
+from services.inference import logic, selectors
+from services.inference.conf import inference_settings
+from services.inference.models import ACTIVE_STATUSES, Deployment, Meter
+
+USAGE_PERIODS = (7, 30, 90)
+EXAMPLE_INPUTS = ["you are an idiot", "thanks, have a great day"]
+
+
+def _deployment(deployment_id: int) -> Deployment:
+    deployment = selectors.deployments_list().filter(pk=deployment_id).first()
+    if deployment is None:
+        raise Http404
+    return deployment
+
+
+def _version_url(org: str, model_id: int, version: int) -> str | None:
+    """The training service's page of a version, when that service runs in this process."""
+    try:
+        return reverse("console-model-version", kwargs={"org": org, "model_id": model_id, "number": version})
+    except NoReverseMatch:
+        return None
+
+
+@org_page("models:read")
+def deployment_list(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpResponse:
+    deployments = list(selectors.deployments_list())
+    context = {
+        "active": [d for d in deployments if d.status in ACTIVE_STATUSES],
+        "ended": [d for d in deployments if d.status not in ACTIVE_STATUSES],
+        "has_versions": selectors.model_versions_list().exists(),
+        "can_write": holds(access.scopes, "models:write"),
+    }
+    return render(request, "inference/deployment_list.html", context)
+
+
+@org_page("models:write")
+@require_http_methods(["GET", "POST"])
+def deployment_create(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpResponse:
+    versions = list(selectors.model_versions_list().order_by("model_name", "-version"))
+    error = None
+    if request.method == "POST":
+        chosen = request.POST.get("version", "")
+        model_id, _, number = chosen.partition(":")
+        retention = request.POST.get("log_retention_days", "").strip()
+        try:
+            if not (model_id.isdigit() and number.isdigit()):
+                raise ApiError(status=400, code="invalid", message="Choose the model version to deploy.")
+            deployment, _ = logic.deployment_create(
+                org_id=access.org_id,
+                model=int(model_id),
+                version=int(number),
+                actor=access.actor,
+                name=request.POST.get("name", "").strip() or None,
+                log_requests=request.POST.get("log_requests") == "on",
+                log_retention_days=int(retention) if retention.isdigit() else None,
+            )
+        except ApiError as exc:
+            error = exc.message
+        else:
+            return redirect("console-deployment", org=org, deployment_id=deployment.pk)
+    wanted = request.POST.get("version") or f"{request.GET.get('model', '')}:{request.GET.get('version', '')}"
+    context = {
+        "versions": [
+            (f"{v.model_id}:{v.version}", f"{v.model_name or f'model {v.model_id}'} v{v.version}")
+            for v in versions
+        ],
+        "wanted": wanted,
+        "form": request.POST,
+        # The model's page suggests a name; the person may change it.
+        "suggested_name": request.GET.get("name", ""),
+        "error": error,
+        "retention": inference_settings().log_retention_days,
+        "max_retention": inference_settings().max_log_retention_days,
+    }
+    return render(request, "inference/deployment_create.html", context, status=400 if error else 200)
+
+
+def _snippets(*, org: str, deployment: Deployment) -> dict[str, str]:
+    base = (settings.ARBITER_PUBLIC_URL or "").rstrip("/")
+    url = f"{base}/api/v1/orgs/{org}/deployments/{deployment.pk}/classify"
+    inputs = ", ".join(f'"{text}"' for text in EXAMPLE_INPUTS)
+    return {
+        "curl": (
+            f"curl {url} \\\n"
+            '  -H "Authorization: Bearer $ARBITER_API_KEY" \\\n'
+            '  -H "Content-Type: application/json" \\\n'
+            f"  -d '{{\"inputs\": [{inputs}]}}'"
+        ),
+        "python": (
+            "import os\n\nimport requests\n\n"
+            "response = requests.post(\n"
+            f'    "{url}",\n'
+            '    headers={"Authorization": f"Bearer {os.environ[\'ARBITER_API_KEY\']}"},\n'
+            f'    json={{"inputs": [{inputs}]}},\n'
+            "    timeout=30,\n)\nresponse.raise_for_status()\n"
+            'for result in response.json()["results"]:\n    print(result)'
+        ),
+        "openai": (
+            "import os\n\nfrom openai import OpenAI\n\n"
+            f'client = OpenAI(base_url="{base}/v1", api_key=os.environ["ARBITER_API_KEY"])\n'
+            f'moderation = client.moderations.create(model="{deployment.name}", input=[{inputs}])\n'
+            "for result in moderation.results:\n    print(result.flagged, result.categories)"
+        ),
+        "mistral": (
+            "import os\n\nfrom mistralai import Mistral\n\n"
+            f'client = Mistral(api_key=os.environ["ARBITER_API_KEY"], server_url="{base}")\n'
+            f'response = client.classifiers.classify(model="{deployment.name}", inputs=[{inputs}])\n'
+            "for result in response.results:\n    print(result)"
+        ),
+    }
+
+
+@org_page("models:read")
+def deployment_detail(
+    request: HttpRequest, deployment_id: int, *, org: str, access: OrgAccess
+) -> HttpResponse:
+    deployment = _deployment(deployment_id)
+    end = timezone.now().date()
+    days = _usage_by_day(start=end - timedelta(days=29), end=end, deployment_id=deployment.pk)
+    context = {
+        "deployment": deployment,
+        "snippets": _snippets(org=org, deployment=deployment),
+        "version_url": _version_url(org, deployment.model_id, deployment.version),
+        "log": list(
+            selectors.request_log_entries(deployment_id=deployment.pk).order_by("-created_at", "-id")[:20]
+        )
+        if deployment.log_requests
+        else [],
+        "usage": days,
+        "usage_total": sum(v["requests"] for series in days["series"] for v in series["values"]),
+        "api": {
+            "deployment": f"/api/v1/orgs/{org}/deployments/{deployment.pk}",
+            "classify": f"/api/v1/orgs/{org}/deployments/{deployment.pk}/classify",
+        },
+        "can_write": holds(access.scopes, "models:write"),
+        "can_infer": holds(access.scopes, "inference"),
+        "can_make_keys": holds(access.scopes, "admin"),
+        "examples": "\n".join(EXAMPLE_INPUTS),
+    }
+    return render(request, "inference/deployment_detail.html", context)
+
+
+@org_page("models:write")
+@require_POST
+def deployment_stop(request: HttpRequest, deployment_id: int, *, org: str, access: OrgAccess) -> HttpResponse:
+    deployment = logic.deployment_stop(
+        deployment=_deployment(deployment_id), reason=f"stopped by {access.actor}"
+    )
+    messages.success(request, f"“{deployment.name}” is stopped. Calls to it now answer 409.")
+    return redirect("console-deployment", org=org, deployment_id=deployment.pk)
+
+
+def _usage_by_day(*, start: date, end: date, deployment_id: int | None = None) -> dict[str, Any]:
+    """Requests per day and deployment (classifications), plus playground queries, for a stacked chart."""
+    rows = list(selectors.usage_days(start=start, end=end))
+    names = selectors.deployment_names(ids={row.deployment_id for row in rows if row.deployment_id})
+    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    index = {day: i for i, day in enumerate(days)}
+    series: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if deployment_id is not None and row.deployment_id != deployment_id:
+            continue
+        if row.meter == Meter.PLAYGROUND:
+            key, name = "playground", "playground"
+        else:
+            key, name = (
+                f"d{row.deployment_id}",
+                names.get(row.deployment_id, f"deployment {row.deployment_id}"),
+            )
+        entry = series.setdefault(key, {"name": name, "values": [{"requests": 0, "units": 0} for _ in days]})
+        cell = entry["values"][index[row.day]]
+        cell["requests"] += row.requests
+        cell["units"] += row.units
+    ordered = sorted(series.values(), key=lambda s: (s["name"] == "playground", s["name"]))
+    return {"days": [day.isoformat() for day in days], "series": ordered}
+
+
+@org_page("billing:read")
+def usage(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpResponse:
+    period = int(request.GET["days"]) if request.GET.get("days", "").isdigit() else 30
+    period = period if period in USAGE_PERIODS else 30
+    end = timezone.now().date()
+    data = _usage_by_day(start=end - timedelta(days=period - 1), end=end)
+    totals = [
+        {
+            "name": s["name"],
+            "requests": sum(v["requests"] for v in s["values"]),
+            "units": sum(v["units"] for v in s["values"]),
+        }
+        for s in data["series"]
+    ]
+    context = {
+        "usage": data,
+        "totals": totals,
+        "period": period,
+        "periods": USAGE_PERIODS,
+        "free_playground": inference_settings().playground_free_queries,
+    }
+    return render(request, "inference/usage.html", context)

@@ -1,0 +1,671 @@
+"""Writes of the inference service: the version read model, deployments and their lifecycle, classifying,
+the playground allowance, usage and the request log.
+
+Every state change happens in one transaction on the inference database together with the event that
+announces it (`deployment.requested`, `deployment.live`, `deployment.failed`, `deployment.stopped`,
+`usage.recorded`). Callers hold the org scope (the base viewset, the consumer runner or `org_scope`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+from django.utils.text import slugify
+
+from arbiter.api.errors import ApiError
+from arbiter.events import publish
+from arbiter.ml.errors import ArtifactError, MLError
+from arbiter.ml.specs import HeadSpec
+from arbiter.storage import BlobNotFoundError
+from services.inference.compat import NativeResult
+from services.inference.conf import inference_settings
+from services.inference.models import (
+    ACTIVE_STATUSES,
+    Deployment,
+    DeploymentStatus,
+    Meter,
+    ModelVersion,
+    PlaygroundCounter,
+    RequestLogEntry,
+    UsageDay,
+)
+from services.inference.serving.artifacts import artifact_config_read
+from services.inference.serving.cache import LoadedModel, model_cache
+
+log = logging.getLogger(__name__)
+
+ALIAS = "inference"
+DEPLOYMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a classification is billed to and logged for."""
+
+    org_id: int
+    api_key_id: int | None
+    user_id: int | None
+
+
+@dataclass(frozen=True)
+class Classification:
+    """What a model answered for a request's inputs, with the heads the answer describes."""
+
+    results: list[NativeResult]
+    heads: list[HeadSpec]
+
+
+# --- the version read model ---------------------------------------------------------------------------------
+
+
+def _heads_from_config(config: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    heads = [HeadSpec.from_dict(entry).to_dict() for entry in config.get("heads", [])]
+    thresholds = {
+        str(entry["name"]): {
+            str(label): float(value) for label, value in (entry.get("thresholds") or {}).items()
+        }
+        for entry in config.get("heads", [])
+    }
+    return heads, thresholds
+
+
+def model_version_record(*, org_id: int, data: Mapping[str, Any]) -> ModelVersion:
+    """Remember a trained version (from `training.completed`) so it can be deployed and tried.
+
+    Heads and thresholds come from the event when it carries them, else from the artifact's config,
+    read from the blob store without downloading the whole artifact.
+    """
+    heads = [HeadSpec.from_dict(entry).to_dict() for entry in data.get("heads") or []]
+    thresholds = dict(data.get("thresholds") or {})
+    metrics: dict[str, Any] = {"summary": dict(data.get("metrics_summary") or {})}
+    try:
+        config = artifact_config_read(str(data["artifact"]))
+    except (BlobNotFoundError, ArtifactError) as error:
+        # Deploying it will fail with the reason; the version is still worth knowing about.
+        log.warning(
+            "cannot read a trained version's artifact: %s", error, extra={"artifact": data["artifact"]}
+        )
+        config = {}
+    config_heads, config_thresholds = _heads_from_config(config)
+    heads = heads or config_heads
+    thresholds = thresholds or config_thresholds
+    if config.get("onnx"):
+        onnx = config["onnx"]
+        metrics["onnx"] = {key: onnx.get(key) for key in ("selected", "rule", "scores", "drop")}
+    with transaction.atomic(using=ALIAS):
+        version, _ = ModelVersion.objects.update_or_create(
+            model_id=int(data["model_id"]),
+            version=int(data["version"]),
+            defaults={
+                "org_id": org_id,
+                "run_id": data.get("run_id"),
+                "model_name": str(data.get("model_name") or data.get("name") or ""),
+                "artifact": str(data["artifact"]),
+                "heads": heads,
+                "thresholds": thresholds,
+                "metrics": metrics,
+            },
+        )
+    return version
+
+
+def version_resolve(*, model: int | str, version: int | None) -> ModelVersion:
+    """A trained version of a model named by id or name; the newest one when `version` is None."""
+    versions = ModelVersion.objects.all()
+    if isinstance(model, int) or str(model).isdigit():
+        versions = versions.filter(model_id=int(model))
+        named = f"Model {model}"
+    else:
+        versions = versions.filter(model_name=str(model))
+        named = f"Model '{model}'"
+    if version is not None:
+        found = versions.filter(version=version).first()
+        if found is None:
+            raise ApiError(
+                status=404, code="not_found", message=f"{named} has no trained version {version} in this org."
+            )
+        return found
+    found = versions.order_by("-version").first()
+    if found is None:
+        raise ApiError(status=404, code="not_found", message=f"{named} has no trained version in this org.")
+    return found
+
+
+def thresholds_validate(
+    thresholds: Any, heads: Sequence[Mapping[str, Any]] | None
+) -> dict[str, dict[str, float]]:
+    """`{head: {label: threshold}}` with every threshold within [0, 1] and, when `heads` are known (None: not
+    yet), every head and label among them."""
+    if thresholds in (None, {}):
+        return {}
+    if not isinstance(thresholds, dict):
+        raise ApiError(
+            status=400, code="invalid", message="thresholds: give an object {head: {label: threshold}}."
+        )
+    labels = {str(head["name"]): set(head["labels"]) for head in heads} if heads is not None else None
+    clean: dict[str, dict[str, float]] = {}
+    for head, per_label in thresholds.items():
+        if labels is not None and head not in labels:
+            raise ApiError(
+                status=400,
+                code="invalid",
+                message=f"thresholds.{head}: the model has no head '{head}' (heads: {', '.join(labels)}).",
+                details={"thresholds": {head: ["Unknown head."]}},
+            )
+        if not isinstance(per_label, dict):
+            raise ApiError(
+                status=400, code="invalid", message=f"thresholds.{head}: give an object {{label: threshold}}."
+            )
+        for label, value in per_label.items():
+            if labels is not None and label not in labels[head]:
+                raise ApiError(
+                    status=400,
+                    code="invalid",
+                    message=f"thresholds.{head}.{label}: head '{head}' has no label '{label}'.",
+                    details={"thresholds": {head: {label: ["Unknown label."]}}},
+                )
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ApiError(
+                    status=400,
+                    code="invalid",
+                    message=f"thresholds.{head}.{label}: a threshold is a number from 0 to 1.",
+                    details={"thresholds": {head: {label: ["Must be within [0, 1]."]}}},
+                )
+            clean.setdefault(head, {})[label] = float(value)
+    return clean
+
+
+# --- deployments --------------------------------------------------------------------------------------------
+
+
+def _default_name(version: ModelVersion) -> str:
+    base = (slugify(version.model_name) or f"model-{version.model_id}")[:80]
+    stem = f"{base}-v{version.version}"
+    taken = set(
+        Deployment.objects.filter(status__in=ACTIVE_STATUSES, name__startswith=stem).values_list(
+            "name", flat=True
+        )
+    )
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    return name
+
+
+def _check_name(name: str) -> str:
+    if not DEPLOYMENT_NAME.match(name) or name.isdigit():
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message="name: use up to 100 letters, digits, dots, dashes and underscores, not only digits "
+            "(clients pass it as `model`).",
+            details={"name": ["Invalid name."]},
+        )
+    return name
+
+
+def deployment_create(
+    *,
+    org_id: int,
+    model: int | str,
+    version: int | None,
+    actor: str,
+    name: str | None = None,
+    thresholds: Any = None,
+    log_requests: bool = False,
+    log_retention_days: int | None = None,
+    idempotency_key: str = "",
+) -> tuple[Deployment, bool]:
+    """Create a deployment of a trained version and ask for it to be loaded (`deployment.requested`).
+
+    Returns the deployment and whether it was created: a retry carrying the `idempotency_key` of an
+    earlier create returns that deployment and does nothing else.
+    """
+    if idempotency_key:
+        earlier = Deployment.objects.filter(idempotency_key=idempotency_key).first()
+        if earlier is not None:
+            return earlier, False
+    settings = inference_settings()
+    retention = settings.log_retention_days if log_retention_days is None else log_retention_days
+    if not 1 <= retention <= settings.max_log_retention_days:
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message=f"log_retention_days: keep logs from 1 to {settings.max_log_retention_days} days.",
+            details={"log_retention_days": ["Out of range."]},
+        )
+    with transaction.atomic(using=ALIAS):
+        trained = version_resolve(model=model, version=version)
+        # Heads unknown yet (the artifact was unreadable when the version was recorded): checked at load.
+        clean_thresholds = thresholds_validate(thresholds, trained.heads or None)
+        if name:
+            _check_name(name)
+            if Deployment.objects.filter(name=name, status__in=ACTIVE_STATUSES).exists():
+                raise ApiError(
+                    status=409,
+                    code="name_taken",
+                    message=f"A deployment named '{name}' is already active; choose another name.",
+                    details={"name": ["Taken."]},
+                )
+        try:
+            with transaction.atomic(using=ALIAS):
+                deployment = Deployment.objects.create(
+                    org_id=org_id,
+                    name=name or _default_name(trained),
+                    model_id=trained.model_id,
+                    version=trained.version,
+                    model_name=trained.model_name,
+                    artifact=trained.artifact,
+                    thresholds=clean_thresholds,
+                    log_requests=bool(log_requests),
+                    log_retention_days=retention,
+                    created_by=actor,
+                    idempotency_key=idempotency_key[:200],
+                )
+        except IntegrityError:
+            earlier = (
+                Deployment.objects.filter(idempotency_key=idempotency_key).first()
+                if idempotency_key
+                else None
+            )
+            if earlier is not None:
+                return earlier, False
+            raise ApiError(
+                status=409,
+                code="name_taken",
+                message="Another deployment took that name meanwhile; choose another name.",
+            ) from None
+        publish(
+            type="deployment.requested",
+            org_id=org_id,
+            subject=f"deployments/{deployment.pk}",
+            data={
+                "deployment_id": deployment.pk,
+                "name": deployment.name,
+                "model_id": deployment.model_id,
+                "version": deployment.version,
+                "artifact": deployment.artifact,
+            },
+        )
+    return deployment, True
+
+
+def _deployment_fail(deployment: Deployment, *, reason: str, message: str) -> None:
+    deployment.status = DeploymentStatus.FAILED
+    deployment.reason = reason[:100]
+    deployment.message = message
+    deployment.save(update_fields=["status", "reason", "message"])
+    publish(
+        type="deployment.failed",
+        org_id=deployment.org_id,
+        subject=f"deployments/{deployment.pk}",
+        data={
+            "deployment_id": deployment.pk,
+            "model_id": deployment.model_id,
+            "version": deployment.version,
+            "reason": deployment.reason,
+            "message": message,
+        },
+    )
+    log.warning("deployment failed: %s", message, extra={"deployment_id": deployment.pk, "reason": reason})
+
+
+def _load_for(deployment: Deployment) -> LoadedModel | tuple[str, str]:
+    """The loaded model, or `(reason, message)` saying why it cannot be served."""
+    try:
+        return model_cache().get(deployment.artifact)
+    except BlobNotFoundError:
+        return "artifact_missing", f"The model artifact '{deployment.artifact}' is not in the blob store."
+    except MLError as error:
+        return error.code, error.message
+    except Exception as error:
+        log.exception("loading a deployment's model failed", extra={"deployment_id": deployment.pk})
+        return "load_failed", f"The model could not be loaded: {type(error).__name__}: {error}"
+
+
+def deployment_load(*, deployment_id: int) -> Deployment | None:
+    """Fetch, load and warm a requested deployment's model, then mark it live (or failed, saying why).
+
+    Idempotent: a deployment that is no longer pending (live, failed, stopped meanwhile) is left alone.
+    """
+    with transaction.atomic(using=ALIAS):
+        deployment = Deployment.objects.select_for_update().filter(pk=deployment_id).first()
+        if deployment is None or deployment.status != DeploymentStatus.PENDING:
+            return deployment
+        loaded = _load_for(deployment)
+        if isinstance(loaded, tuple):
+            reason, message = loaded
+            _deployment_fail(deployment, reason=reason, message=message)
+            return deployment
+        heads = [head.spec.to_dict() for head in loaded.heads]
+        try:
+            thresholds_validate(deployment.thresholds, heads)
+        except ApiError as error:
+            _deployment_fail(deployment, reason="invalid_thresholds", message=error.message)
+            return deployment
+        _version_complete(deployment, loaded)
+        deployment.status = DeploymentStatus.LIVE
+        deployment.runtime = loaded.runtime
+        deployment.live_at = timezone.now()
+        deployment.reason = ""
+        deployment.message = ""
+        deployment.save(update_fields=["status", "runtime", "live_at", "reason", "message"])
+        publish(
+            type="deployment.live",
+            org_id=deployment.org_id,
+            subject=f"deployments/{deployment.pk}",
+            data={
+                "deployment_id": deployment.pk,
+                "name": deployment.name,
+                "model_id": deployment.model_id,
+                "version": deployment.version,
+                "runtime": deployment.runtime,
+            },
+        )
+    return deployment
+
+
+def _version_complete(deployment: Deployment, loaded: LoadedModel) -> None:
+    """Fill heads and thresholds the read model lacked (its artifact was unreadable when it was recorded)."""
+    version = ModelVersion.objects.filter(model_id=deployment.model_id, version=deployment.version).first()
+    if version is not None and not version.heads:
+        version.heads = [head.spec.to_dict() for head in loaded.heads]
+        version.thresholds = {head.spec.name: dict(head.thresholds) for head in loaded.heads}
+        version.save(update_fields=["heads", "thresholds"])
+
+
+def deployment_stop(*, deployment: Deployment, reason: str = "stopped by user") -> Deployment:
+    """Stop serving a deployment (`deployment.stopped`); stopping a stopped one changes nothing."""
+    with transaction.atomic(using=ALIAS):
+        locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+        if locked.status == DeploymentStatus.STOPPED:
+            return locked
+        locked.status = DeploymentStatus.STOPPED
+        locked.stopped_at = timezone.now()
+        locked.reason = "stopped"
+        locked.message = reason
+        locked.save(update_fields=["status", "stopped_at", "reason", "message"])
+        publish(
+            type="deployment.stopped",
+            org_id=locked.org_id,
+            subject=f"deployments/{locked.pk}",
+            data={
+                "deployment_id": locked.pk,
+                "name": locked.name,
+                "model_id": locked.model_id,
+                "version": locked.version,
+                "reason": reason,
+            },
+        )
+        artifact = locked.artifact
+        transaction.on_commit(lambda: _unload_if_unused(artifact), using=ALIAS)
+    return locked
+
+
+def _unload_if_unused(artifact: str) -> None:
+    # Playground queries may still want it; they reload on demand, as after any eviction.
+    if not Deployment.objects.unscoped().filter(artifact=artifact, status=DeploymentStatus.LIVE).exists():
+        model_cache().unload(artifact)
+
+
+# --- classifying --------------------------------------------------------------------------------------------
+
+
+def inputs_validate(value: Any, *, field: str = "inputs") -> list[str]:
+    """The texts of a request: a string or a non-empty list of strings, within the configured limits."""
+    settings = inference_settings()
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list):
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message=f"{field}: give a string or a list of strings.",
+            details={field: ["Expected a string or a list of strings."]},
+        )
+    if not texts:
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message=f"{field}: give at least one text.",
+            details={field: ["Empty list."]},
+        )
+    if len(texts) > settings.max_inputs:
+        raise ApiError(
+            status=413,
+            code="too_many_inputs",
+            message=f"{field}: at most {settings.max_inputs} texts per request, got {len(texts)}; "
+            "split them into several requests.",
+            details={"max_inputs": settings.max_inputs, "inputs": len(texts)},
+        )
+    for index, text in enumerate(texts):
+        where = f"{field}[{index}]" if not isinstance(value, str) else field
+        if not isinstance(text, str):
+            raise ApiError(
+                status=400,
+                code="invalid",
+                message=f"{where}: expected a string, got {_json_type(text)}.",
+                details={"index": index},
+            )
+        if len(text) > settings.max_input_chars:
+            raise ApiError(
+                status=400,
+                code="input_too_long",
+                message=f"{where}: {len(text):,} characters; at most {settings.max_input_chars:,} per input.",
+                details={"index": index, "max_input_chars": settings.max_input_chars},
+            )
+        if not text.strip():
+            raise ApiError(
+                status=400, code="invalid", message=f"{where}: the text is empty.", details={"index": index}
+            )
+    return texts
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", dict: "an object", list: "a list"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _loaded_or_unavailable(artifact: str) -> LoadedModel:
+    try:
+        return model_cache().get(artifact)
+    except BlobNotFoundError:
+        raise ApiError(
+            status=503,
+            code="model_unavailable",
+            message="The model's artifact is missing from the blob store; redeploy the model.",
+        ) from None
+    except MLError as error:
+        raise ApiError(status=503, code="model_unavailable", message=error.message) from None
+    except Exception as error:
+        log.exception("loading a model for a request failed", extra={"artifact": artifact})
+        raise ApiError(
+            status=503,
+            code="model_unavailable",
+            message=f"The model could not be loaded: {type(error).__name__}.",
+        ) from None
+
+
+def deployment_classify(
+    *, deployment: Deployment, texts: Sequence[str], caller: Caller, endpoint: str
+) -> Classification:
+    """Classify texts with a live deployment; record usage (and log the inputs if the deployment asks)."""
+    if deployment.status != DeploymentStatus.LIVE:
+        raise ApiError(
+            status=409,
+            code="deployment_not_live",
+            message=f"Deployment '{deployment.name}' is {deployment.status}"
+            + (" (still loading; retry in a few seconds)." if deployment.status == "pending" else "."),
+            details={"status": deployment.status},
+        )
+    loaded = _loaded_or_unavailable(deployment.artifact)
+    results = loaded.classify(texts, deployment.thresholds)
+    usage_record(
+        meter=Meter.CLASSIFICATION,
+        caller=caller,
+        endpoint=endpoint,
+        units=len(texts),
+        model_id=deployment.model_id,
+        version=deployment.version,
+        deployment=deployment,
+        logged=list(zip(texts, results, strict=True)) if deployment.log_requests else None,
+    )
+    return Classification(results=results, heads=[head.spec for head in loaded.heads])
+
+
+@dataclass(frozen=True)
+class PlaygroundAnswer:
+    classification: Classification
+    model_name: str
+    used: int
+    free: int
+
+
+def playground_query(
+    *, model_id: int, version: int, texts: Sequence[str], caller: Caller
+) -> PlaygroundAnswer:
+    """Classify with a trained version, deployed or not, within the org's free queries for the model."""
+    free = inference_settings().playground_free_queries
+    trained = version_resolve(model=model_id, version=version)
+    counter = PlaygroundCounter.objects.filter(model_id=model_id).first()
+    used = counter.queries if counter else 0
+    if used + len(texts) > free:
+        raise _quota_exceeded(used=used, free=free)
+    loaded = _loaded_or_unavailable(trained.artifact)
+    results = loaded.classify(texts)
+    with transaction.atomic(using=ALIAS):
+        # The allowance is checked again where it is spent: concurrent queries cannot overdraw it.
+        if counter is None:
+            PlaygroundCounter.objects.get_or_create(model_id=model_id)
+        spent = PlaygroundCounter.objects.filter(model_id=model_id, queries__lte=free - len(texts)).update(
+            queries=F("queries") + len(texts), updated_at=timezone.now()
+        )
+        if not spent:
+            raise _quota_exceeded(used=PlaygroundCounter.objects.get(model_id=model_id).queries, free=free)
+        usage_record(
+            meter=Meter.PLAYGROUND,
+            caller=caller,
+            endpoint="playground",
+            units=len(texts),
+            model_id=model_id,
+            version=version,
+            deployment=None,
+            logged=None,
+        )
+        used = PlaygroundCounter.objects.get(model_id=model_id).queries
+    return PlaygroundAnswer(
+        classification=Classification(results=results, heads=[head.spec for head in loaded.heads]),
+        model_name=trained.model_name,
+        used=used,
+        free=free,
+    )
+
+
+def _quota_exceeded(*, used: int, free: int) -> ApiError:
+    return ApiError(
+        status=402,
+        code="quota_exceeded",
+        message=f"This model's {free} free playground queries are used up ({used} made). Deploy the model "
+        "and call its classify endpoint, or ask for a larger playground allowance.",
+        details={"used": used, "free": free},
+    )
+
+
+# --- usage and the request log ------------------------------------------------------------------------------
+
+
+def usage_record(
+    *,
+    meter: Meter,
+    caller: Caller,
+    endpoint: str,
+    units: int,
+    model_id: int,
+    version: int,
+    deployment: Deployment | None,
+    logged: list[tuple[str, NativeResult]] | None,
+) -> None:
+    """Count a call in the day's usage, log its inputs if asked and publish `usage.recorded`: one transaction.
+
+    One UPDATE of the day's row, one outbox row and the optional log rows: cheap enough for every request.
+    """
+    now = timezone.now()
+    deployment_id = deployment.pk if deployment is not None else 0
+    key = {
+        "day": now.date(),
+        "meter": meter,
+        "deployment_id": deployment_id,
+        "model_id": model_id,
+        "version": version,
+    }
+    with transaction.atomic(using=ALIAS):
+        if not UsageDay.objects.filter(**key).update(requests=F("requests") + 1, units=F("units") + units):
+            try:
+                with transaction.atomic(using=ALIAS):
+                    UsageDay.objects.create(org_id=caller.org_id, requests=1, units=units, **key)
+            except IntegrityError:
+                UsageDay.objects.filter(**key).update(requests=F("requests") + 1, units=F("units") + units)
+        if logged:
+            assert deployment is not None
+            RequestLogEntry.objects.bulk_create(
+                [
+                    RequestLogEntry(
+                        org_id=caller.org_id,
+                        deployment_id=deployment.pk,
+                        created_at=now,
+                        endpoint=endpoint,
+                        api_key_id=caller.api_key_id,
+                        text=text,
+                        prediction={
+                            head: {"labels": value["labels"], "flagged": value["flagged"]}
+                            for head, value in result.items()
+                        },
+                    )
+                    for text, result in logged
+                ]
+            )
+        publish(
+            type="usage.recorded",
+            org_id=caller.org_id,
+            subject=f"deployments/{deployment_id}" if deployment is not None else f"models/{model_id}",
+            data={
+                "meter": str(meter),
+                "units": units,
+                "deployment_id": deployment.pk if deployment is not None else None,
+                "model_id": model_id,
+                "version": version,
+                "api_key_id": caller.api_key_id,
+                "user_id": caller.user_id,
+                "endpoint": endpoint,
+            },
+        )
+
+
+def request_log_purge(*, now: datetime | None = None) -> int:
+    """Delete logged requests older than their deployment's retention, in every org; return how many."""
+    now = now or timezone.now()
+    # Every deployment counts, logging or not any more: its logs outlive a switch of log_requests to off.
+    by_retention: dict[int, list[int]] = {}
+    for deployment_id, days in Deployment.objects.unscoped().values_list("pk", "log_retention_days"):
+        by_retention.setdefault(days, []).append(deployment_id)
+    deleted = 0
+    for days, deployment_ids in sorted(by_retention.items()):
+        with transaction.atomic(using=ALIAS):
+            count, _ = (
+                RequestLogEntry.objects.unscoped()
+                .filter(deployment_id__in=deployment_ids, created_at__lt=now - timedelta(days=days))
+                .delete()
+            )
+        deleted += count
+    return deleted

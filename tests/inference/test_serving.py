@@ -1,0 +1,131 @@
+"""Micro-batching and the memory-bounded model cache."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from arbiter.storage import get_blob_store
+from services.inference.serving.batcher import MicroBatcher
+from services.inference.serving.cache import ModelCache
+
+
+class GatedRuntime:
+    """An encoder runtime whose first call waits for a gate, so that others queue up behind it.
+
+    Its "logits" per text are the text's length and its position in the batch.
+    """
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[list[str]] = []
+
+    def encoder_logits(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        first = not self.entered.is_set()
+        self.entered.set()
+        if first:
+            self.gate.wait(timeout=30)
+        self.batches.append(list(texts))
+        if any(text == "boom" for text in texts):
+            raise RuntimeError("the runtime failed")
+        return {"head": np.array([[len(text), i] for i, text in enumerate(texts)], dtype=np.float32)}
+
+
+def test_concurrent_calls_share_encoder_batches_and_each_gets_its_own_rows() -> None:
+    runtime = GatedRuntime()
+    batcher = MicroBatcher(runtime, max_batch=8, wait_s=0.0, label="test")
+    answers: dict[int, np.ndarray] = {}
+
+    def call(n: int) -> None:
+        answers[n] = batcher.encoder_logits(["x" * n, "y" * (n + 100)] if n % 2 else ["z" * n])["head"]
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(1, 17)]
+    threads[0].start()
+    assert runtime.entered.wait(timeout=30)
+    for thread in threads[1:]:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(batcher._calls) < 15 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    runtime.gate.set()
+    for thread in threads:
+        thread.join()
+    batcher.close()
+
+    # The first call ran alone; the 15 that queued behind it ran in batches of at most 8 texts (+ one call).
+    assert [len(batch) for batch in runtime.batches][0] == 2
+    assert len(runtime.batches) <= 5 and sum(len(batch) for batch in runtime.batches) == 24
+    for n, rows in answers.items():
+        expected = [n, n + 100] if n % 2 else [n]
+        assert rows[:, 0].tolist() == expected
+
+
+def test_several_runners_serve_a_call_while_another_batch_is_still_running() -> None:
+    runtime = GatedRuntime()
+    batcher = MicroBatcher(runtime, max_batch=8, wait_s=0.0, label="test", runners=2)
+    slow = threading.Thread(target=batcher.encoder_logits, args=(["first"],))
+    slow.start()
+    assert runtime.entered.wait(timeout=30)
+    # The first batch is held at the gate; the second runner answers this call meanwhile.
+    assert batcher.encoder_logits(["second"])["head"].tolist() == [[6.0, 0.0]]
+    runtime.gate.set()
+    slow.join()
+    batcher.close()
+
+
+def test_a_lone_large_call_is_shared_out_among_the_runners_and_answered_in_order() -> None:
+    runtime = GatedRuntime()
+    batcher = MicroBatcher(runtime, max_batch=32, wait_s=0.0, label="test", runners=2)
+    texts = ["x" * n for n in range(1, 41)]
+    answer: dict[str, np.ndarray] = {}
+    caller = threading.Thread(target=lambda: answer.update(batcher.encoder_logits(texts)))
+    caller.start()
+    # One runner holds the first half at the gate while the other runs the second half.
+    deadline = time.monotonic() + 30
+    while not runtime.batches and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert runtime.batches == [texts[20:]]
+    runtime.gate.set()
+    caller.join()
+    batcher.close()
+    assert answer["head"][:, 0].tolist() == list(range(1, 41))
+
+
+def test_a_failing_batch_fails_its_callers_and_the_batcher_keeps_serving() -> None:
+    runtime = GatedRuntime()
+    runtime.gate.set()
+    batcher = MicroBatcher(runtime, max_batch=8, wait_s=0.0, label="test")
+    with pytest.raises(RuntimeError, match="the runtime failed"):
+        batcher.encoder_logits(["boom"])
+    assert batcher.encoder_logits(["fine"])["head"].tolist() == [[4.0, 0.0]]
+    batcher.close()
+    # A call that arrives after the batcher closed (its model was unloaded) is still answered.
+    assert batcher.encoder_logits(["late"])["head"].tolist() == [[4.0, 0.0]]
+
+
+def test_the_cache_unloads_the_least_recently_used_model_beyond_its_budget_and_reloads_on_demand(
+    artifact_blob: bytes, artifact_key: str
+) -> None:
+    other_key = "artifacts/tests/toxicity-topic-copy.tar.gz"
+    get_blob_store().put_bytes(other_key, artifact_blob)
+    cache = ModelCache(budget_bytes=1)  # room for one model at a time, whatever its size
+    try:
+        first = cache.get(artifact_key)
+        assert first.classify(["you are an idiot"])[0]["toxicity"]["label"] == "toxic"
+        assert cache.get(artifact_key) is first
+        second = cache.get(other_key)
+        assert cache.keys() == [other_key]
+        # The evicted model still answers a request that held it, then a new request loads it again.
+        assert first.classify(["have a nice day"])[0]["toxicity"]["label"] == "safe"
+        again = cache.get(artifact_key)
+        assert again is not first and cache.keys() == [artifact_key]
+        assert second.size_bytes > 0 and cache.used_bytes() == again.size_bytes
+    finally:
+        cache.clear()
