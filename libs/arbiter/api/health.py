@@ -13,11 +13,16 @@ from arbiter.config.services import db_alias
 
 # Other parts (the event broker, ...) register checks that return None when fine, or a reason when not.
 ReadinessCheck = Callable[[], str | None]
-_checks: dict[str, ReadinessCheck] = {}
+_checks: dict[str, tuple[ReadinessCheck, bool]] = {}
 
 
-def register_readiness_check(name: str, check: ReadinessCheck) -> None:
-    _checks[name] = check
+def register_readiness_check(name: str, check: ReadinessCheck, *, required: bool = True) -> None:
+    """A check that is not `required` is reported (status `degraded`) without taking the process out of rotation."""
+    _checks[name] = (check, required)
+
+
+def unregister_readiness_check(name: str) -> None:
+    _checks.pop(name, None)
 
 
 def _database_check(alias: str) -> ReadinessCheck:
@@ -39,14 +44,15 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    checks: dict[str, ReadinessCheck] = {}
+    checks: dict[str, tuple[ReadinessCheck, bool]] = {}
     for alias in sorted({"default", *(db_alias(s) for s in settings.ARBITER_SERVICES)}):
-        checks[f"database:{alias}"] = _database_check(alias)
+        checks[f"database:{alias}"] = (_database_check(alias), True)
     checks.update(_checks)
-    results = {name: check() for name, check in checks.items()}
-    ready = all(reason is None for reason in results.values())
+    results = {name: check() for name, (check, _) in checks.items()}
+    ready = all(reason is None for name, reason in results.items() if checks[name][1])
+    degraded = any(reason is not None for reason in results.values())
     body = {
-        "status": "ready" if ready else "not_ready",
+        "status": "not_ready" if not ready else ("degraded" if degraded else "ready"),
         "checks": {
             name: {"ok": reason is None, **({"reason": reason} if reason else {})}
             for name, reason in results.items()

@@ -40,7 +40,7 @@ class EventsConfig(AppConfig):
         from arbiter.api.health import register_readiness_check
         from arbiter.events.broker import BOOTSTRAP_ENV
 
-        # Web processes only write to the outbox; the broker is their dependency only where one is configured
-        # (under `arbiter up` and in deployments), where an unreachable broker means events are not flowing.
+        # Reported wherever a broker is configured. Not required: web processes only write to the outbox, so a
+        # Kafka outage delays events but must not take every pod out of rotation (`/readyz` says "degraded").
         if settings.KAFKA_BOOTSTRAP_SERVERS or os.environ.get(BOOTSTRAP_ENV):
-            register_readiness_check("broker", BrokerReadinessCheck())
+            register_readiness_check("broker", BrokerReadinessCheck(), required=False)
