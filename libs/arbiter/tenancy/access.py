@@ -43,10 +43,11 @@ def resolve_org_access(request: Request | HttpRequest, org_slug: str) -> OrgAcce
             user_id=None,
             api_key_id=key.pk,
         )
+    user_id = getattr(user, "pk", None)
     membership = (
-        Membership.objects.select_related("org")
-        .filter(org__slug=org_slug, user_id=getattr(user, "pk", None))
-        .first()
+        Membership.objects.select_related("org").filter(org__slug=org_slug, user_id=user_id).first()
+        if user_id is not None
+        else None
     )
     if membership is None:
         raise Http404

@@ -7,8 +7,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
@@ -18,8 +17,6 @@ from django.utils.text import slugify
 from arbiter.api.errors import ApiError
 from arbiter.tenancy.models import ApiKey, Membership, Org, generate_key_secret, hash_key_secret
 from arbiter.tenancy.scopes import ROLE_RANK, SCOPES, Role, expand
-
-User = get_user_model()
 
 RESERVED_SLUGS = frozenset({"new", "me", "api", "admin", "static", "console", "settings"})
 
@@ -65,7 +62,7 @@ def _check_slug(slug: str) -> str:
 
 
 @transaction.atomic(using="default")
-def org_create(*, name: str, owner: AbstractBaseUser, slug: str | None = None) -> Org:
+def org_create(*, name: str, owner: User, slug: str | None = None) -> Org:
     name = (name or "").strip()
     if not name:
         raise ApiError(
@@ -87,7 +84,7 @@ def org_create(*, name: str, owner: AbstractBaseUser, slug: str | None = None) -
     return org
 
 
-def user_signup(*, email: str, password: str, org_name: str) -> tuple[AbstractBaseUser, Org]:
+def user_signup(*, email: str, password: str, org_name: str) -> tuple[User, Org]:
     """Create a user and their first org, all or nothing."""
     email = _normalise_email(email)
     try:

@@ -8,6 +8,7 @@ the org scope for the request (so `OrgScopedModel.objects` only sees this org), 
 
 from __future__ import annotations
 
+from contextvars import Token
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -17,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from arbiter.api.idempotency import idempotency_begin, idempotency_finish
+from arbiter.api.models import IdempotencyRecord
 from arbiter.config.services import db_alias
 from arbiter.tenancy.access import OrgAccess, resolve_org_access
 from arbiter.tenancy.scopes import holds
@@ -36,6 +38,8 @@ class OrgScopedViewSet(viewsets.GenericViewSet):
     idempotency_redact: tuple[str, ...] = ()
 
     access: OrgAccess
+    _scope_token: Token[int | None] | None = None
+    _idempotency: IdempotencyRecord | None = None
 
     def required_scope(self, request: Request) -> str | None:
         action = getattr(self, "action", None)
@@ -63,13 +67,13 @@ class OrgScopedViewSet(viewsets.GenericViewSet):
         return db_alias(parts[1]) if parts[0] == "services" else "default"
 
     def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
-        record = getattr(self, "_idempotency", None)
+        record = self._idempotency
         if record is not None:
             idempotency_finish(
                 record=record, alias=self.service_alias, response=response, redact=self.idempotency_redact
             )
             self._idempotency = None
-        token = getattr(self, "_scope_token", None)
+        token = self._scope_token
         if token is not None:
             reset_org_scope(token)
             self._scope_token = None

@@ -7,8 +7,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from arbiter.tenancy.logic import api_key_create
@@ -23,7 +22,7 @@ class Tenant:
     """An org with an owner, and helpers to call the API as that org."""
 
     org: Org
-    owner: AbstractBaseUser
+    owner: User
     password: str
 
     @property
@@ -49,15 +48,15 @@ class Tenant:
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {self.key(scopes)}")
         return client
 
-    def session_client(self, user: AbstractBaseUser | None = None) -> APIClient:
+    def session_client(self, user: User | None = None) -> APIClient:
         client = APIClient(enforce_csrf_checks=False)
         client.force_login(user or self.owner)
         return client
 
-    def add_member(self, role: Role | str, email: str | None = None) -> tuple[AbstractBaseUser, str]:
+    def add_member(self, role: Role | str, email: str | None = None) -> tuple[User, str]:
         password = secrets.token_urlsafe(12)
         email = email or f"{role}-{next(_counter)}-{self.org.slug}@example.com"
-        user = get_user_model().objects.create_user(username=email, email=email, password=password)
+        user = User.objects.create_user(username=email, email=email, password=password)
         Membership.objects.create(org=self.org, user=user, role=Role(role))
         return user, password
 
@@ -67,7 +66,7 @@ def make_tenant(slug: str | None = None) -> Tenant:
     slug = slug or f"org-{n}-{secrets.token_hex(3)}"
     email = f"owner-{slug}@example.com"
     password = secrets.token_urlsafe(12)
-    user = get_user_model().objects.create_user(username=email, email=email, password=password)
+    user = User.objects.create_user(username=email, email=email, password=password)
     org = Org.objects.create(slug=slug, name=slug.title())
     Membership.objects.create(org=org, user=user, role=Role.OWNER)
     return Tenant(org=org, owner=user, password=password)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import User
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status
 from rest_framework.exceptions import PermissionDenied
@@ -10,11 +11,18 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from arbiter.tenancy import logic, selectors
+from arbiter.tenancy.access import key_org
 from arbiter.tenancy.authentication import ApiKeyPrincipal
 from arbiter.tenancy.models import ApiKey, Org
 from arbiter.tenancy.scopes import ROLE_SCOPES, Role, expand
 from arbiter.tenancy.viewsets import OrgScopedViewSet
 from services.gateway.api import serializers as s
+
+
+def _person(request: Request) -> User:
+    """The signed-in person (IsAuthenticated already refused anonymous callers; keys are handled before)."""
+    assert isinstance(request.user, User)
+    return request.user
 
 
 class MeView(APIView):
@@ -41,11 +49,12 @@ class MeView(APIView):
                     ],
                 }
             )
-        memberships = selectors.orgs_for_user(user_id=principal.pk)
+        person = _person(request)
+        memberships = selectors.orgs_for_user(user_id=person.pk)
         return Response(
             {
                 "kind": "user",
-                "user": {"id": principal.pk, "email": principal.email},
+                "user": {"id": person.pk, "email": person.email},
                 "api_key": None,
                 "orgs": [
                     {
@@ -63,11 +72,14 @@ class MeView(APIView):
 class OrgListView(APIView):
     @extend_schema(responses=s.OrgSerializer(many=True))
     def get(self, request: Request) -> Response:
-        if isinstance(request.user, ApiKeyPrincipal):
-            orgs = [request.auth.org]
-        else:
-            orgs = [m.org for m in selectors.orgs_for_user(user_id=request.user.pk)]
-        return Response(s.OrgSerializer(orgs, many=True).data)
+        org_of_key = key_org(request)
+        if org_of_key is None:
+            return Response(
+                s.OrgSerializer(
+                    [m.org for m in selectors.orgs_for_user(user_id=_person(request).pk)], many=True
+                ).data
+            )
+        return Response(s.OrgSerializer([org_of_key], many=True).data)
 
     @extend_schema(request=s.OrgCreateSerializer, responses={201: s.OrgSerializer})
     def post(self, request: Request) -> Response:
@@ -75,7 +87,7 @@ class OrgListView(APIView):
             raise PermissionDenied("API keys belong to one org and cannot create orgs; sign in as a person.")
         payload = s.OrgCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        org = logic.org_create(owner=request.user, **payload.validated_data)
+        org = logic.org_create(owner=_person(request), **payload.validated_data)
         return Response(s.OrgSerializer(org).data, status=status.HTTP_201_CREATED)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -106,6 +107,7 @@ def switch_org(request: HttpRequest) -> HttpResponse:
 @require_POST
 def org_create(request: HttpRequest) -> HttpResponse:
     try:
+        assert isinstance(request.user, User)  # login_required
         org = logic.org_create(name=request.POST.get("name", ""), owner=request.user)
     except ApiError as exc:
         messages.error(request, exc.message)

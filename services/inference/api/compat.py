@@ -12,6 +12,7 @@ SDK reads as is), and exactly in Mistral's shape when the body has `inputs`.
 from __future__ import annotations
 
 import uuid
+from contextvars import Token
 from typing import Any
 
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -44,6 +45,7 @@ class _KeyScopedView(APIView):
     authentication_classes = [ApiKeyAuthentication]
     parser_classes = [JSONParser]
     endpoint = ""
+    _scope_token: Token[int | None] | None = None
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
@@ -56,7 +58,7 @@ class _KeyScopedView(APIView):
         self._scope_token = set_org_scope(key.org_id)
 
     def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
-        token = getattr(self, "_scope_token", None)
+        token = self._scope_token
         if token is not None:
             reset_org_scope(token)
             self._scope_token = None
