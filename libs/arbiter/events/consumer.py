@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import close_old_connections, connections, transaction
+from django.db import connections, transaction
 from django.utils import timezone
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -177,7 +177,8 @@ class EventConsumer:
             kafka_consumer.close(autocommit=False)
             if self._dlq_producer is not None:
                 self._dlq_producer.close(timeout=2)
-            close_old_connections()
+            # This thread's database connections end with it (tests drop their databases afterwards).
+            connections.close_all()
             log.info("consumer stopped", extra={"consumer": self.consumer})
 
     def _connect(self) -> KafkaConsumer | None:

@@ -68,6 +68,8 @@ class Command(BaseCommand):
         ]
         if "training" in settings.ARBITER_SERVICES:
             children.append(Child("operator", [*arbiter, "operator"]))
+        if "inference" in settings.ARBITER_SERVICES:
+            children.append(Child("purge", [*arbiter, "inference_purge_request_logs", "--every", "3600"]))
         url = f"http://{options['bind']}"
         self.stdout.write(f"Arbiter is starting at {url}/console/  (API docs: {url}/api/docs/)")
         if credentials:
