@@ -174,6 +174,14 @@ class HeadTargets:
         return total
 
 
+def mean_head_loss(probabilities: dict[str, np.ndarray], rows: LabelledRows) -> float:
+    """Mean over heads of each head's cross-entropy on its applicable rows (inf when no head applies)."""
+    losses = [
+        loss for name, labels in rows.heads.items() if (loss := head_loss(probabilities[name], labels)) is not None
+    ]
+    return float(np.mean(losses)) if losses else math.inf
+
+
 @dataclass
 class EpochTracker:
     """Scores each epoch on the validation rows, keeps the best state and decides early stopping."""
@@ -202,12 +210,8 @@ class EpochTracker:
         score, per_head = selection_score(
             probabilities=probabilities, rows=self.valid, rule=rule, head=self.options.selection_head
         )
-        losses = [
-            loss
-            for name, labels in self.valid.heads.items()
-            if (loss := head_loss(probabilities[name], labels)) is not None
-        ]
-        valid_loss = float(np.mean(losses)) if losses else math.inf
+        valid_loss = mean_head_loss(probabilities, self.valid)
+        losses = [valid_loss] if math.isfinite(valid_loss) else []
         # Accuracy-like scores plateau long before the model stops improving: on a tie, the lower
         # validation loss wins, so training goes on while the probabilities still get better.
         improved = score > self.best_score + 1e-9 or (
@@ -324,9 +328,11 @@ def _heads_train_frozen(
             optimizer.step()
             losses.append(float(loss.detach()))
         stack.eval()
+        # Reported the way the validation loss is (unweighted mean over heads), so the two curves compare;
+        # the optimised loss above is class-weighted and summed over heads.
         stop = tracker.record(
             epoch=epoch,
-            train_loss=float(np.mean(losses)) if losses else 0.0,
+            train_loss=mean_head_loss(stack.probabilities(fit_embeddings), fit) if losses else 0.0,
             probabilities=stack.probabilities(valid_embeddings),
             state=stack.state_dict,
             started=started,
