@@ -21,7 +21,6 @@ throughput (4 clients), and a single-request p50 under 20 ms at one client.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import http.server
 import json
@@ -108,34 +107,18 @@ def training_rows() -> list[dict[str, Any]]:
 
 def trained_artifact() -> bytes:
     """The benchmark model's artifact, trained once and kept in the temp directory (keyed by the ML core)."""
-    from arbiter.ml import HeadSpec, TrainOptions, artifact_pack, train_from_snapshot
+    from arbiter.testing.artifacts import cached_head_artifact
 
-    digest = hashlib.sha256(json.dumps(training_rows()).encode())
-    for source in sorted((REPO_ROOT / "libs" / "arbiter" / "ml").glob("*.py")):
-        digest.update(source.read_bytes())
-    cached = Path(tempfile.gettempdir()) / f"arbiter-bench-inference-{digest.hexdigest()[:16]}.tar.gz"
-    if cached.is_file():
-        return cached.read_bytes()
-    print("training the benchmark model (once; cached in the temp directory) ...", flush=True)
-    with tempfile.TemporaryDirectory() as folder:
-        result = train_from_snapshot(
-            rows=training_rows(),
-            heads=[
-                HeadSpec(name="toxicity", labels=("safe", "toxic")),
-                HeadSpec(name="topic", labels=("insult", "spam"), multi_label=True),
-            ],
-            options=TrainOptions(strategy="head", max_epochs=40, learning_rate=0.01, early_stopping=0),
-            out_dir=Path(folder) / "artifact",
-        )
-        blob = artifact_pack(result.artifact_dir)
-    # Artifacts of earlier ML cores are never used again: keep only the current one.
-    for stale in cached.parent.glob("arbiter-bench-inference-*.tar.gz"):
-        if stale != cached:
-            stale.unlink(missing_ok=True)
-    partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
-    partial.write_bytes(blob)
-    partial.replace(cached)
-    return blob
+    return cached_head_artifact(
+        cache_dir=Path(tempfile.gettempdir()),
+        prefix="arbiter-bench-inference-",
+        rows=training_rows(),
+        heads=[
+            {"name": "toxicity", "labels": ["safe", "toxic"]},
+            {"name": "topic", "labels": ["insult", "spam"], "multi_label": True},
+        ],
+        max_epochs=40,
+    )
 
 
 def benchmark_texts(count: int) -> list[str]:

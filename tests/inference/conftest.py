@@ -9,13 +9,8 @@ as the consumer runner would.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-import os
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,12 +24,12 @@ from arbiter.events.registry import get_event_type
 from arbiter.events.testing import kafka_bootstrap, kafka_broker
 from arbiter.storage import get_blob_store
 from arbiter.tenancy.scoping import org_scope
+from arbiter.testing.artifacts import cached_head_artifact
 from arbiter.testing.tenants import Tenant
 
 __all__ = ["kafka_bootstrap", "kafka_broker"]
 
 ARTIFACT_KEY = "artifacts/tests/toxicity-topic.tar.gz"
-ML_SOURCES = Path(__file__).resolve().parents[2] / "libs" / "arbiter" / "ml"
 
 TOXIC = [
     "you are an idiot",
@@ -96,39 +91,18 @@ def training_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def _train_artifact() -> bytes:
-    from arbiter.ml import HeadSpec, TrainOptions, artifact_pack, train_from_snapshot
-
-    with tempfile.TemporaryDirectory() as folder:
-        result = train_from_snapshot(
-            rows=training_rows(),
-            heads=[
-                HeadSpec(name="toxicity", labels=("safe", "toxic")),
-                HeadSpec(name="topic", labels=("insult", "spam", "none"), multi_label=True),
-            ],
-            options=TrainOptions(strategy="head", max_epochs=60, learning_rate=0.01, early_stopping=0),
-            out_dir=Path(folder) / "artifact",
-        )
-        return artifact_pack(result.artifact_dir)
-
-
 @pytest.fixture(scope="session")
 def artifact_blob(pytestconfig: pytest.Config) -> bytes:
-    digest = hashlib.sha256(json.dumps(training_rows()).encode())
-    for source in sorted(ML_SOURCES.glob("*.py")):
-        digest.update(source.read_bytes())
-    cached = pytestconfig.cache.mkdir("inference-artifacts") / f"{digest.hexdigest()[:24]}.tar.gz"
-    if cached.is_file():
-        return cached.read_bytes()
-    blob = _train_artifact()
-    # Artifacts of earlier ML cores are never used again: keep only the current one.
-    for stale in cached.parent.glob("*.tar.gz"):
-        if stale != cached:
-            stale.unlink(missing_ok=True)
-    partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
-    partial.write_bytes(blob)
-    partial.replace(cached)
-    return blob
+    return cached_head_artifact(
+        cache_dir=pytestconfig.cache.mkdir("inference-artifacts"),
+        prefix="",
+        rows=training_rows(),
+        heads=[
+            {"name": "toxicity", "labels": ["safe", "toxic"]},
+            {"name": "topic", "labels": ["insult", "spam", "none"], "multi_label": True},
+        ],
+        max_epochs=60,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -281,8 +281,8 @@ def test_a_job_past_its_deadline_failed_with_the_limit(executor: KubernetesExecu
     assert "ARBITER_K8S_ACTIVE_DEADLINE_SECONDS" in observation.message
 
 
-def test_an_oom_killed_trainer_failed_out_of_memory(executor: KubernetesExecutor, kube: KubeOnLoopback):
-    name = executor.launch(run_id=1, org_id=1)
+def _job_failed_with(kube: KubeOnLoopback, name: str, terminated: dict) -> None:
+    """The Job gave up after its retries, and its pod's trainer container ended as `terminated` says."""
     failed = {
         "type": "Failed",
         "status": "True",
@@ -290,23 +290,20 @@ def test_an_oom_killed_trainer_failed_out_of_memory(executor: KubernetesExecutor
         "message": "Job has reached the specified backoff limit",
     }
     kube.job_status_set(NAMESPACE, name, {"failed": 2, "conditions": [failed]})
-    kube.job_pod_add(
-        NAMESPACE,
-        name,
-        {
-            "phase": "Failed",
-            "containerStatuses": [
-                {
-                    "name": "trainer",
-                    "image": FULL_SETTINGS.image,
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
-                }
-            ],
-        },
-    )
+    container = {
+        "name": "trainer",
+        "image": FULL_SETTINGS.image,
+        "imageID": "",
+        "ready": False,
+        "restartCount": 0,
+        "state": {"terminated": terminated},
+    }
+    kube.job_pod_add(NAMESPACE, name, {"phase": "Failed", "containerStatuses": [container]})
+
+
+def test_an_oom_killed_trainer_failed_out_of_memory(executor: KubernetesExecutor, kube: KubeOnLoopback):
+    name = executor.launch(run_id=1, org_id=1)
+    _job_failed_with(kube, name, {"exitCode": 137, "reason": "OOMKilled"})
 
     observation = executor.observe(name, run_id=1)
 
@@ -316,32 +313,7 @@ def test_an_oom_killed_trainer_failed_out_of_memory(executor: KubernetesExecutor
 
 def test_a_crashed_trainer_failed_with_its_last_words(executor: KubernetesExecutor, kube: KubeOnLoopback):
     name = executor.launch(run_id=1, org_id=1)
-    failed = {
-        "type": "Failed",
-        "status": "True",
-        "reason": "BackoffLimitExceeded",
-        "message": "Job has reached the specified backoff limit",
-    }
-    kube.job_status_set(NAMESPACE, name, {"failed": 2, "conditions": [failed]})
-    kube.job_pod_add(
-        NAMESPACE,
-        name,
-        {
-            "phase": "Failed",
-            "containerStatuses": [
-                {
-                    "name": "trainer",
-                    "image": FULL_SETTINGS.image,
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {
-                        "terminated": {"exitCode": 1, "reason": "Error", "message": "RuntimeError: disk full"}
-                    },
-                }
-            ],
-        },
-    )
+    _job_failed_with(kube, name, {"exitCode": 1, "reason": "Error", "message": "RuntimeError: disk full"})
 
     observation = executor.observe(name, run_id=1)
 
