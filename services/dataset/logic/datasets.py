@@ -1,0 +1,315 @@
+"""Datasets: created from a file, JSON rows or an example; more rows uploaded; renamed, remapped, deleted."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Mapping
+from itertools import chain
+from pathlib import PurePath
+from typing import Any, BinaryIO
+
+from django.db import transaction
+from django.utils import timezone
+
+from arbiter.api.errors import ApiError
+from arbiter.tenancy.scoping import org_scope
+from services.dataset import conf
+from services.dataset.conf import DB
+from services.dataset.example import EXAMPLE_MAPPING, EXAMPLE_NAMES, example_rows
+from services.dataset.importing import (
+    ImportFileError,
+    ImportOptions,
+    JsonRowsReader,
+    MappingError,
+    RowBatch,
+    TableReader,
+    infer_mapping,
+    mapping_from_dict,
+    open_table,
+    preview,
+)
+from services.dataset.logic.jobs import (
+    IMPORT_BATCH_ROWS,
+    import_limits,
+    import_run,
+    job_start_in_background,
+    jobs_fail_stale,
+    remap_run,
+)
+from services.dataset.logic.mapping import dataset_mapping
+from services.dataset.logic.rowstore import encode_json
+from services.dataset.models import Dataset, DatasetChange, DatasetJob, Row, Snapshot
+
+
+def _suffix(file_name: str) -> str:
+    suffix = PurePath(file_name).suffix.lower()
+    return suffix if suffix.isascii() and 1 < len(suffix) <= 8 and suffix[1:].isalnum() else ""
+
+
+def _check_not_busy(dataset: Dataset) -> None:
+    jobs_fail_stale(dataset)
+    running = DatasetJob.objects.filter(
+        dataset=dataset, state__in=[DatasetJob.QUEUED, DatasetJob.RUNNING]
+    ).first()
+    if running is not None:
+        raise ApiError(
+            status=409,
+            code="dataset_busy",
+            message=f"the dataset is busy with a {running.kind} job ({running.pk}); retry when it is done",
+            details={"job": running.pk},
+        )
+
+
+def dataset_create_from_file(
+    *,
+    org_id: int,
+    actor: str,
+    name: str | None,
+    file: BinaryIO,
+    file_name: str,
+    options: ImportOptions,
+) -> tuple[Dataset, DatasetJob]:
+    """A dataset from an uploaded file: its mapping inferred from the first rows, its rows imported now, or in
+    the background when the file is large (the job then says how far it got)."""
+    with org_scope(org_id):
+        source = _store_upload(file=file, file_name=file_name, options=options)
+        reader = open_table(file, file_name=file_name, options=import_limits(options))
+        batches = reader.batches(IMPORT_BATCH_ROWS)
+        first = next(batches, RowBatch())
+        return _dataset_start(
+            org_id=org_id,
+            actor=actor,
+            name=name or PurePath(file_name).stem or "dataset",
+            reader=reader,
+            first=first,
+            rest=batches,
+            source=source,
+            background=source["size"] > conf.setting("ARBITER_IMPORT_BACKGROUND_BYTES"),
+        )
+
+
+def dataset_create_from_rows(
+    *,
+    org_id: int,
+    actor: str,
+    name: str | None,
+    rows: list[Any],
+    mapping: Mapping[str, Any] | None = None,
+) -> tuple[Dataset, DatasetJob]:
+    """A dataset from JSON rows sent in a request body (a list of objects), imported at once."""
+    with org_scope(org_id):
+        source = _store_rows(rows)
+        reader = JsonRowsReader(rows, max_columns=conf.setting("ARBITER_IMPORT_MAX_COLUMNS"))
+        batches = reader.batches(IMPORT_BATCH_ROWS)
+        first = next(batches, RowBatch())
+        return _dataset_start(
+            org_id=org_id,
+            actor=actor,
+            name=name or "rows",
+            reader=reader,
+            first=first,
+            rest=batches,
+            source=source,
+            background=False,
+            mapping=mapping,
+        )
+
+
+def dataset_create_example(
+    *, org_id: int, actor: str, example: str = "moderation", name: str | None = None
+) -> tuple[Dataset, DatasetJob]:
+    """The example dataset in an org (the console's "No dataset yet? Use an example.", and `arbiter up`)."""
+    if example not in EXAMPLE_NAMES:
+        raise ApiError(
+            status=400,
+            code="unknown_example",
+            message=f"example: no example named {example!r}; choose from {', '.join(EXAMPLE_NAMES)}",
+        )
+    return dataset_create_from_rows(
+        org_id=org_id,
+        actor=actor,
+        name=name or EXAMPLE_NAMES[example],
+        rows=example_rows(example),
+        mapping=EXAMPLE_MAPPING,
+    )
+
+
+def _store_rows(rows: list[Any]) -> dict[str, Any]:
+    """JSON rows from a request body, kept like an uploaded file (a background import reads them back)."""
+    body = io.BytesIO(encode_json(rows).encode())
+    key, sha256, size = conf.blob_store().put_content_addressed("uploads", body, suffix=".json")
+    return {
+        "file_name": "request body",
+        "format": "json",
+        "size": size,
+        "sha256": sha256,
+        "blob": key,
+        "options": {"format": "json"},
+    }
+
+
+def _store_upload(*, file: BinaryIO, file_name: str, options: ImportOptions) -> dict[str, Any]:
+    file.seek(0)
+    key, sha256, size = conf.blob_store().put_content_addressed("uploads", file, suffix=_suffix(file_name))
+    file.seek(0)
+    return {
+        "file_name": PurePath(file_name).name,
+        "size": size,
+        "sha256": sha256,
+        "blob": key,
+        "options": {
+            "format": options.format,
+            "encoding": options.encoding,
+            "delimiter": options.delimiter,
+            "header": options.header,
+            "sheet": options.sheet,
+        },
+    }
+
+
+def _dataset_start(
+    *,
+    org_id: int,
+    actor: str,
+    name: str,
+    reader: TableReader,
+    first: RowBatch,
+    rest: Iterator[RowBatch],
+    source: dict[str, Any],
+    background: bool,
+    mapping: Mapping[str, Any] | None = None,
+) -> tuple[Dataset, DatasetJob]:
+    if not reader.columns:
+        raise ImportFileError("the file has no rows", file_name=reader.file_name, code="empty_file")
+    inferred, profiles = infer_mapping(reader.columns, first.rows)
+    if mapping is not None:
+        try:
+            inferred = mapping_from_dict(mapping, columns=reader.columns, previous=inferred)
+        except MappingError as exc:
+            raise ApiError(status=400, code="invalid_mapping", message=f"mapping: {exc}") from None
+    source = {**source, "format": reader.format, "detected": reader.details}
+    with transaction.atomic(using=DB):
+        dataset = Dataset.objects.create(
+            name=name[:200],
+            columns=list(reader.columns),
+            mapping=inferred.as_dict(),
+            profiles=[p.as_dict() for p in profiles],
+            preview=preview(reader.columns, first.rows, first.lines),
+            source=source,
+            created_by=actor,
+        )
+        job = DatasetJob.objects.create(
+            dataset=dataset, kind=DatasetJob.KIND_IMPORT, source=source, created_by=actor
+        )
+    if background:
+        job_start_in_background(job.pk, org_id)
+        return dataset, job
+    job = import_run(job, reader=reader, batches=chain([first], rest))
+    if job.state == DatasetJob.FAILED:
+        # Nothing of a new dataset whose file could not be read stays behind; the error says why.
+        dataset.delete()
+        raise _job_error(job)
+    dataset.refresh_from_db()
+    return dataset, job
+
+
+def _job_error(job: DatasetJob) -> ApiError:
+    error = job.error or {}
+    return ApiError(
+        status=400,
+        code=error.get("code", "import_failed"),
+        message=error.get("message", "the import failed"),
+        details={
+            **error.get("details", {}),
+            "rows_read": job.rows_read,
+            "rows_rejected": job.rows_rejected,
+            "rejections": job.rejections[:20],
+        },
+    )
+
+
+def dataset_upload(
+    *,
+    dataset: Dataset,
+    actor: str,
+    file: BinaryIO | None,
+    file_name: str,
+    options: ImportOptions,
+    rows: list[Any] | None = None,
+) -> DatasetJob:
+    """More rows for an existing dataset, from a file or JSON rows; columns are matched by name."""
+    _check_not_busy(dataset)
+    if rows is not None:
+        source = _store_rows(rows)
+        reader: TableReader = JsonRowsReader(rows, max_columns=conf.setting("ARBITER_IMPORT_MAX_COLUMNS"))
+    else:
+        assert file is not None
+        source = _store_upload(file=file, file_name=file_name, options=options)
+        reader = open_table(file, file_name=file_name, options=import_limits(options))
+    source = {**source, "format": reader.format, "detected": reader.details}
+    job = DatasetJob.objects.create(
+        dataset=dataset, kind=DatasetJob.KIND_IMPORT, source=source, created_by=actor
+    )
+    if source["size"] > conf.setting("ARBITER_IMPORT_BACKGROUND_BYTES"):
+        job_start_in_background(job.pk, dataset.org_id)
+        return job
+    job = import_run(job, reader=reader, batches=reader.batches(IMPORT_BATCH_ROWS))
+    if job.state == DatasetJob.FAILED:
+        raise _job_error(job)
+    return job
+
+
+def dataset_update(
+    *, dataset: Dataset, actor: str, name: str | None = None, mapping: Mapping[str, Any] | None = None
+) -> DatasetJob | None:
+    """Rename the dataset and/or confirm or edit its column mapping. A mapping change re-derives every row's
+    labels and flags: now for small datasets, in the background (the returned job) for large ones."""
+    if name is not None and name != dataset.name:
+        with transaction.atomic(using=DB):
+            DatasetChange.objects.create(
+                dataset=dataset,
+                action=DatasetChange.RENAME,
+                actor=actor,
+                before={"name": dataset.name},
+                after={"name": name},
+            )
+            dataset.name = name
+            dataset.save(update_fields=["name", "updated_at"])
+    if mapping is None:
+        return None
+    _check_not_busy(dataset)
+    try:
+        new_mapping = mapping_from_dict(mapping, columns=dataset.columns, previous=dataset_mapping(dataset))
+    except MappingError as exc:
+        raise ApiError(status=400, code="invalid_mapping", message=f"mapping: {exc}") from None
+    if new_mapping.as_dict() == dataset.mapping:
+        return None
+    with transaction.atomic(using=DB):
+        DatasetChange.objects.create(
+            dataset=dataset,
+            action=DatasetChange.MAPPING,
+            actor=actor,
+            before=dataset.mapping,
+            after=new_mapping.as_dict(),
+        )
+        dataset.mapping = new_mapping.as_dict()
+        dataset.updated_at = timezone.now()
+        dataset.save(update_fields=["mapping", "updated_at"])
+        job = DatasetJob.objects.create(dataset=dataset, kind=DatasetJob.KIND_REMAP, created_by=actor)
+    if Row.objects.filter(dataset=dataset).count() > conf.setting("ARBITER_MAPPING_BACKGROUND_ROWS"):
+        job_start_in_background(job.pk, dataset.org_id)
+        return job
+    return remap_run(job)
+
+
+def dataset_delete(*, dataset: Dataset) -> None:
+    if Snapshot.objects.filter(dataset=dataset).exists():
+        raise ApiError(
+            status=409,
+            code="dataset_has_snapshots",
+            message="the dataset has snapshots, kept for the models trained on them; it cannot be deleted",
+        )
+    _check_not_busy(dataset)
+    with transaction.atomic(using=DB):
+        Row.objects.filter(dataset=dataset).delete()
+        dataset.delete()

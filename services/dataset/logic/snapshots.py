@@ -1,0 +1,185 @@
+"""Snapshots: the dataset's valid rows frozen into a content-addressed JSONL blob with a validation report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from django.db import transaction
+
+from arbiter.api.errors import ApiError
+from arbiter.events import publish
+from services.dataset import conf, selectors
+from services.dataset.conf import DB
+from services.dataset.logic.mapping import dataset_mapping
+from services.dataset.models import Dataset, DatasetJob, Snapshot
+from services.dataset.snapshotting import build_snapshot, check_test_set, snapshot_lines
+from services.dataset.validation import RowPlan
+
+SNAPSHOT_READ_BATCH = 5000
+REPORT_REJECTIONS = 100  # per import, in a snapshot report (the import job lists up to 1000)
+
+
+def _snapshot_rows(dataset: Dataset) -> Iterator[tuple[int, int | None, list[Any]]]:
+    last = 0
+    while True:
+        chunk = list(
+            selectors.rows_visible(dataset=dataset)
+            .filter(number__gt=last)
+            .order_by("number")
+            .values_list("number", "line", "cells")[:SNAPSHOT_READ_BATCH]
+        )
+        if not chunk:
+            return
+        yield from chunk
+        last = chunk[-1][0]
+
+
+def snapshot_create(
+    *,
+    dataset: Dataset,
+    actor: str,
+    input_column: str | None,
+    label_columns: Sequence[str] | None,
+    type: str,
+    name: str = "",
+    test_percent: float | None = None,
+    seed: int = 0,
+    max_tokens: int | None = None,
+) -> Snapshot:
+    """Freeze the dataset's valid rows into a content-addressed JSONL blob with its validation report, and
+    announce it (`snapshot.created`) in the same transaction."""
+    mapping = dataset_mapping(dataset)
+    input_column = input_column or mapping.input_column
+    if input_column is None or input_column not in dataset.columns:
+        raise ApiError(status=400, code="invalid", message=f"input_column: no column named {input_column!r}")
+    wanted_role = "image" if type == Snapshot.IMAGE else "text"
+    if mapping.column(input_column).role != wanted_role:
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message=f"input_column: {input_column!r} has the role {mapping.column(input_column).role!r}; "
+            f"a {type} "
+            f"snapshot needs a column with the role {wanted_role!r} (PATCH the dataset's mapping)",
+        )
+    if label_columns is None:
+        chosen = mapping.label_columns
+    else:
+        chosen = []
+        for column_name in label_columns:
+            if column_name not in dataset.columns:
+                raise ApiError(
+                    status=400, code="invalid", message=f"label_columns: no column named {column_name!r}"
+                )
+            column = mapping.column(column_name)
+            if column.role != "label":
+                raise ApiError(
+                    status=400,
+                    code="invalid",
+                    message=f"label_columns: {column_name!r} has the role {column.role!r}, not 'label' "
+                    "(PATCH the dataset's mapping)",
+                )
+            chosen.append(column)
+    if not chosen:
+        raise ApiError(
+            status=400, code="invalid", message="label_columns: a snapshot needs at least one label column"
+        )
+    plan = RowPlan(
+        columns=dataset.columns,
+        input_column=input_column,
+        label_columns=chosen,
+        input_kind=wanted_role,  # type: ignore[arg-type]
+        max_tokens=max_tokens or conf.setting("ARBITER_SNAPSHOT_MAX_TOKENS"),
+    )
+    built = build_snapshot(_snapshot_rows(dataset), plan=plan, test_percent=test_percent, seed=seed)
+    built.report["imports"] = _import_summaries(dataset)
+    try:
+        if built.rows == 0 or not built.heads:
+            raise ApiError(
+                status=400,
+                code="no_valid_rows",
+                message="the snapshot would have no valid labelled rows; details say why rows are invalid",
+                details={
+                    key: built.report[key]
+                    for key in ("rows_total", "invalid_reasons", "invalid_rows_sample", "warnings")
+                },
+            )
+        blob, sha256, size = conf.blob_store().put_content_addressed("snapshots", built.file, suffix=".jsonl")
+    finally:
+        built.file.close()
+    with transaction.atomic(using=DB):
+        snapshot = Snapshot.objects.create(
+            dataset=dataset,
+            name=name[:200],
+            type=type,
+            input_column=input_column,
+            label_columns=[c.name for c in chosen],
+            heads=built.heads,
+            rows=built.rows,
+            sha256=sha256,
+            blob=blob,
+            size=size,
+            split=built.split,
+            report=built.report,
+            invalid_rows=built.invalid_rows,
+            created_by=actor,
+        )
+        publish(
+            type="snapshot.created",
+            org_id=dataset.org_id,
+            subject=f"snapshots/{snapshot.pk}",
+            data={
+                "snapshot_id": snapshot.pk,
+                "dataset_id": dataset.pk,
+                "name": snapshot.name,
+                **snapshot.manifest,
+                "size": size,
+                "label_columns": snapshot.label_columns,
+                "split": built.split,
+                "report": {
+                    key: built.report[key] for key in ("valid_rows", "invalid_rows", "invalid_percent")
+                },
+            },
+        )
+    return snapshot
+
+
+def _import_summaries(dataset: Dataset) -> list[dict[str, Any]]:
+    """The dataset's imports, so the report accounts for every line of the uploaded files: rows that never
+    became dataset rows are listed with the reason they were rejected."""
+    jobs = DatasetJob.objects.filter(
+        dataset=dataset, kind=DatasetJob.KIND_IMPORT, state=DatasetJob.COMPLETED
+    ).order_by("id")
+    return [
+        {
+            "job": job.pk,
+            "file_name": job.source.get("file_name"),
+            "rows_read": job.rows_read,
+            "rows_imported": job.rows_imported,
+            "rows_rejected": job.rows_rejected,
+            "rejections": job.rejections[:REPORT_REJECTIONS],
+        }
+        for job in jobs
+    ]
+
+
+def snapshot_test_set_check(*, snapshot: Snapshot, test: Snapshot) -> dict[str, Any]:
+    """How well `test` serves as the test set of a model trained on `snapshot`."""
+    if test.type != snapshot.type:
+        return {
+            "usable": False,
+            "problems": [f"the snapshots have different types ({snapshot.type}, {test.type})"],
+            "warnings": [],
+            "shared_heads": [],
+            "test_rows": test.rows,
+            "leakage": None,
+            "test_counts": {},
+        }
+    store = conf.blob_store()
+    with store.open(snapshot.blob) as train_stream, store.open(test.blob) as test_stream:
+        return check_test_set(
+            train=snapshot_lines(train_stream),
+            test=snapshot_lines(test_stream),
+            train_heads=snapshot.heads,
+            test_heads=test.heads,
+        )
