@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from arbiter.api import spectacular
 from arbiter.config import env
 from arbiter.config.services import ALL_SERVICES, db_alias, enabled_services
 
@@ -135,19 +136,12 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
         "rest_framework.parsers.FormParser",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "arbiter.api.schema.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "arbiter.api.pagination.PagePagination",
     "EXCEPTION_HANDLER": "arbiter.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
-SPECTACULAR_SETTINGS = {
-    "TITLE": "Arbiter API",
-    "DESCRIPTION": "Build, evaluate and deploy content-moderation classifiers.",
-    "VERSION": "1.0.0",
-    "SERVE_INCLUDE_SCHEMA": False,
-    "COMPONENT_SPLIT_REQUEST": True,
-    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
-}
+SPECTACULAR_SETTINGS = spectacular.SPECTACULAR_SETTINGS
 
 # --- static files (served by Arbiter itself: the console works air-gapped) ----------------------------------
 STATIC_URL = "/static/"
