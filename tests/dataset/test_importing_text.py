@@ -38,6 +38,20 @@ def test_encodings_are_detected_and_text_is_kept(encoding: str, bom: bytes, expe
     assert [r[0] for r in rows] == TEXTS
 
 
+@pytest.mark.parametrize(
+    ("encoding", "texts"),
+    [
+        ("cp1251", ["Привет как у тебя дела сегодня?", "Ты ведёшь себя ужасно - прекрати"]),
+        ("cp1253", ["Καλημέρα τι κάνεις σήμερα", "Είσαι πολύ αγενής - σταμάτα"]),
+    ],
+)
+def test_non_western_code_pages_are_detected(encoding: str, texts: list[str]) -> None:
+    body = "text,label\n" + "".join(f"{t},ok\n" for t in texts * 10)
+    reader, rows, _ = read(body.encode(encoding))
+    assert reader.details["encoding"] == encoding
+    assert [r[0] for r in rows[:2]] == texts
+
+
 def test_utf16_with_bom() -> None:
     reader, rows, _ = read("text\tlabel\r\nhéllo 👋\tgreeting\r\n".encode("utf-16"))
     assert reader.details["delimiter"] == "tab"

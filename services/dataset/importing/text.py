@@ -1,9 +1,9 @@
 """Turning an uploaded byte stream into lines of text, whatever its encoding and line ends.
 
-The encoding is decided from a sample at the start of the file: a BOM wins (UTF-8, UTF-16); otherwise UTF-8
-when the sample decodes as UTF-8 (a few broken sequences are tolerated: real exports truncate emoji), else
-Windows-1252, the superset of Latin-1 that spreadsheet programs write. Two surprises later in the file are
-handled without starting over:
+The encoding is decided from a sample at the start of the file by charset-normalizer: a BOM wins (UTF-8,
+UTF-16), then valid UTF-8, then the legacy code page whose text reads best (Cyrillic, Greek, Japanese...).
+Western text reads equally well in several Latin code pages; then Windows-1252, the superset of Latin-1 that
+spreadsheet programs write, is chosen. Two surprises later in the file are handled without starting over:
 - an invalid UTF-8 byte after nothing but ASCII means the guess was wrong; ASCII reads the same in both
   encodings, so decoding switches to Windows-1252 from there and the text read so far stays correct;
 - invalid bytes in a file that is otherwise UTF-8 are replaced with U+FFFD and each affected line is noted.
@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+import charset_normalizer
+
 from services.dataset.importing.errors import ImportFileError
 
 SAMPLE_BYTES = 64 * 1024
@@ -26,7 +28,6 @@ MAX_NOTES = 100
 
 UTF8 = "utf-8"
 UTF8_BOM = "utf-8-sig"
-UTF16 = "utf-16"
 CP1252 = "cp1252"
 
 # Windows-1252 leaves five bytes undefined; Windows itself maps them to the C1 controls of the same value,
@@ -39,19 +40,39 @@ _UNDECODED = re.compile("[\udc80-\udcff]+")
 
 
 def detect_encoding(sample: bytes) -> str:
-    if sample.startswith(codecs.BOM_UTF8):
-        return UTF8_BOM
+    if _mostly_utf8(sample):
+        return UTF8
+    matches = charset_normalizer.from_bytes(sample)
+    best = matches.best()
+    if best is None:
+        return CP1252  # every byte decodes in it; the NUL check then refuses binary files
+    encoding = codecs.lookup(best.encoding).name
+    if encoding == UTF8:
+        return UTF8_BOM if best.bom else UTF8
+    if encoding == "ascii" or encoding.startswith(("utf-16", "utf-32")):
+        return UTF8 if encoding == "ascii" else encoding
+    western = any(
+        CP1252 in match.could_be_from_charset
+        and match.chaos <= best.chaos
+        and match.coherence >= best.coherence
+        for match in matches
+    )
+    return CP1252 if western else encoding
+
+
+def _mostly_utf8(sample: bytes) -> bool:
+    # Kept by hand: charset-normalizer reads UTF-8 with a few broken sequences (real exports truncate emoji)
+    # as some legacy code page and garbles every character; this keeps UTF-8 and repairs the broken ones.
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return UTF16
+        return False
     decoder = codecs.getincrementaldecoder(UTF8)(errors="replace")
     # final=False: a character cut by the sample's end is not an error.
     text = decoder.decode(sample, final=False)
     broken = text.count("\ufffd")
     if broken == 0:
-        return UTF8
+        return False  # valid UTF-8 (or ASCII): the library says so, and notices a BOM
     non_ascii = sum(1 for ch in text if ord(ch) > 127) - broken
-    # Mostly-valid multi-byte sequences mean UTF-8 with a few damaged characters, not a legacy encoding.
-    return UTF8 if non_ascii >= 4 * broken else CP1252
+    return non_ascii >= 4 * broken
 
 
 def normalise_encoding_name(name: str, *, file_name: str) -> str:
@@ -86,7 +107,7 @@ class DecodedLines:
         self.lines_read = 0
         self._ascii_so_far = True
         self._decoder = self._make_decoder(self.encoding)
-        if self.encoding not in (UTF16,) and b"\x00" in self._sample:
+        if not self.encoding.startswith(("utf-16", "utf-32")) and b"\x00" in self._sample:
             offset = self._sample.index(b"\x00")
             raise ImportFileError(
                 f"this is not a text file (byte {offset} is NUL); upload CSV, TSV, XLSX or JSONL",
