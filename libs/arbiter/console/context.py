@@ -7,8 +7,8 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest
-from django.urls import NoReverseMatch, reverse
 
+from arbiter.config.routes import page_path
 from arbiter.tenancy.selectors import orgs_for_user
 
 
@@ -19,12 +19,11 @@ class NavSection:
     icon: str
 
 
-# Sections in the order of the journey. A section shows only when its page is routed in this process, so a
-# service that is disabled (or has no console pages yet) never leaves a dead link in the navigation.
+# Sections in the order of the journey, the same on every service's pages: links are plain paths from the route
+# table, so a process serving one service links to the pages the path router sends to the others.
 NAV_SECTIONS: tuple[NavSection, ...] = (
     NavSection("Overview", "console-org", "home"),
     NavSection("Datasets", "console-datasets", "datasets"),
-    NavSection("Labeling", "console-labeling", "labeling"),
     NavSection("Models", "console-models", "models"),
     NavSection("Deployments", "console-deployments", "deployments"),
     NavSection("Usage", "console-usage", "usage"),
@@ -44,10 +43,7 @@ class NavLink:
 def nav_links(*, org_slug: str, path: str) -> list[NavLink]:
     links = []
     for section in NAV_SECTIONS:
-        try:
-            url = reverse(section.url_name, kwargs={"org": org_slug})
-        except NoReverseMatch:
-            continue
+        url = page_path(section.url_name, org=org_slug)
         home = section.url_name == "console-org"
         active = path == url if home else path.startswith(url)
         links.append(NavLink(section.label, url, section.icon, active))

@@ -12,12 +12,12 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
-from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
 from arbiter.api.errors import ApiError
+from arbiter.config.routes import page_path
 from arbiter.console.pages import org_page
 from arbiter.tenancy import logic, selectors
 from arbiter.tenancy.access import OrgAccess
@@ -155,10 +155,7 @@ def _getting_started(*, org: str, access: OrgAccess) -> list[GettingStartedStep]
     ]
     steps = []
     for title, why, action, url_name, check_api in wanted:
-        try:
-            url = reverse(url_name, kwargs={"org": org})
-        except NoReverseMatch:
-            continue  # that service is not enabled in this process
+        url = page_path(url_name, org=org)
         steps.append(GettingStartedStep(title, why, action, url, check_api, done=False))
     if holds(access.scopes, "admin"):
         has_key = selectors.org_api_keys(org_id=access.org_id).filter(revoked_at__isnull=True).exists()
@@ -167,7 +164,7 @@ def _getting_started(*, org: str, access: OrgAccess) -> list[GettingStartedStep]
                 "Create an API key",
                 "Your applications call Arbiter with a key. Choose exactly what it may do.",
                 "Create a key",
-                reverse("console-api-keys", kwargs={"org": org}),
+                page_path("console-api-keys", org=org),
                 None,
                 done=has_key,
             )
@@ -178,7 +175,7 @@ def _getting_started(*, org: str, access: OrgAccess) -> list[GettingStartedStep]
                 "Invite your team",
                 "Reviewers can label and read metrics; admins manage keys and members.",
                 "Add members",
-                reverse("console-members", kwargs={"org": org}),
+                page_path("console-members", org=org),
                 None,
                 done=teammates,
             )
