@@ -62,6 +62,55 @@ def _signature(labels: dict[str, list[str] | None]) -> Signature:
     )
 
 
+@dataclass
+class _Seen:
+    """What the pass over the rows learned: counts, duplicate groups and, per valid row, its group and labels."""
+
+    class_counts: dict[str, Counter[str]]
+    total: int = 0
+    valid: int = 0
+    invalid_rows: list[dict[str, Any]] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+    not_applicable: Counter[str] = field(default_factory=Counter)
+    exact_seen: set[int] = field(default_factory=set)
+    groups: dict[int, _Group] = field(default_factory=dict)
+    row_groups: array[int] = field(default_factory=lambda: array("q"))  # per valid row: its input's group
+    row_signatures: array[int] = field(default_factory=lambda: array("l"))  # per valid row: index in labels
+    signatures: dict[Signature, int] = field(default_factory=dict)
+    signature_labels: list[dict[str, list[str] | None]] = field(default_factory=list)
+
+    def add_invalid(self, number: int, line: int | None, problems: list[dict[str, Any]]) -> None:
+        self.invalid_rows.append({"row": number, "line": line, "reasons": problems})
+        self.reasons.update({p["code"] for p in problems})
+
+    def add_valid(self, number: int, text: str, labels: dict[str, list[str] | None]) -> None:
+        self.valid += 1
+        for head, values in labels.items():
+            if values is None:
+                self.not_applicable[head] += 1
+            else:
+                self.class_counts[head].update(values)
+        signature = _signature(labels)
+        key = hash(normalise_text(text))
+        exact = hash(text)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = _Group(first_row=number, signature=signature)
+        elif group.signature != signature:
+            group.conflict = True
+        group.size += 1
+        if len(group.rows) < DUPLICATE_EXAMPLE_ROWS:
+            group.rows.append(number)
+        group.exact_texts.add(exact)
+        self.exact_seen.add(exact)
+        self.row_groups.append(key)
+        signature_id = self.signatures.get(signature)
+        if signature_id is None:
+            signature_id = self.signatures[signature] = len(self.signature_labels)
+            self.signature_labels.append(labels)
+        self.row_signatures.append(signature_id)
+
+
 def build_snapshot(
     rows: Iterable[tuple[int, int | None, Sequence[Any]]],
     *,
@@ -73,55 +122,59 @@ def build_snapshot(
 
     Memory grows with the number of distinct inputs (for duplicates and the split), not with their text.
     """
-    heads = [h.head for h in plan.heads]
-    draft = tempfile.TemporaryFile()  # noqa: SIM115 - returned to the caller inside BuiltSnapshot
-    invalid_rows: list[dict[str, Any]] = []
-    reasons: Counter[str] = Counter()
-    class_counts: dict[str, Counter[str]] = {head: Counter() for head in heads}
-    not_applicable: Counter[str] = Counter()
-    exact_seen: set[int] = set()
-    groups: dict[int, _Group] = {}
-    row_groups = array("q")  # per valid row: the hash of its normalised input
-    row_signatures = array("l")  # per valid row: its labels, as an index into `signatures`
-    signatures: dict[Signature, int] = {}
-    signature_labels: list[dict[str, list[str] | None]] = []
-    total = valid = 0
+    with tempfile.TemporaryFile() as draft:
+        seen = _validate(rows, plan=plan, draft=draft)
+        splits = _split(seen.row_groups, seen.groups, test_percent=test_percent, seed=seed)
+        final, per_split = _with_splits(draft, splits=splits, row_signatures=seen.row_signatures)
+    split_info = None
+    if splits is not None:
+        tested = sum(1 for s in splits if s == "test")
+        split_info = {
+            "test_percent": test_percent,
+            "seed": seed,
+            "train": seen.valid - tested,
+            "test": tested,
+        }
+    head_manifest, report = _report(
+        seen,
+        plan=plan,
+        split_counts=_split_counts(per_split, seen.signature_labels) if splits is not None else None,
+    )
+    if split_info is not None:
+        report["split"] = split_info
+    return BuiltSnapshot(
+        file=final,
+        heads=head_manifest,
+        rows=seen.valid,
+        report=report,
+        invalid_rows=seen.invalid_rows,
+        split=split_info,
+    )
+
+
+def _validate(
+    rows: Iterable[tuple[int, int | None, Sequence[Any]]], *, plan: RowPlan, draft: IO[bytes]
+) -> _Seen:
+    """One pass over the rows: each is validated and counted; valid ones are written to `draft` without their
+    split (which needs every row's group first)."""
+    seen = _Seen(class_counts={h.head: Counter() for h in plan.heads})
     for number, line, cells in rows:
-        total += 1
+        seen.total += 1
         text, labels, problems = plan.derive(cells)
         if problems:
-            invalid_rows.append({"row": number, "line": line, "reasons": problems})
-            reasons.update({p["code"] for p in problems})
+            seen.add_invalid(number, line, problems)
             continue
         assert text is not None
-        valid += 1
-        for head, values in labels.items():
-            if values is None:
-                not_applicable[head] += 1
-            else:
-                class_counts[head].update(values)
-        signature = _signature(labels)
-        key = hash(normalise_text(text))
-        exact = hash(text)
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = _Group(first_row=number, signature=signature)
-        elif group.signature != signature:
-            group.conflict = True
-        group.size += 1
-        if len(group.rows) < DUPLICATE_EXAMPLE_ROWS:
-            group.rows.append(number)
-        group.exact_texts.add(exact)
-        exact_seen.add(exact)
-        row_groups.append(key)
-        signature_id = signatures.get(signature)
-        if signature_id is None:
-            signature_id = signatures[signature] = len(signature_labels)
-            signature_labels.append(labels)
-        row_signatures.append(signature_id)
+        seen.add_valid(number, text, labels)
         draft.write(_dumps({"row": number, "input": text, "labels": labels})[:-1].encode() + b"\n")
+    return seen
 
-    splits = _split(row_groups, groups, test_percent=test_percent, seed=seed)
+
+def _with_splits(
+    draft: IO[bytes], *, splits: list[str] | None, row_signatures: array[int]
+) -> tuple[IO[bytes], dict[str, Counter[int]]]:
+    """The snapshot file: each draft line closed with its split; and how many rows of each label signature
+    went to each split."""
     draft.seek(0)
     final = tempfile.TemporaryFile()  # noqa: SIM115 - returned to the caller inside BuiltSnapshot
     per_split: dict[str, Counter[int]] = {"train": Counter(), "test": Counter()}
@@ -132,8 +185,14 @@ def build_snapshot(
         )
         if split is not None:
             per_split[split][row_signatures[index]] += 1
-    draft.close()
     final.seek(0)
+    return final, per_split
+
+
+def _split_counts(
+    per_split: dict[str, Counter[int]], signature_labels: list[dict[str, list[str] | None]]
+) -> dict[str, dict[str, Counter[str]]]:
+    """Per split, head and label: how many rows."""
     split_counts: dict[str, dict[str, Counter[str]]] = {
         "train": defaultdict(Counter),
         "test": defaultdict(Counter),
@@ -143,48 +202,43 @@ def build_snapshot(
             for head, values in signature_labels[signature_id].items():
                 for label in values or ():
                     split_counts[split_name][head][label] += count
+    return split_counts
 
-    head_manifest, warnings = _heads(plan, class_counts)
-    duplicates = _duplicates(groups, valid=valid, distinct_exact=len(exact_seen))
+
+def _report(
+    seen: _Seen, *, plan: RowPlan, split_counts: dict[str, dict[str, Counter[str]]] | None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The heads' manifest and the validation report."""
+    head_manifest, warnings = _heads(plan, seen.class_counts)
+    duplicates = _duplicates(seen.groups, valid=seen.valid, distinct_exact=len(seen.exact_seen))
     if duplicates["conflicting"]["groups"]:
         warnings.append(
             f"{duplicates['conflicting']['groups']} groups of duplicate inputs have different labels "
             f"({duplicates['conflicting']['rows']} rows)"
         )
+    total, valid = seen.total, seen.valid
     report: dict[str, Any] = {
         "rows_total": total,
         "valid_rows": valid,
         "invalid_rows": total - valid,
         "invalid_percent": round(100 * (total - valid) / total, 2) if total else 0.0,
-        "invalid_reasons": dict(reasons.most_common()),
-        "invalid_rows_sample": invalid_rows[:REPORT_INVALID_ROWS],
+        "invalid_reasons": dict(seen.reasons.most_common()),
+        "invalid_rows_sample": seen.invalid_rows[:REPORT_INVALID_ROWS],
         "max_tokens": plan.max_tokens,
         "heads": {
-            head: {
-                "labels": dict(sorted(class_counts[head].items())),
-                "does_not_apply": not_applicable[head],
-                "splits": {s: dict(sorted(split_counts[s][head].items())) for s in split_counts}
-                if splits is not None
+            head.head: {
+                "labels": dict(sorted(seen.class_counts[head.head].items())),
+                "does_not_apply": seen.not_applicable[head.head],
+                "splits": {s: dict(sorted(split_counts[s][head.head].items())) for s in split_counts}
+                if split_counts is not None
                 else None,
             }
-            for head in heads
+            for head in plan.heads
         },
         "duplicates": duplicates,
         "warnings": warnings,
     }
-    split_info = None
-    if splits is not None:
-        tested = sum(1 for s in splits if s == "test")
-        split_info = {"test_percent": test_percent, "seed": seed, "train": valid - tested, "test": tested}
-        report["split"] = split_info
-    return BuiltSnapshot(
-        file=final,
-        heads=head_manifest,
-        rows=valid,
-        report=report,
-        invalid_rows=invalid_rows,
-        split=split_info,
-    )
+    return head_manifest, report
 
 
 def _split(

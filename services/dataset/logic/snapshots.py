@@ -11,10 +11,12 @@ from arbiter.api.errors import ApiError
 from arbiter.events import publish
 from services.dataset import conf, selectors
 from services.dataset.conf import DB
+from services.dataset.importing import ColumnMapping
+from services.dataset.importing.mapping import DatasetMapping
 from services.dataset.logic.mapping import dataset_mapping
 from services.dataset.models import Dataset, DatasetJob, Snapshot
-from services.dataset.snapshotting import build_snapshot, check_test_set, snapshot_lines
-from services.dataset.validation import RowPlan
+from services.dataset.snapshotting import BuiltSnapshot, build_snapshot, check_test_set, snapshot_lines
+from services.dataset.validation import InputKind, RowPlan
 
 SNAPSHOT_READ_BATCH = 5000
 REPORT_REJECTIONS = 100  # per import, in a snapshot report (the import job lists up to 1000)
@@ -49,11 +51,52 @@ def snapshot_create(
 ) -> Snapshot:
     """Freeze the dataset's valid rows into a content-addressed JSONL blob with its validation report, and
     announce it (`snapshot.created`) in the same transaction."""
+    plan = _snapshot_plan(
+        dataset=dataset,
+        input_column=input_column,
+        label_columns=label_columns,
+        type=type,
+        max_tokens=max_tokens,
+    )
+    built = build_snapshot(_snapshot_rows(dataset), plan=plan, test_percent=test_percent, seed=seed)
+    built.report["imports"] = _import_summaries(dataset)
+    blob, sha256, size = _snapshot_store(built)
+    with transaction.atomic(using=DB):
+        snapshot = Snapshot.objects.create(
+            dataset=dataset,
+            name=name[:200],
+            type=type,
+            input_column=plan.input_column,
+            label_columns=[head.column for head in plan.heads],
+            heads=built.heads,
+            rows=built.rows,
+            sha256=sha256,
+            blob=blob,
+            size=size,
+            split=built.split,
+            report=built.report,
+            invalid_rows=built.invalid_rows,
+            created_by=actor,
+        )
+        _snapshot_announce(snapshot, built=built)
+    return snapshot
+
+
+def _snapshot_plan(
+    *,
+    dataset: Dataset,
+    input_column: str | None,
+    label_columns: Sequence[str] | None,
+    type: str,
+    max_tokens: int | None,
+) -> RowPlan:
+    """How the snapshot reads each row: the input column (of the role its type needs) and the label columns
+    (the mapping's, unless named), checked against the dataset's mapping."""
     mapping = dataset_mapping(dataset)
     input_column = input_column or mapping.input_column
     if input_column is None or input_column not in dataset.columns:
         raise ApiError(status=400, code="invalid", message=f"input_column: no column named {input_column!r}")
-    wanted_role = "image" if type == Snapshot.IMAGE else "text"
+    wanted_role: InputKind = "image" if type == Snapshot.IMAGE else "text"
     if mapping.column(input_column).role != wanted_role:
         raise ApiError(
             status=400,
@@ -62,37 +105,43 @@ def snapshot_create(
             f"a {type} "
             f"snapshot needs a column with the role {wanted_role!r} (PATCH the dataset's mapping)",
         )
-    if label_columns is None:
-        chosen = mapping.label_columns
-    else:
-        chosen = []
-        for column_name in label_columns:
-            if column_name not in dataset.columns:
-                raise ApiError(
-                    status=400, code="invalid", message=f"label_columns: no column named {column_name!r}"
-                )
-            column = mapping.column(column_name)
-            if column.role != "label":
-                raise ApiError(
-                    status=400,
-                    code="invalid",
-                    message=f"label_columns: {column_name!r} has the role {column.role!r}, not 'label' "
-                    "(PATCH the dataset's mapping)",
-                )
-            chosen.append(column)
+    chosen = (
+        mapping.label_columns if label_columns is None else _label_columns(dataset, mapping, label_columns)
+    )
     if not chosen:
         raise ApiError(
             status=400, code="invalid", message="label_columns: a snapshot needs at least one label column"
         )
-    plan = RowPlan(
+    return RowPlan(
         columns=dataset.columns,
         input_column=input_column,
         label_columns=chosen,
-        input_kind=wanted_role,  # type: ignore[arg-type]
+        input_kind=wanted_role,
         max_tokens=max_tokens or conf.setting("ARBITER_SNAPSHOT_MAX_TOKENS"),
     )
-    built = build_snapshot(_snapshot_rows(dataset), plan=plan, test_percent=test_percent, seed=seed)
-    built.report["imports"] = _import_summaries(dataset)
+
+
+def _label_columns(dataset: Dataset, mapping: DatasetMapping, names: Sequence[str]) -> list[ColumnMapping]:
+    chosen = []
+    for column_name in names:
+        if column_name not in dataset.columns:
+            raise ApiError(
+                status=400, code="invalid", message=f"label_columns: no column named {column_name!r}"
+            )
+        column = mapping.column(column_name)
+        if column.role != "label":
+            raise ApiError(
+                status=400,
+                code="invalid",
+                message=f"label_columns: {column_name!r} has the role {column.role!r}, not 'label' "
+                "(PATCH the dataset's mapping)",
+            )
+        chosen.append(column)
+    return chosen
+
+
+def _snapshot_store(built: BuiltSnapshot) -> tuple[str, str, int]:
+    """The built file in the blob store (blob key, sha256, size); refused when no valid labelled row is in it."""
     try:
         if built.rows == 0 or not built.heads:
             raise ApiError(
@@ -104,44 +153,28 @@ def snapshot_create(
                     for key in ("rows_total", "invalid_reasons", "invalid_rows_sample", "warnings")
                 },
             )
-        blob, sha256, size = conf.blob_store().put_content_addressed("snapshots", built.file, suffix=".jsonl")
+        return conf.blob_store().put_content_addressed("snapshots", built.file, suffix=".jsonl")
     finally:
         built.file.close()
-    with transaction.atomic(using=DB):
-        snapshot = Snapshot.objects.create(
-            dataset=dataset,
-            name=name[:200],
-            type=type,
-            input_column=input_column,
-            label_columns=[c.name for c in chosen],
-            heads=built.heads,
-            rows=built.rows,
-            sha256=sha256,
-            blob=blob,
-            size=size,
-            split=built.split,
-            report=built.report,
-            invalid_rows=built.invalid_rows,
-            created_by=actor,
-        )
-        publish(
-            type="snapshot.created",
-            org_id=dataset.org_id,
-            subject=f"snapshots/{snapshot.pk}",
-            data={
-                "snapshot_id": snapshot.pk,
-                "dataset_id": dataset.pk,
-                "name": snapshot.name,
-                **snapshot.manifest,
-                "size": size,
-                "label_columns": snapshot.label_columns,
-                "split": built.split,
-                "report": {
-                    key: built.report[key] for key in ("valid_rows", "invalid_rows", "invalid_percent")
-                },
-            },
-        )
-    return snapshot
+
+
+def _snapshot_announce(snapshot: Snapshot, *, built: BuiltSnapshot) -> None:
+    """`snapshot.created`, in the transaction that stores the snapshot (the outbox relays it after commit)."""
+    publish(
+        type="snapshot.created",
+        org_id=snapshot.dataset.org_id,
+        subject=f"snapshots/{snapshot.pk}",
+        data={
+            "snapshot_id": snapshot.pk,
+            "dataset_id": snapshot.dataset_id,
+            "name": snapshot.name,
+            **snapshot.manifest,
+            "size": snapshot.size,
+            "label_columns": snapshot.label_columns,
+            "split": built.split,
+            "report": {key: built.report[key] for key in ("valid_rows", "invalid_rows", "invalid_percent")},
+        },
+    )
 
 
 def _import_summaries(dataset: Dataset) -> list[dict[str, Any]]:
