@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -141,3 +142,77 @@ def test_model_evaluate_macro_over_heads_and_selection_rules() -> None:
     assert loss_score == pytest.approx((np.log(0.9) + 2 * np.log(0.8)) / 3)
     assert set(per_head) == {"toxicity"}
     json.dumps(result)
+
+
+def _from_definitions(scores: list[float], positives: list[bool], threshold: float) -> dict[str, float | None]:
+    """One label's numbers computed from their textbook definitions, in plain Python: the independent side
+    of the cross-check against the scikit-learn-backed module."""
+    decided = [score >= threshold for score in scores]
+    tp = sum(d and p for d, p in zip(decided, positives))
+    fp = sum(d and not p for d, p in zip(decided, positives))
+    fn = sum(not d and p for d, p in zip(decided, positives))
+    tn = sum(not d and not p for d, p in zip(decided, positives))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    balanced = (recall + tn / (tn + fp)) / 2 if (tp + fn) and (tn + fp) else None
+    # Average precision: precision at each distinct threshold, weighted by the recall it adds.
+    average_precision, previous_recall = 0.0, 0.0
+    for t in sorted(set(scores), reverse=True):
+        hits = [p for s, p in zip(scores, positives) if s >= t]
+        point_recall = sum(hits) / sum(positives)
+        average_precision += (point_recall - previous_recall) * sum(hits) / len(hits)
+        previous_recall = point_recall
+    loss = -sum(math.log(s if p else 1 - s) for s, p in zip(scores, positives)) / len(scores)
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "balanced_accuracy": balanced,
+        "average_precision": average_precision,
+        "loss": loss,
+    }
+
+
+def test_numbers_agree_with_a_hand_worked_example_and_the_definitions() -> None:
+    spec = HeadSpec(name="spam", labels=("spam", "promo"), multi_label=True)
+    spam_scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.5, 0.3, 0.2]
+    spam_truth = [True, False, True, True, False, True, False, False]
+    indicators = np.zeros((8, 2), dtype=np.float32)
+    indicators[:, 0] = spam_truth
+    indicators[[1, 6], 1] = 1
+    probabilities = np.array([[s, 0.5 if i in (1, 6) else 0.25] for i, s in enumerate(spam_scores)])
+    result = head_evaluate(
+        probabilities=probabilities, labels=HeadLabels(spec, indicators, np.ones(8, dtype=bool))
+    )
+    spam = result["per_label"]["spam"]
+
+    # By hand, at the default threshold 0.5: rows 0-5 are predicted spam; 4 of them are, none is missed.
+    assert spam["confusion"] == {"tp": 4, "fp": 2, "fn": 0, "tn": 2}
+    assert spam["precision"] == pytest.approx(4 / 6, abs=1e-6) and spam["recall"] == 1.0
+    assert spam["f1"] == pytest.approx(0.8, abs=1e-6)
+    assert spam["balanced_accuracy"] == pytest.approx((1 + 2 / 4) / 2, abs=1e-6)
+    # Recall steps 1/4 at 0.9 (precision 1), 2/4 at 0.7 (2/3), 3/4 at 0.6 (3/4), 4/4 at 0.5 (4/6).
+    assert spam["average_precision"] == pytest.approx((1 + 2 / 3 + 3 / 4 + 4 / 6) / 4, abs=1e-6)
+    reference = _from_definitions(spam_scores, spam_truth, 0.5)
+    for key in ("precision", "recall", "f1", "balanced_accuracy", "average_precision"):
+        assert spam[key] == pytest.approx(reference[key], abs=1e-6), key
+    promo = _from_definitions([float(p) for p in probabilities[:, 1]], [i in (1, 6) for i in range(8)], 0.5)
+    assert result["loss"] == pytest.approx((reference["loss"] + promo["loss"]) / 2, abs=1e-6)
+
+
+def test_numbers_agree_with_the_definitions_on_random_rows_with_ties() -> None:
+    rng = np.random.default_rng(7)
+    spec = HeadSpec(name="flags", labels=("a", "b", "c"), multi_label=True)
+    scores = rng.integers(1, 20, size=(60, 3)) / 20  # coarse scores: many ties
+    truth = rng.random((60, 3)) < 0.4
+    result = head_evaluate(
+        probabilities=scores, labels=HeadLabels(spec, truth.astype(np.float32), np.ones(60, dtype=bool))
+    )
+    losses = []
+    for i, label in enumerate(spec.labels):
+        reference = _from_definitions(scores[:, i].tolist(), truth[:, i].tolist(), 0.5)
+        for key in ("precision", "recall", "f1", "balanced_accuracy", "average_precision"):
+            assert result["per_label"][label][key] == pytest.approx(reference[key], abs=1e-6), (label, key)
+        losses.append(reference["loss"])
+    assert result["loss"] == pytest.approx(np.mean(losses), abs=1e-6)

@@ -63,19 +63,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as sk
 
 from arbiter.ml.data import HeadLabels, LabelledRows
 
 PR_CURVE_POINTS = 100
-_EPS = 1e-7
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 6)
-
-
-def _divide(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator else 0.0
 
 
 def head_predictions(probabilities: np.ndarray, *, multi_label: bool) -> np.ndarray:
@@ -92,25 +88,19 @@ def head_loss(probabilities: np.ndarray, labels: HeadLabels) -> float | None:
     """Mean cross-entropy over the applicable rows (binary cross-entropy per label for multi-label)."""
     if not labels.mask.any():
         return None
-    p = np.clip(probabilities[labels.mask].astype(np.float64), _EPS, 1 - _EPS)
-    y = labels.indicators[labels.mask]
+    p = probabilities[labels.mask]
+    y = labels.indicators[labels.mask] > 0.5
     if labels.spec.multi_label:
-        return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
-    return float(-(y * np.log(p)).sum(axis=1).mean())
+        # Every (row, label) cell is one binary decision: the mean over cells is the mean per-label BCE.
+        return float(sk.log_loss(y.ravel(), p.ravel(), labels=[False, True]))
+    return float(sk.log_loss(y.argmax(axis=1), p, labels=np.arange(len(labels.spec.labels))))
 
 
 def precision_recall_points(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, ...]:
     """(thresholds desc, precision, recall) at every distinct score: predict positive when score >= t."""
-    order = np.argsort(-scores, kind="stable")
-    ranked = scores[order]
-    hits = positives[order].astype(np.float64)
-    true_pos = np.cumsum(hits)
-    false_pos = np.cumsum(1.0 - hits)
-    last_of_tie = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
-    true_pos, false_pos = true_pos[last_of_tie], false_pos[last_of_tie]
-    precision = true_pos / np.maximum(true_pos + false_pos, 1.0)
-    recall = true_pos / max(float(hits.sum()), 1.0)
-    return ranked[last_of_tie], precision, recall
+    precision, recall, thresholds = sk.precision_recall_curve(positives, scores)
+    # scikit-learn orders by threshold ascending and appends the (precision 1, recall 0) end point.
+    return thresholds[::-1], precision[-2::-1], recall[-2::-1]
 
 
 def _f1(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
@@ -153,6 +143,13 @@ def threshold_for_precision(
     }
 
 
+def _balanced_accuracy(positives: np.ndarray, decided: np.ndarray) -> float | None:
+    """One label's (true-positive rate + true-negative rate) / 2; None unless both classes occur."""
+    if positives.all() or not positives.any():
+        return None
+    return float(sk.balanced_accuracy_score(positives, decided))
+
+
 def _downsample(count: int, limit: int) -> np.ndarray:
     if count <= limit:
         return np.arange(count)
@@ -162,19 +159,19 @@ def _downsample(count: int, limit: int) -> np.ndarray:
 def _label_metrics(
     *, scores: np.ndarray, positives: np.ndarray, decided: np.ndarray, multi_label: bool, target: float | None
 ) -> dict[str, Any]:
-    tp = int((decided & positives).sum())
-    fp = int((decided & ~positives).sum())
-    fn = int((~decided & positives).sum())
-    tn = int((~decided & ~positives).sum())
-    precision = _divide(tp, tp + fp)
-    recall = _divide(tp, tp + fn)
-    f1 = _divide(2 * precision * recall, precision + recall)
-    balanced = (recall + _divide(tn, tn + fp)) / 2 if (tp + fn) and (tn + fp) else None
+    tn = fp = fn = tp = 0
+    precision = recall = f1 = 0.0
+    if len(positives):  # scikit-learn refuses empty inputs: a head without applicable rows counts nothing
+        tn, fp, fn, tp = (int(n) for n in sk.confusion_matrix(positives, decided, labels=[False, True]).ravel())
+        precision, recall, f1, _ = sk.precision_recall_fscore_support(
+            positives, decided, average="binary", pos_label=True, zero_division=0.0
+        )
+    balanced = _balanced_accuracy(positives, decided)
     curve: list[dict[str, float | None]] = []
     average_precision = None
     if positives.any():
+        average_precision = float(sk.average_precision_score(positives, scores))
         thresholds, precisions, recalls = precision_recall_points(scores, positives)
-        average_precision = float(np.sum(np.diff(np.r_[0.0, recalls]) * precisions))
         curve = [
             {
                 "threshold": _round(thresholds[i]),
@@ -234,26 +231,40 @@ def head_evaluate(
         "per_label": per_label,
         "confusion_matrix": None,
     }
-    if not spec.multi_label:
-        matrix = np.zeros((len(spec.labels), len(spec.labels)), dtype=np.int64)
-        np.add.at(matrix, (truth.argmax(axis=1), decided.argmax(axis=1)), 1)
-        result["confusion_matrix"] = {"labels": list(spec.labels), "matrix": matrix.tolist()}
     if not support:
+        if not spec.multi_label:
+            matrix = np.zeros((len(spec.labels), len(spec.labels)), dtype=np.int64)
+            result["confusion_matrix"] = {"labels": list(spec.labels), "matrix": matrix.tolist()}
         return result
-    occurring = [m for m in per_label.values() if m["support"] or m["predicted"]]
+    # Macro averages over the labels that occur in the rows or in the predictions, as scikit-learn does.
+    occurring = [i for i, m in enumerate(per_label.values()) if m["support"] or m["predicted"]]
+    precision, recall, f1, _ = sk.precision_recall_fscore_support(
+        truth, decided, labels=occurring, average="macro", zero_division=0.0
+    )
     if spec.multi_label:
-        result["accuracy"] = _round(float((decided == truth).all(axis=1).mean()))
+        # Exact label-set match per row.
+        result["accuracy"] = _round(sk.accuracy_score(truth, decided))
         balanced = [m["balanced_accuracy"] for m in per_label.values() if m["balanced_accuracy"] is not None]
+        balanced_accuracy = float(np.mean(balanced)) if balanced else None
     else:
-        result["accuracy"] = _round(float((decided.argmax(axis=1) == truth.argmax(axis=1)).mean()))
-        balanced = [m["recall"] for m in per_label.values() if m["support"]]
+        truth_ids, decided_ids = truth.argmax(axis=1), decided.argmax(axis=1)
+        matrix = sk.confusion_matrix(truth_ids, decided_ids, labels=np.arange(len(spec.labels)))
+        result["confusion_matrix"] = {"labels": list(spec.labels), "matrix": matrix.tolist()}
+        result["accuracy"] = _round(sk.accuracy_score(truth_ids, decided_ids))
+        balanced_accuracy = _multi_class_balanced_accuracy(truth_ids, decided_ids)
     result["macro"] = {
-        "precision": _round(np.mean([m["precision"] for m in occurring])) if occurring else None,
-        "recall": _round(np.mean([m["recall"] for m in occurring])) if occurring else None,
-        "f1": _round(np.mean([m["f1"] for m in occurring])) if occurring else None,
-        "balanced_accuracy": _round(np.mean(balanced)) if balanced else None,
+        "precision": _round(precision) if occurring else None,
+        "recall": _round(recall) if occurring else None,
+        "f1": _round(f1) if occurring else None,
+        "balanced_accuracy": _round(balanced_accuracy),
     }
     return result
+
+
+def _multi_class_balanced_accuracy(truth_ids: np.ndarray, decided_ids: np.ndarray) -> float:
+    """Mean recall over the classes present in the rows (scikit-learn's balanced accuracy, without its
+    warning when a class that never occurs is predicted)."""
+    return float(sk.recall_score(truth_ids, decided_ids, labels=np.unique(truth_ids), average="macro"))
 
 
 def model_evaluate(
@@ -292,21 +303,19 @@ def head_score(*, probabilities: np.ndarray, labels: HeadLabels, rule: str) -> f
     probabilities = probabilities[labels.mask]
     truth = labels.indicators[labels.mask] > 0.5
     decided = head_predictions(probabilities, multi_label=labels.spec.multi_label)
-    tp = (decided & truth).sum(axis=0).astype(np.float64)
-    fp = (decided & ~truth).sum(axis=0).astype(np.float64)
-    fn = (~decided & truth).sum(axis=0).astype(np.float64)
-    tn = (~decided & ~truth).sum(axis=0).astype(np.float64)
     if rule == "f1":
-        occurring = (tp + fn + fp) > 0
-        denominator = 2 * tp + fp + fn
-        f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
-        return float(f1[occurring].mean()) if occurring.any() else 0.0
-    recall = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=(tp + fn) > 0)
+        occurring = np.flatnonzero(truth.any(axis=0) | decided.any(axis=0))
+        if not len(occurring):
+            return 0.0
+        return float(sk.f1_score(truth, decided, labels=occurring, average="macro", zero_division=0.0))
     if labels.spec.multi_label:
-        specificity = np.divide(tn, tn + fp, out=np.zeros_like(tn), where=(tn + fp) > 0)
-        defined = ((tp + fn) > 0) & ((tn + fp) > 0)
-        return float(((recall + specificity) / 2)[defined].mean()) if defined.any() else 0.0
-    return float(recall[(tp + fn) > 0].mean())
+        balanced = [
+            score
+            for i in range(truth.shape[1])
+            if (score := _balanced_accuracy(truth[:, i], decided[:, i])) is not None
+        ]
+        return float(np.mean(balanced)) if balanced else 0.0
+    return _multi_class_balanced_accuracy(truth.argmax(axis=1), decided.argmax(axis=1))
 
 
 def selection_score(
