@@ -49,7 +49,9 @@ class SessionScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-
 
 class ErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField(help_text="Stable and machine-readable, e.g. `invalid`, `not_found`.")
-    message = serializers.CharField(help_text="A sentence for people; for bad input it names the field first.")
+    message = serializers.CharField(
+        help_text="A sentence for people; for bad input it names the field first."
+    )
     details = serializers.JSONField(
         help_text="More about the error: for invalid input, the messages of each field by name."
     )
@@ -72,6 +74,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     415: "The body's Content-Type is not one this operation reads.",
     422: "This Idempotency-Key was already used for a different request.",
     429: "Too many requests, or a free allowance is used up.",
+    503: "The model cannot answer now (its artifact is missing or failed to load); `message` says why.",
 }
 
 

@@ -18,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from arbiter.api.idempotency import idempotency_begin, idempotency_finish
+from arbiter.api.metadata import ApiMetadata
 from arbiter.api.models import IdempotencyRecord
 from arbiter.config.services import db_alias
 from arbiter.tenancy.access import OrgAccess, resolve_org_access
@@ -28,6 +29,7 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 class OrgScopedViewSet(viewsets.GenericViewSet):
+    metadata_class = ApiMetadata
     # The scope a method needs; None means any member or key of the org may do it.
     read_scope: str | None = "datasets:read"
     write_scope: str | None = "datasets:write"

@@ -45,6 +45,12 @@ class UploadOptionsSerializer(serializers.Serializer):
         )
 
 
+class FileUploadSerializer(UploadOptionsSerializer):
+    """A file to import (CSV, TSV, XLSX, JSONL or JSON), with the options that go with it."""
+
+    file = serializers.FileField()
+
+
 class DatasetFromJsonSerializer(serializers.Serializer):
     """`{"name", "rows": [{...}, ...], "mapping"}` or `{"example": "moderation"}`."""
 
@@ -221,3 +227,238 @@ def snapshot_data(snapshot: Snapshot, *, detail: bool = False) -> dict[str, Any]
     if detail:
         data["report"] = snapshot.report
     return data
+
+
+# --- response shapes, as the OpenAPI schema describes them (the functions above build the bodies) -------------
+
+
+class FileInfoSerializer(serializers.Serializer):
+    file_name = serializers.CharField(allow_null=True)
+    format = serializers.CharField(allow_null=True, help_text="csv, tsv, xlsx, jsonl or json")
+    size = serializers.IntegerField(allow_null=True, help_text="bytes")
+    sha256 = serializers.CharField(allow_null=True)
+    detected = serializers.JSONField(
+        allow_null=True, help_text="what was detected: encoding, delimiter, header, sheet"
+    )
+
+
+class RejectionSerializer(serializers.Serializer):
+    line = serializers.IntegerField()
+    end_line = serializers.IntegerField()
+    message = serializers.CharField()
+
+
+class JobErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class DatasetJobSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = serializers.ChoiceField(choices=[DatasetJob.KIND_IMPORT, DatasetJob.KIND_REMAP])
+    state = serializers.ChoiceField(
+        choices=[DatasetJob.QUEUED, DatasetJob.RUNNING, DatasetJob.COMPLETED, DatasetJob.FAILED]
+    )
+    rows_read = serializers.IntegerField()
+    rows_imported = serializers.IntegerField()
+    rows_rejected = serializers.IntegerField()
+    rejections = RejectionSerializer(many=True, help_text="lines that could not be read, with why")
+    notes = serializers.ListField(child=serializers.CharField(), help_text="what the importer decided")
+    error = JobErrorSerializer(allow_null=True)
+    file = FileInfoSerializer(allow_null=True, help_text="the imported file (null for a remap)")
+    created_by = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class ColumnMappingSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    role = serializers.ChoiceField(choices=["text", "image", "json", "label", "ignore"])
+    head = serializers.CharField(required=False, help_text="label columns: the head's name")
+    format = serializers.CharField(required=False, help_text="label columns: single, multi, code or score")
+    labels = serializers.ListField(child=serializers.CharField(), required=False, allow_null=True)
+    threshold = serializers.FloatField(required=False, help_text="score columns: the cut-off")
+    separator = serializers.CharField(required=False, help_text="multi columns: between labels")
+
+
+class DatasetMappingSerializer(serializers.Serializer):
+    input_column = serializers.CharField(allow_null=True, required=False)
+    columns = ColumnMappingSerializer(many=True, required=False)
+
+
+class DatasetHeadSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    column = serializers.CharField()
+    format = serializers.CharField()
+    multi_label = serializers.BooleanField()
+    labels = serializers.ListField(child=serializers.CharField(), allow_null=True)
+
+
+class DatasetSummarySerializer(serializers.Serializer):
+    """A dataset as lists show it."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    columns = serializers.ListField(child=serializers.CharField())
+    mapping = DatasetMappingSerializer()
+    heads = DatasetHeadSerializer(many=True)
+    source = FileInfoSerializer()
+    created_by = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    job = DatasetJobSerializer(allow_null=True)
+
+
+class TopValueSerializer(serializers.Serializer):
+    value = serializers.JSONField(allow_null=True)
+    count = serializers.IntegerField()
+
+
+class ColumnProfileSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    role = serializers.CharField()
+    reason = serializers.CharField(allow_null=True, help_text="why this role was inferred")
+    values = serializers.IntegerField()
+    nulls = serializers.IntegerField()
+    distinct = serializers.IntegerField()
+    mean_length = serializers.FloatField()
+    top_values = TopValueSerializer(many=True)
+
+
+class PreviewRowSerializer(serializers.Serializer):
+    line = serializers.IntegerField()
+    cells = serializers.DictField(child=serializers.JSONField(allow_null=True))
+
+
+class DatasetSerializer(DatasetSummarySerializer):
+    """A dataset with its row counts, state, column profiles and a preview of the first rows."""
+
+    rows = serializers.IntegerField()
+    valid_rows = serializers.IntegerField()
+    invalid_rows = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=["importing", "updating", "failed", "ready"])
+    profiles = ColumnProfileSerializer(many=True)
+    preview = PreviewRowSerializer(many=True)
+
+
+class RowSerializer(serializers.Serializer):
+    number = serializers.IntegerField()
+    line = serializers.IntegerField(allow_null=True, help_text="its line in the imported file")
+    input = serializers.JSONField(allow_null=True, help_text="the input column's cell")
+    cells = serializers.DictField(child=serializers.JSONField(allow_null=True))
+    labels = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField(), allow_null=True),
+        help_text="per head: its labels (null: the head does not apply)",
+    )
+    valid = serializers.BooleanField()
+    problems = serializers.ListField(child=serializers.CharField())
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class DatasetChangeSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    action = serializers.CharField()
+    row = serializers.IntegerField(allow_null=True)
+    actor = serializers.CharField()
+    at = serializers.DateTimeField()
+    before = serializers.JSONField(allow_null=True)
+    after = serializers.JSONField(allow_null=True)
+
+
+class InvalidRowSerializer(serializers.Serializer):
+    row = serializers.IntegerField()
+    line = serializers.IntegerField(allow_null=True)
+    reasons = serializers.ListField(child=serializers.CharField())
+
+
+class SnapshotHeadSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    labels = serializers.ListField(child=serializers.CharField())
+    multi_label = serializers.BooleanField()
+
+
+class SnapshotSplitSerializer(serializers.Serializer):
+    test_percent = serializers.FloatField()
+    seed = serializers.IntegerField()
+    train = serializers.IntegerField(help_text="rows")
+    test = serializers.IntegerField(help_text="rows")
+
+
+class SnapshotManifestSerializer(serializers.Serializer):
+    """What trainers read: the heads, the input column and the content-addressed JSONL blob."""
+
+    heads = SnapshotHeadSerializer(many=True)
+    type = serializers.ChoiceField(choices=Snapshot.TYPES)
+    input_column = serializers.CharField()
+    rows = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    blob = serializers.CharField()
+
+
+class SnapshotSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    dataset = serializers.IntegerField()
+    name = serializers.CharField(allow_blank=True)
+    type = serializers.ChoiceField(choices=Snapshot.TYPES)
+    input_column = serializers.CharField()
+    label_columns = serializers.ListField(child=serializers.CharField())
+    heads = SnapshotHeadSerializer(many=True)
+    rows = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    blob = serializers.CharField()
+    size = serializers.IntegerField()
+    split = SnapshotSplitSerializer(allow_null=True, help_text="the seeded train/test split, if asked for")
+    manifest = SnapshotManifestSerializer()
+    created_by = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class HeadReportSerializer(serializers.Serializer):
+    labels = serializers.DictField(child=serializers.IntegerField(), help_text="rows per label")
+    does_not_apply = serializers.IntegerField(help_text="rows the head does not apply to")
+    splits = serializers.DictField(
+        child=serializers.DictField(child=serializers.IntegerField()),
+        allow_null=True,
+        help_text="per split (train, test): rows per label",
+    )
+
+
+class SnapshotReportSerializer(serializers.Serializer):
+    """The validation report of a snapshot."""
+
+    rows_total = serializers.IntegerField()
+    valid_rows = serializers.IntegerField()
+    invalid_rows = serializers.IntegerField()
+    invalid_percent = serializers.FloatField()
+    invalid_reasons = serializers.DictField(child=serializers.IntegerField(), help_text="rows per reason")
+    invalid_rows_sample = InvalidRowSerializer(many=True)
+    max_tokens = serializers.IntegerField(allow_null=True)
+    heads = serializers.DictField(child=HeadReportSerializer())
+    duplicates = serializers.JSONField(help_text="exact and conflicting duplicate groups, with examples")
+    warnings = serializers.ListField(child=serializers.CharField())
+    split = SnapshotSplitSerializer(required=False)
+    imports = serializers.JSONField(required=False, help_text="the imports the rows came from")
+
+
+class SnapshotDetailSerializer(SnapshotSerializer):
+    report = SnapshotReportSerializer()
+
+
+class LeakageSerializer(serializers.Serializer):
+    exact = serializers.IntegerField()
+    normalised = serializers.IntegerField()
+    example_rows = serializers.ListField(child=serializers.IntegerField())
+
+
+class TestSetCheckSerializer(serializers.Serializer):
+    snapshot = serializers.IntegerField()
+    test_snapshot = serializers.IntegerField()
+    usable = serializers.BooleanField()
+    problems = serializers.ListField(child=serializers.CharField())
+    warnings = serializers.ListField(child=serializers.CharField())
+    shared_heads = serializers.ListField(child=serializers.CharField())
+    test_rows = serializers.IntegerField()
+    leakage = LeakageSerializer(help_text="test rows that also occur in the training snapshot")
+    test_counts = serializers.DictField(child=serializers.DictField(child=serializers.IntegerField()))

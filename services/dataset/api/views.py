@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from arbiter.api.errors import ApiError
+from arbiter.api.schema import error_responses
 from arbiter.tenancy.scoping import org_scope
 from arbiter.tenancy.viewsets import OrgScopedViewSet
 from services.dataset import conf, logic, selectors
@@ -101,14 +102,17 @@ class DatasetScopedViewSet(OrgScopedViewSet):
 
 
 class DatasetViewSet(DatasetScopedViewSet):
-    @extend_schema(operation_id="datasets_list", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(operation_id="datasets_list", responses=s.DatasetSummarySerializer(many=True))
     def list(self, request: Request, org: str) -> Response:
         page = self.paginate_queryset(selectors.dataset_list())
         return self.get_paginated_response([s.dataset_data(d, detail=False) for d in page or []])
 
     @extend_schema(
-        request={"multipart/form-data": OpenApiTypes.OBJECT, "application/json": s.DatasetFromJsonSerializer},
-        responses={201: OpenApiTypes.OBJECT, 202: OpenApiTypes.OBJECT},
+        request={
+            "multipart/form-data": s.FileUploadSerializer,
+            "application/json": s.DatasetFromJsonSerializer,
+        },
+        responses={201: s.DatasetSerializer, 202: s.DatasetSerializer, **error_responses(409, 413)},
         description=(
             "Upload a CSV, TSV, XLSX or JSONL file (multipart field `file`, options as form fields), send "
             "JSON `rows`, or create an `example` dataset. Answers 201 with the imported dataset and its "
@@ -159,13 +163,13 @@ class DatasetViewSet(DatasetScopedViewSet):
             dataset, status_code=status.HTTP_201_CREATED if finished else status.HTTP_202_ACCEPTED
         )
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses=s.DatasetSerializer)
     def retrieve(self, request: Request, org: str, dataset: int) -> Response:
         return self.render_dataset(self.dataset())
 
     @extend_schema(
         request=s.DatasetUpdateSerializer,
-        responses={200: OpenApiTypes.OBJECT, 202: OpenApiTypes.OBJECT},
+        responses={200: s.DatasetSerializer, 202: s.DatasetSerializer, **error_responses(409)},
         description=(
             "Rename the dataset or confirm/edit its column mapping (`columns`: name, role, head, format, "
             "labels, threshold, separator; `input_column`). Rows are re-read under the new mapping: at once"
@@ -188,14 +192,14 @@ class DatasetViewSet(DatasetScopedViewSet):
             instance, status_code=status.HTTP_202_ACCEPTED if background else status.HTTP_200_OK
         )
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={204: None, **error_responses(409)})
     def destroy(self, request: Request, org: str, dataset: int) -> Response:
         logic.dataset_delete(dataset=self.dataset())
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
-        request={"multipart/form-data": OpenApiTypes.OBJECT, "application/json": s.RowsSerializer},
-        responses={201: OpenApiTypes.OBJECT, 202: OpenApiTypes.OBJECT},
+        request={"multipart/form-data": s.FileUploadSerializer, "application/json": s.RowsSerializer},
+        responses={201: s.DatasetJobSerializer, 202: s.DatasetJobSerializer, **error_responses(409, 413)},
         description="Add the rows of another file (or JSON `rows`) to the dataset; columns match by name.",
     )
     def upload(self, request: Request, org: str, dataset: int) -> Response:
@@ -232,21 +236,21 @@ class DatasetViewSet(DatasetScopedViewSet):
             s.job_data(job), status=status.HTTP_201_CREATED if job.finished else status.HTTP_202_ACCEPTED
         )
 
-    @extend_schema(operation_id="dataset_jobs_list", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(operation_id="dataset_jobs_list", responses=s.DatasetJobSerializer(many=True))
     def jobs(self, request: Request, org: str, dataset: int) -> Response:
         page = self.paginate_queryset(selectors.job_list(dataset=self.dataset()))
         return self.get_paginated_response(
             [s.job_data(job, rejections=s.LISTED_REJECTIONS) for job in page or []]
         )
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses=s.DatasetJobSerializer)
     def job(self, request: Request, org: str, dataset: int, job: int) -> Response:
         return Response(s.job_data(_found(selectors.job_get, dataset=self.dataset(), job_id=job)))
 
     @extend_schema(
         operation_id="dataset_history_list",
         parameters=[OpenApiParameter("row", int, description="only the changes of this row")],
-        responses={200: OpenApiTypes.OBJECT},
+        responses=s.DatasetChangeSerializer(many=True),
     )
     def history(self, request: Request, org: str, dataset: int) -> Response:
         row = request.query_params.get("row")
@@ -294,7 +298,7 @@ class RowViewSet(DatasetScopedViewSet):
             OpenApiParameter("label", str, description="with `head`: only rows with this label"),
             OpenApiParameter("invalid", bool, description="true: only invalid rows; false: only valid rows"),
         ],
-        responses={200: OpenApiTypes.OBJECT},
+        responses=s.RowSerializer(many=True),
     )
     def list(self, request: Request, org: str, dataset: int) -> Response:
         instance = self.dataset()
@@ -316,7 +320,7 @@ class RowViewSet(DatasetScopedViewSet):
             [s.row_data(row, dataset=instance, input_column=input_column, heads=heads) for row in page or []]
         )
 
-    @extend_schema(request=s.RowWriteSerializer, responses={201: OpenApiTypes.OBJECT})
+    @extend_schema(request=s.RowWriteSerializer, responses={201: s.RowSerializer, **error_responses(409)})
     def create(self, request: Request, org: str, dataset: int) -> Response:
         payload = s.RowWriteSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -324,12 +328,12 @@ class RowViewSet(DatasetScopedViewSet):
         row = logic.row_create(dataset=instance, actor=self.access.actor, **payload.validated_data)
         return self._render(row, instance, status_code=status.HTTP_201_CREATED)
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses=s.RowSerializer)
     def retrieve(self, request: Request, org: str, dataset: int, row: int) -> Response:
         instance = self.dataset()
         return self._render(_found(selectors.row_get, dataset=instance, number=row), instance)
 
-    @extend_schema(request=s.RowWriteSerializer, responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(request=s.RowWriteSerializer, responses={200: s.RowSerializer, **error_responses(409)})
     def partial_update(self, request: Request, org: str, dataset: int, row: int) -> Response:
         payload = s.RowWriteSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -339,7 +343,7 @@ class RowViewSet(DatasetScopedViewSet):
             logic.row_update(row=found, actor=self.access.actor, **payload.validated_data), instance
         )
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={204: None, **error_responses(409)})
     def destroy(self, request: Request, org: str, dataset: int, row: int) -> Response:
         logic.row_delete(
             row=_found(selectors.row_get, dataset=self.dataset(), number=row), actor=self.access.actor
@@ -358,7 +362,7 @@ class SnapshotViewSet(DatasetScopedViewSet):
     @extend_schema(
         operation_id="snapshots_list",
         parameters=[OpenApiParameter("dataset", int, description="only this dataset's snapshots")],
-        responses={200: OpenApiTypes.OBJECT},
+        responses=s.SnapshotSerializer(many=True),
     )
     def list(self, request: Request, org: str) -> Response:
         dataset_id = request.query_params.get("dataset")
@@ -366,13 +370,13 @@ class SnapshotViewSet(DatasetScopedViewSet):
             raise ApiError(status=400, code="invalid", message="dataset: a dataset id")
         return self._listing(dataset_id)
 
-    @extend_schema(operation_id="dataset_snapshots_list", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(operation_id="dataset_snapshots_list", responses=s.SnapshotSerializer(many=True))
     def dataset_list(self, request: Request, org: str, dataset: int) -> Response:
         return self._listing(self.dataset().pk)
 
     @extend_schema(
         request=s.SnapshotCreateSerializer,
-        responses={201: OpenApiTypes.OBJECT},
+        responses={201: s.SnapshotDetailSerializer, **error_responses(409)},
         description="Freeze the dataset's valid rows into an immutable snapshot with its validation report. "
         "`input_column` and `label_columns` default to the mapping's; `test_percent` and `seed` add a "
         "seeded stratified train/test split.",
@@ -394,11 +398,11 @@ class SnapshotViewSet(DatasetScopedViewSet):
         )
         return Response(s.snapshot_data(snapshot, detail=True), status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses=s.SnapshotDetailSerializer)
     def retrieve(self, request: Request, org: str, snapshot: int) -> Response:
         return Response(s.snapshot_data(self.snapshot(), detail=True))
 
-    @extend_schema(operation_id="snapshot_invalid_rows_list", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(operation_id="snapshot_invalid_rows_list", responses=s.InvalidRowSerializer(many=True))
     def invalid_rows(self, request: Request, org: str, snapshot: int) -> Response:
         page = self.paginate_queryset(self.snapshot().invalid_rows)  # type: ignore[arg-type]
         return self.get_paginated_response(page or [])
@@ -407,7 +411,7 @@ class SnapshotViewSet(DatasetScopedViewSet):
         parameters=[
             OpenApiParameter("test_snapshot", int, required=True, description="the candidate test set")
         ],
-        responses={200: OpenApiTypes.OBJECT},
+        responses=s.TestSetCheckSerializer,
     )
     def test_check(self, request: Request, org: str, snapshot: int) -> Response:
         test_id = request.query_params.get("test_snapshot", "")

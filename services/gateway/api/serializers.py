@@ -81,8 +81,29 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
         return str(self.context["secret"])
 
 
+class MeUserSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    email = serializers.EmailField()
+
+
+class MeApiKeySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    display = serializers.CharField(help_text="prefix and last four characters")
+    scopes = serializers.ListField(child=serializers.CharField())
+
+
+class MeOrgSerializer(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    role = serializers.CharField(allow_null=True, help_text="the person's role (null for an API key)")
+    scopes = serializers.ListField(
+        child=serializers.CharField(), help_text="every scope the caller holds here"
+    )
+
+
 class MeSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=["user", "api_key"])
-    user = serializers.DictField(allow_null=True)
-    api_key = serializers.DictField(allow_null=True)
-    orgs = serializers.ListField(child=serializers.DictField())
+    user = MeUserSerializer(allow_null=True)
+    api_key = MeApiKeySerializer(allow_null=True)
+    orgs = MeOrgSerializer(many=True)

@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from arbiter.api.schema import error_responses
 from arbiter.tenancy import logic, selectors
 from arbiter.tenancy.access import key_org
 from arbiter.tenancy.authentication import ApiKeyPrincipal
@@ -81,7 +82,7 @@ class OrgListView(APIView):
             )
         return Response(s.OrgSerializer([org_of_key], many=True).data)
 
-    @extend_schema(request=s.OrgCreateSerializer, responses={201: s.OrgSerializer})
+    @extend_schema(request=s.OrgCreateSerializer, responses={201: s.OrgSerializer, **error_responses(409)})
     def post(self, request: Request) -> Response:
         if isinstance(request.user, ApiKeyPrincipal):
             raise PermissionDenied("API keys belong to one org and cannot create orgs; sign in as a person.")
@@ -118,7 +119,9 @@ class MemberViewSet(OrgScopedViewSet, mixins.ListModelMixin):
     def safely_get_queryset(self) -> Any:
         return selectors.org_members(org_id=self.org_id)
 
-    @extend_schema(request=s.MemberCreateSerializer, responses={201: s.MembershipSerializer})
+    @extend_schema(
+        request=s.MemberCreateSerializer, responses={201: s.MembershipSerializer, **error_responses(409)}
+    )
     def create(self, request: Request, org: str) -> Response:
         payload = s.MemberCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -127,7 +130,9 @@ class MemberViewSet(OrgScopedViewSet, mixins.ListModelMixin):
         )
         return Response(s.MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=s.MemberUpdateSerializer, responses=s.MembershipSerializer)
+    @extend_schema(
+        request=s.MemberUpdateSerializer, responses={200: s.MembershipSerializer, **error_responses(409)}
+    )
     def partial_update(self, request: Request, org: str, pk: str) -> Response:
         payload = s.MemberUpdateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -136,6 +141,7 @@ class MemberViewSet(OrgScopedViewSet, mixins.ListModelMixin):
         )
         return Response(s.MembershipSerializer(membership).data)
 
+    @extend_schema(responses={204: None, **error_responses(409)})
     def destroy(self, request: Request, org: str, pk: str) -> Response:
         logic.member_remove(membership=self.get_object(), acting_role=self.access.role)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -15,28 +15,22 @@ import uuid
 from contextvars import Token
 from typing import Any
 
-from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import exceptions, serializers
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from arbiter.api.errors import ApiError
+from arbiter.api.schema import error_responses
 from arbiter.tenancy.authentication import ApiKeyAuthentication
 from arbiter.tenancy.models import ApiKey
 from arbiter.tenancy.scopes import holds
 from arbiter.tenancy.scoping import reset_org_scope, set_org_scope
 from services.inference import compat, logic, selectors
+from services.inference.api import serializers as s
 from services.inference.api.views import caller_of, json_object
-
-_REQUEST = inline_serializer(
-    "CompatClassificationRequest",
-    {
-        "model": serializers.CharField(required=False, help_text="A deployment or model, by name or id."),
-        "input": serializers.JSONField(help_text="A text or a list of texts."),
-    },
-)
 
 
 class _KeyScopedView(APIView):
@@ -105,17 +99,10 @@ class ModerationsView(_KeyScopedView):
     endpoint = "moderations"
 
     @extend_schema(
-        request=_REQUEST,
-        responses={
-            200: inline_serializer(
-                "ModerationResponse",
-                {
-                    "id": serializers.CharField(),
-                    "model": serializers.CharField(),
-                    "results": serializers.ListField(child=serializers.DictField()),
-                },
-            )
-        },
+        request=s.CompatRequestSerializer,
+        responses={200: s.ModerationResponseSerializer, **error_responses(409, 413, 503)},
+        description="OpenAI's moderation endpoint (and Mistral's `classifiers.moderate`): one result per input. "
+        "A body with `input` answers in OpenAI's shape, one with `inputs` in Mistral's.",
     )
     def post(self, request: Request) -> Response:
         body = json_object(request)
@@ -144,17 +131,9 @@ class ClassificationsView(_KeyScopedView):
     endpoint = "classifications"
 
     @extend_schema(
-        request=_REQUEST,
-        responses={
-            200: inline_serializer(
-                "ClassificationResponse",
-                {
-                    "id": serializers.CharField(),
-                    "model": serializers.CharField(),
-                    "results": serializers.ListField(child=serializers.DictField()),
-                },
-            )
-        },
+        request=s.CompatRequestSerializer,
+        responses={200: s.ClassificationResponseSerializer, **error_responses(409, 413, 503)},
+        description="Mistral's `classifiers.classify`: per input, each head's label scores.",
     )
     def post(self, request: Request) -> Response:
         body = json_object(request)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import inline_serializer
+from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 from services.inference.models import Deployment, DeploymentStatus, ModelVersion, RequestLogEntry
@@ -55,10 +55,15 @@ class DeploymentListQuerySerializer(serializers.Serializer):
     model = serializers.IntegerField(required=False, min_value=1)
 
 
+@extend_schema_field(
+    {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+)
+class TextsField(serializers.JSONField):
+    """One text or a list of texts; `logic.inputs_validate` checks them and names the bad one."""
+
+
 class ClassifyRequestSerializer(serializers.Serializer):
-    inputs = serializers.ListField(
-        child=serializers.CharField(), help_text="Texts to classify (or one string)."
-    )
+    inputs = TextsField(help_text="Texts to classify (or one string).")
 
 
 # `label` is also an attribute of every DRF field, so this shape is declared inline.
@@ -84,11 +89,17 @@ class ClassifyResponseSerializer(serializers.Serializer):
 
 
 class PlaygroundRequestSerializer(serializers.Serializer):
-    input = serializers.CharField(help_text="A text (or a list of texts; each counts as one query).")
+    input = TextsField(help_text="A text (or a list of texts; each counts as one query).")
+
+
+class PlaygroundQuotaSerializer(serializers.Serializer):
+    used = serializers.IntegerField()
+    free = serializers.IntegerField()
+    remaining = serializers.IntegerField()
 
 
 class PlaygroundResponseSerializer(ClassifyResponseSerializer):
-    quota = serializers.DictField(child=serializers.IntegerField())
+    quota = PlaygroundQuotaSerializer()
 
 
 class RequestLogEntrySerializer(serializers.ModelSerializer):
@@ -131,3 +142,45 @@ USAGE_RESPONSE = inline_serializer(
         ),
     },
 )
+
+
+class CompatRequestSerializer(serializers.Serializer):
+    """What both SDKs send: OpenAI's `input`, Mistral's documented `inputs`."""
+
+    model = serializers.CharField(required=False, help_text="A deployment or model, by name or id.")
+    input = serializers.JSONField(
+        required=False,
+        help_text="A text, a list of texts, or OpenAI's multi-modal list of `{type: text, text}` parts.",
+    )
+    inputs = TextsField(required=False, help_text="Mistral's spelling of `input`.")
+
+
+class ModerationResultSerializer(serializers.Serializer):
+    """One input's result; answers to `inputs` carry only `categories` and `category_scores` (Mistral)."""
+
+    flagged = serializers.BooleanField(required=False)
+    categories = serializers.DictField(child=serializers.BooleanField())
+    category_scores = serializers.DictField(child=serializers.FloatField())
+    category_applied_input_types = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()), required=False
+    )
+
+
+class ModerationResponseSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    model = serializers.CharField()
+    results = ModerationResultSerializer(many=True)
+
+
+_LABEL_SCORES = inline_serializer(
+    "ClassificationScores", {"scores": serializers.DictField(child=serializers.FloatField())}
+)
+
+
+class ClassificationResponseSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    model = serializers.CharField()
+    results = serializers.ListField(
+        child=serializers.DictField(child=_LABEL_SCORES),
+        help_text="per input: {<head>: {scores: {<label>: p}}}",
+    )

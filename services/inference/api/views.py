@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from arbiter.api.errors import ApiError
+from arbiter.api.schema import error_responses
 from arbiter.tenancy.models import ApiKey
 from arbiter.tenancy.viewsets import OrgScopedViewSet
 from services.inference import logic, selectors
@@ -100,9 +101,7 @@ class DeploymentViewSet(OrgScopedViewSet):
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     @extend_schema(
-        request=s.DeploymentCreateSerializer,
-        responses={202: s.DeploymentSerializer},
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        request=s.DeploymentCreateSerializer, responses={202: s.DeploymentSerializer, **error_responses(409)}
     )
     def create(self, request: Request, org: str) -> Response:
         payload = s.DeploymentCreateSerializer(data=request.data)
@@ -131,7 +130,10 @@ class DeploymentViewSet(OrgScopedViewSet):
         deployment = logic.deployment_stop(deployment=self.get_object())
         return Response(self.get_serializer(deployment).data)
 
-    @extend_schema(request=s.ClassifyRequestSerializer, responses=s.ClassifyResponseSerializer)
+    @extend_schema(
+        request=s.ClassifyRequestSerializer,
+        responses={200: s.ClassifyResponseSerializer, **error_responses(409, 413, 503)},
+    )
     def classify(self, request: Request, org: str, pk: int) -> Response:
         deployment: Deployment = self.get_object()
         texts = logic.inputs_validate(json_object(request).get("inputs"), field="inputs")
@@ -203,7 +205,10 @@ class PlaygroundViewSet(OrgScopedViewSet):
     write_scope = "inference"
     parser_classes = [JSONParser]
 
-    @extend_schema(request=s.PlaygroundRequestSerializer, responses=s.PlaygroundResponseSerializer)
+    @extend_schema(
+        request=s.PlaygroundRequestSerializer,
+        responses={200: s.PlaygroundResponseSerializer, **error_responses(402, 413, 503)},
+    )
     def create(self, request: Request, org: str, model_id: int, version: int) -> Response:
         texts = logic.inputs_validate(json_object(request).get("input"), field="input")
         answer = logic.playground_query(

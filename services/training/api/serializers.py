@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from services.training import selectors
@@ -47,6 +48,23 @@ class TestDataSerializer(serializers.Serializer):
         return attrs
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "minLength": 1, "maxLength": 300, "description": "an encoder name or path"},
+            {
+                "type": "object",
+                "properties": {
+                    "model": {"type": "integer", "minimum": 1},
+                    "version": {"type": "integer", "minimum": 1},
+                },
+                "required": ["model", "version"],
+                "description": "a trained version to train from",
+            },
+        ],
+        "default": DEFAULT_BASE_MODEL,
+    }
+)
 class BaseModelField(serializers.Field):
     """An encoder name (`minilm-l6`, a Hugging Face id) or a trained version: `{"model": 3, "version": 2}`."""
 
@@ -91,6 +109,31 @@ class VersionCreateSerializer(serializers.Serializer):
     options = OptionsSerializer(required=False)
 
 
+class EpochSerializer(serializers.Serializer):
+    """One finished epoch, as the trainer reported it (`training.progress`)."""
+
+    epoch = serializers.IntegerField()
+    max_epochs = serializers.IntegerField(required=False)
+    train_loss = serializers.FloatField(allow_null=True, required=False)
+    valid_loss = serializers.FloatField(allow_null=True, required=False)
+    selection_metric = serializers.FloatField(allow_null=True, required=False)
+    candidate = serializers.CharField(
+        required=False, help_text="the auto strategy's candidate (head, full, ...)"
+    )
+    head_metrics = serializers.JSONField(required=False, help_text="per head: the epoch's validation metrics")
+
+
+class RunProgressSerializer(serializers.Serializer):
+    epoch = serializers.IntegerField(help_text="the last finished epoch (0: none yet)")
+    max_epochs = serializers.IntegerField(allow_null=True)
+    epochs = EpochSerializer(many=True)
+
+
+class RunOutcomeSerializer(serializers.Serializer):
+    reason = serializers.CharField()
+    message = serializers.CharField()
+
+
 class RunSerializer(serializers.ModelSerializer):
     model = serializers.IntegerField(source="version.model_id")
     version = serializers.IntegerField(source="version.number")
@@ -115,9 +158,11 @@ class RunSerializer(serializers.ModelSerializer):
             "finished_at",
         ]
 
+    @extend_schema_field(RunProgressSerializer)
     def get_progress(self, run: TrainingRun) -> dict[str, Any]:
         return selectors.run_progress(run)
 
+    @extend_schema_field(RunOutcomeSerializer(allow_null=True))
     def get_outcome(self, run: TrainingRun) -> dict[str, str] | None:
         return selectors.run_outcome(run)
 
@@ -129,6 +174,11 @@ class VersionSummarySerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
         fields = ["number", "status", "run", "created_at"]
+
+
+class VersionRefSerializer(serializers.Serializer):
+    model = serializers.IntegerField()
+    version = serializers.IntegerField()
 
 
 class VersionSerializer(serializers.ModelSerializer):
@@ -161,11 +211,13 @@ class VersionSerializer(serializers.ModelSerializer):
             "created_at",
         ]
 
+    @extend_schema_field(VersionRefSerializer(allow_null=True))
     def get_parent(self, version: ModelVersion) -> dict[str, int] | None:
         if version.parent is None:
             return None
         return {"model": version.parent.model_id, "version": version.parent.number}
 
+    @extend_schema_field(RunProgressSerializer)
     def get_progress(self, version: ModelVersion) -> dict[str, Any]:
         return selectors.run_progress(version.run)
 

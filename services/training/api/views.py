@@ -10,6 +10,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from arbiter.api.schema import error_responses
 from arbiter.tenancy.viewsets import OrgScopedViewSet
 from services.training import logic, selectors
 from services.training.api import serializers as s
@@ -27,7 +28,9 @@ class ModelViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.RetrieveModelM
     def safely_get_queryset(self) -> QuerySet[Model]:
         return selectors.model_list()
 
-    @extend_schema(request=s.ModelCreateSerializer, responses={201: s.ModelCreatedSerializer})
+    @extend_schema(
+        request=s.ModelCreateSerializer, responses={201: s.ModelCreatedSerializer, **error_responses(409)}
+    )
     def create(self, request: Request, org: str) -> Response:
         payload = s.ModelCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -53,7 +56,9 @@ class VersionViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.RetrieveMode
     def safely_get_queryset(self) -> Any:
         return selectors.version_list(model_id=self.kwargs["model"])
 
-    @extend_schema(request=s.VersionCreateSerializer, responses={201: s.VersionSerializer})
+    @extend_schema(
+        request=s.VersionCreateSerializer, responses={201: s.VersionSerializer, **error_responses(409)}
+    )
     def create(self, request: Request, org: str, model: int) -> Response:
         parent_model = self._model()
         payload = s.VersionCreateSerializer(data=request.data)
@@ -93,7 +98,7 @@ class RunViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.RetrieveModelMix
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
-    @extend_schema(request=None, responses=s.RunSerializer)
+    @extend_schema(request=None, responses={200: s.RunSerializer, **error_responses(409)})
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, org: str, pk: int) -> Response:
         run = logic.run_cancel(run=self.get_object())
