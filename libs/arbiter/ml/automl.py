@@ -65,6 +65,60 @@ class AutoOutcome:
     encoder_fine_tuned: bool = False
 
 
+@dataclass
+class _Search:
+    """What every candidate works with (rows, options, budget, callbacks) and what the search has recorded."""
+
+    specs: Sequence[HeadSpec]
+    fit: LabelledRows
+    valid: LabelledRows
+    options: TrainOptions
+    parents: dict[str, LinearComponent]
+    cache: EmbeddingCache | None
+    on_progress: ProgressCallback | None
+    should_cancel: CancelCheck | None
+    started: float
+    deadline: float
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    history: list[EpochProgress] = field(default_factory=list)
+
+    @property
+    def sign(self) -> float:
+        """Scores are compared higher-is-better; a loss is reported as itself."""
+        return -1.0 if self.options.selection_rule == "loss" else 1.0
+
+    def score(self, probabilities: dict[str, np.ndarray]) -> tuple[float, dict[str, float]]:
+        return selection_score(
+            probabilities=probabilities,
+            rows=self.valid,
+            rule=self.options.selection_rule,
+            head=self.options.selection_head,
+        )
+
+
+@dataclass
+class _Tfidf:
+    """The `tfidf` candidate: its featurizer and heads, their probabilities on the validation rows and out of
+    fold on the fit rows, and the details reported (C per head, feature count)."""
+
+    features: TfidfFeatures
+    heads: list[HeadModel]
+    valid_probabilities: dict[str, np.ndarray]
+    out_of_fold: dict[str, np.ndarray]
+    detail: dict[str, Any]
+
+
+@dataclass
+class _EncoderCandidate:
+    """The better encoder candidate: `head` (frozen encoder) or `full` (fine-tuned)."""
+
+    name: str
+    heads: list[HeadModel]
+    tracker: EpochTracker
+    valid_probabilities: dict[str, np.ndarray]
+    fit_embeddings: np.ndarray  # the frozen encoder's, for the out-of-fold predictions of `head`
+
+
 def _probabilities(heads: Sequence[HeadModel], logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {
         head.spec.name: sigmoid(logits[head.spec.name])
@@ -110,12 +164,11 @@ def _tfidf_candidate(
     deadline: float,
     features_name: str,
     should_cancel: CancelCheck | None,
-) -> tuple[TfidfFeatures, list[HeadModel], dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+) -> _Tfidf:
     """TF-IDF + logistic regression per head, C chosen per head by cross-validation on the fit rows.
 
     Cross-validation rather than the validation rows: a small head's validation rows are too few to
-    rank regularisation strengths, and picking on them overfits them. Returns the featurizer, the
-    heads, their validation probabilities, their out-of-fold probabilities on the fit rows, details.
+    rank regularisation strengths, and picking on them overfits them.
     """
     features = TfidfFeatures.fit(fit.texts)
     x_fit, x_valid = features.transform(fit.texts), features.transform(valid.texts)
@@ -161,9 +214,13 @@ def _tfidf_candidate(
         head.thresholds = head.default_thresholds()
         heads.append(head)
         valid_probabilities[spec.name] = _logistic_probabilities(x_valid, head.components[0], spec)
-    detail = {"c": chosen, "features": features.dim}
-    oof = {name: out_of_fold[name][c] for name, c in chosen.items()}
-    return features, heads, valid_probabilities, oof, detail
+    return _Tfidf(
+        features=features,
+        heads=heads,
+        valid_probabilities=valid_probabilities,
+        out_of_fold={name: out_of_fold[name][c] for name, c in chosen.items()},
+        detail={"c": chosen, "features": features.dim},
+    )
 
 
 def _embeddings_fit(
@@ -218,222 +275,290 @@ def automl_search(
 ) -> tuple[AutoOutcome, Encoder | None]:
     """Run the candidates; returns the outcome and the encoder (fine-tuned if `full` won) when used."""
     started = time.monotonic()
-    deadline = started + options.time_budget_s
-    rule, focus = options.selection_rule, options.selection_head
-    sign = -1.0 if rule == "loss" else 1.0
-    candidates: list[dict[str, Any]] = []
-
-    features, tfidf_heads, tfidf_valid, tfidf_oof, detail = _tfidf_candidate(
+    search = _Search(
         specs=specs,
         fit=fit,
         valid=valid,
         options=options,
-        deadline=deadline,
-        features_name=features_name,
+        parents=parents,
+        cache=cache,
+        on_progress=on_progress,
         should_cancel=should_cancel,
+        started=started,
+        deadline=started + options.time_budget_s,
     )
-    tfidf_score, tfidf_per_head = selection_score(
-        probabilities=tfidf_valid, rows=valid, rule=rule, head=focus
+    tfidf = _tfidf_run(search, features_name=features_name)
+    phase = time.monotonic()  # the `head` candidate's time includes loading the encoder
+    encoder = _encoder_load(search, encoder_load, now=phase)
+    best = _head_run(search, encoder, started=phase) if encoder is not None else None
+    if encoder is not None and best is not None:
+        best = _full_run(search, encoder, head=best, allow_full=allow_full)
+    if encoder is None or best is None:
+        outcome = AutoOutcome(
+            heads=tfidf.heads,
+            tfidf=tfidf.features,
+            selected="tfidf",
+            candidates=search.candidates,
+            history=search.history,
+        )
+        return outcome, None
+    return _blend(search, tfidf=tfidf, encoder=encoder, best=best)
+
+
+def _tfidf_run(search: _Search, *, features_name: str) -> _Tfidf:
+    """The first candidate, which always runs: reported as one epoch."""
+    tfidf = _tfidf_candidate(
+        specs=search.specs,
+        fit=search.fit,
+        valid=search.valid,
+        options=search.options,
+        deadline=search.deadline,
+        features_name=features_name,
+        should_cancel=search.should_cancel,
     )
-    tfidf_seconds = time.monotonic() - started
+    score, per_head = search.score(tfidf.valid_probabilities)
+    seconds = time.monotonic() - search.started
     losses = [
         loss
-        for name, labels in valid.heads.items()
-        if (loss := head_loss(tfidf_valid[name], labels)) is not None
+        for name, labels in search.valid.heads.items()
+        if (loss := head_loss(tfidf.valid_probabilities[name], labels)) is not None
     ]
+    sign = search.sign
     progress = EpochProgress(
         candidate="tfidf",
         epoch=1,
         max_epochs=1,
         train_loss=None,
         valid_loss=round(float(np.mean(losses)), 6) if losses else None,
-        selection_metric=round(sign * tfidf_score, 6),
-        head_metrics={name: round(sign * value, 6) for name, value in tfidf_per_head.items()},
+        selection_metric=round(sign * score, 6),
+        head_metrics={name: round(sign * value, 6) for name, value in per_head.items()},
         best=True,
-        seconds=tfidf_seconds,
+        seconds=seconds,
     )
-    if on_progress is not None:
-        on_progress(progress)
-    candidates.append(
+    if search.on_progress is not None:
+        search.on_progress(progress)
+    search.candidates.append(
         {
             "name": "tfidf",
-            "selection_metric": round(sign * tfidf_score, 6),
-            "seconds": round(tfidf_seconds, 2),
-            **detail,
+            "selection_metric": round(sign * score, 6),
+            "seconds": round(seconds, 2),
+            **tfidf.detail,
         }
     )
-    history = [progress]
+    search.history.append(progress)
+    return tfidf
 
-    encoder: Encoder | None = None
-    fit_embeddings: np.ndarray | None = None
-    encoder_heads: list[HeadModel] | None = None
-    encoder_valid: dict[str, np.ndarray] | None = None
-    encoder_tracker: EpochTracker | None = None
-    encoder_name = ""
-    fine_tuned = False
-    phase = time.monotonic()
-    if phase < deadline:
-        cancel_check(should_cancel)
-        encoder = encoder_load()
-        if not _embeddings_fit(
-            encoder=encoder, texts=fit.texts + valid.texts, options=options, cache=cache, deadline=deadline
-        ):
-            encoder = None
-            candidates.append({"name": "head", "skipped": "embedding the rows would overrun the time budget"})
-    else:
-        candidates.append({"name": "head", "skipped": "the time budget was spent"})
-    if encoder is not None:
-        fit_embeddings = encoder.embed(fit.texts, max_tokens=options.max_tokens, cache=cache)
-        valid_embeddings = encoder.embed(valid.texts, max_tokens=options.max_tokens, cache=cache)
-        encoder_heads, encoder_tracker = heads_train_frozen(
-            specs=specs,
-            fit=fit,
-            fit_embeddings=fit_embeddings,
-            valid=valid,
-            valid_embeddings=valid_embeddings,
-            options=options,
-            parents=parents,
-            on_progress=on_progress,
-            should_cancel=should_cancel,
+
+def _encoder_load(search: _Search, encoder_load: Any, *, now: float) -> Encoder | None:
+    """The encoder, when the budget left allows embedding every row; else the reason goes to the record."""
+    if now >= search.deadline:
+        search.candidates.append({"name": "head", "skipped": "the time budget was spent"})
+        return None
+    cancel_check(search.should_cancel)
+    encoder: Encoder = encoder_load()
+    texts = search.fit.texts + search.valid.texts
+    if not _embeddings_fit(
+        encoder=encoder, texts=texts, options=search.options, cache=search.cache, deadline=search.deadline
+    ):
+        search.candidates.append(
+            {"name": "head", "skipped": "embedding the rows would overrun the time budget"}
         )
-        encoder_name = "head"
-        encoder_valid = _probabilities(encoder_heads, _encoder_logits(encoder_heads, valid_embeddings))
-        history.extend(encoder_tracker.history)
-        candidates.append(
-            {
-                "name": "head",
-                "selection_metric": round(sign * encoder_tracker.best_score, 6),
-                "seconds": round(time.monotonic() - phase, 2),
-                "best_epoch": encoder_tracker.best_epoch,
-            }
+        return None
+    return encoder
+
+
+def _head_run(search: _Search, encoder: Encoder, *, started: float) -> _EncoderCandidate:
+    """Linear heads on the frozen encoder's embeddings."""
+    options = search.options
+    fit_embeddings = encoder.embed(search.fit.texts, max_tokens=options.max_tokens, cache=search.cache)
+    valid_embeddings = encoder.embed(search.valid.texts, max_tokens=options.max_tokens, cache=search.cache)
+    heads, tracker = heads_train_frozen(
+        specs=search.specs,
+        fit=search.fit,
+        fit_embeddings=fit_embeddings,
+        valid=search.valid,
+        valid_embeddings=valid_embeddings,
+        options=options,
+        parents=search.parents,
+        on_progress=search.on_progress,
+        should_cancel=search.should_cancel,
+    )
+    search.history.extend(tracker.history)
+    search.candidates.append(
+        {
+            "name": "head",
+            "selection_metric": round(search.sign * tracker.best_score, 6),
+            "seconds": round(time.monotonic() - started, 2),
+            "best_epoch": tracker.best_epoch,
+        }
+    )
+    return _EncoderCandidate(
+        name="head",
+        heads=heads,
+        tracker=tracker,
+        valid_probabilities=_probabilities(heads, _encoder_logits(heads, valid_embeddings)),
+        fit_embeddings=fit_embeddings,
+    )
+
+
+def _full_run(
+    search: _Search, encoder: Encoder, *, head: _EncoderCandidate, allow_full: bool
+) -> _EncoderCandidate:
+    """Fine-tuning, when allowed and affordable; the better of it and `head` (the encoder's weights are
+    put back when `head` stays the better one)."""
+    remaining = search.deadline - time.monotonic()
+    epochs = (
+        _full_epochs_affordable(
+            encoder=encoder, fit=search.fit, valid=search.valid, options=search.options, remaining=remaining
         )
-        remaining = deadline - time.monotonic()
-        epochs = (
-            _full_epochs_affordable(
-                encoder=encoder, fit=fit, valid=valid, options=options, remaining=remaining
-            )
-            if allow_full and remaining > 0
-            else 0
-        )
-        if epochs >= 1:
-            phase = time.monotonic()
-            frozen_state = copy.deepcopy(encoder.model.state_dict())
-            full_heads, full_tracker = encoder_finetune(
-                encoder=encoder,
-                specs=specs,
-                fit=fit,
-                valid=valid,
-                options=options,
-                parents=parents,
-                on_progress=on_progress,
-                should_cancel=should_cancel,
-                max_epochs=epochs,
-                deadline=deadline,
-            )
-            history.extend(full_tracker.history)
-            candidates.append(
-                {
-                    "name": "full",
-                    "selection_metric": round(sign * full_tracker.best_score, 6),
-                    "seconds": round(time.monotonic() - phase, 2),
-                    "best_epoch": full_tracker.best_epoch,
-                    "epochs": len(full_tracker.history),
-                }
-            )
-            if full_tracker.best_score > encoder_tracker.best_score:
-                valid_embeddings = encoder.embed(valid.texts, max_tokens=options.max_tokens)
-                encoder_heads, encoder_tracker, encoder_name, fine_tuned = (
-                    full_heads,
-                    full_tracker,
-                    "full",
-                    True,
-                )
-                encoder_valid = _probabilities(full_heads, _encoder_logits(full_heads, valid_embeddings))
-            else:
-                encoder.model.load_state_dict(frozen_state)
-                encoder.weights_changed()
-        elif allow_full:
-            candidates.append(
+        if allow_full and remaining > 0
+        else 0
+    )
+    if epochs < 1:
+        if allow_full:
+            search.candidates.append(
                 {"name": "full", "skipped": "the time budget does not allow one epoch on this CPU"}
             )
-
-    if encoder_heads is None or encoder_valid is None or encoder_tracker is None:
-        return AutoOutcome(
-            heads=tfidf_heads, tfidf=features, selected="tfidf", candidates=candidates, history=history
-        ), None
-
-    # Shares are picked on out-of-fold predictions for the fit rows plus the validation rows when the
-    # encoder candidate is `head` (cheap to cross-validate on cached embeddings); a fine-tuned encoder
-    # has seen the fit rows, so `full` is blended on the validation rows alone.
-    share_rows, encoder_probabilities, tfidf_probabilities = valid, encoder_valid, tfidf_valid
-    enough_rows = len(fit) >= 2 * CV_FOLDS
-    if encoder_name == "head" and fit_embeddings is not None and enough_rows and time.monotonic() < deadline:
-        encoder_oof = _encoder_out_of_fold(
-            specs=specs,
-            fit=fit,
-            embeddings=fit_embeddings,
-            options=options,
-            parents=parents,
-            epochs=encoder_tracker.best_epoch,
-            should_cancel=should_cancel,
-        )
-        share_rows = fit.concat(valid)
-        encoder_probabilities = {n: np.concatenate([encoder_oof[n], encoder_valid[n]]) for n in encoder_valid}
-        tfidf_probabilities = {n: np.concatenate([tfidf_oof[n], tfidf_valid[n]]) for n in tfidf_valid}
-    shares = _shares_choose(
-        specs=specs, encoder=encoder_probabilities, tfidf=tfidf_probabilities, rows=share_rows, rule=rule
+        return head
+    phase = time.monotonic()
+    frozen_state = copy.deepcopy(encoder.model.state_dict())
+    heads, tracker = encoder_finetune(
+        encoder=encoder,
+        specs=search.specs,
+        fit=search.fit,
+        valid=search.valid,
+        options=search.options,
+        parents=search.parents,
+        on_progress=search.on_progress,
+        should_cancel=search.should_cancel,
+        max_epochs=epochs,
+        deadline=search.deadline,
     )
-    heads = []
-    for spec, encoder_head, tfidf_head in zip(specs, encoder_heads, tfidf_heads, strict=True):
-        best_share = shares[spec.name]
-        components = []
-        if best_share > 0:
-            components.append(
-                LinearComponent(
-                    ENCODER, encoder_head.components[0].weight, encoder_head.components[0].bias, best_share
-                )
-            )
-        if best_share < 1:
-            tfidf_component = tfidf_head.components[0]
-            components.append(
-                LinearComponent(
-                    tfidf_component.features, tfidf_component.weight, tfidf_component.bias, 1 - best_share
-                )
-            )
-        head = HeadModel(spec=spec, components=components)
-        head.thresholds = head.default_thresholds()
-        heads.append(head)
+    search.history.extend(tracker.history)
+    search.candidates.append(
+        {
+            "name": "full",
+            "selection_metric": round(search.sign * tracker.best_score, 6),
+            "seconds": round(time.monotonic() - phase, 2),
+            "best_epoch": tracker.best_epoch,
+            "epochs": len(tracker.history),
+        }
+    )
+    if tracker.best_score > head.tracker.best_score:
+        valid_embeddings = encoder.embed(search.valid.texts, max_tokens=search.options.max_tokens)
+        return _EncoderCandidate(
+            name="full",
+            heads=heads,
+            tracker=tracker,
+            valid_probabilities=_probabilities(heads, _encoder_logits(heads, valid_embeddings)),
+            fit_embeddings=head.fit_embeddings,
+        )
+    encoder.model.load_state_dict(frozen_state)
+    encoder.weights_changed()
+    return head
+
+
+def _blend(
+    search: _Search, *, tfidf: _Tfidf, encoder: Encoder, best: _EncoderCandidate
+) -> tuple[AutoOutcome, Encoder | None]:
+    """Per head, the encoder candidate and `tfidf` mixed with the share that scores best; the outcome names
+    the simplest candidate the shares amount to."""
+    shares = _shares_pick(search, tfidf=tfidf, best=best)
+    heads = [
+        _blended_head(spec, encoder_head=encoder_head, tfidf_head=tfidf_head, share=shares[spec.name])
+        for spec, encoder_head, tfidf_head in zip(search.specs, best.heads, tfidf.heads, strict=True)
+    ]
     blended = {
-        name: shares[name] * encoder_valid[name] + (1 - shares[name]) * tfidf_valid[name] for name in shares
+        name: shares[name] * best.valid_probabilities[name]
+        + (1 - shares[name]) * tfidf.valid_probabilities[name]
+        for name in shares
     }
-    blend_score, _ = selection_score(probabilities=blended, rows=valid, rule=rule, head=focus)
-    candidates.append(
+    blend_score, _ = search.score(blended)
+    search.candidates.append(
         {
             "name": "blend",
-            "selection_metric": round(sign * blend_score, 6),
-            "encoder": encoder_name,
+            "selection_metric": round(search.sign * blend_score, 6),
+            "encoder": best.name,
             "encoder_share": shares,
         }
     )
     if all(share == 1.0 for share in shares.values()):
-        selected = encoder_name
+        selected = best.name
     elif all(share == 0.0 for share in shares.values()):
         selected = "tfidf"
     else:
         selected = "blend"
     uses_encoder = any(share > 0 for share in shares.values())
-    return (
-        AutoOutcome(
-            heads=heads,
-            tfidf=features,
-            selected=selected,
-            candidates=candidates,
-            history=history,
-            best_epoch=encoder_tracker.best_epoch if uses_encoder else None,
-            encoder_fine_tuned=fine_tuned and uses_encoder,
-        ),
-        encoder if uses_encoder else None,
+    outcome = AutoOutcome(
+        heads=heads,
+        tfidf=tfidf.features,
+        selected=selected,
+        candidates=search.candidates,
+        history=search.history,
+        best_epoch=best.tracker.best_epoch if uses_encoder else None,
+        encoder_fine_tuned=best.name == "full" and uses_encoder,
     )
+    return outcome, encoder if uses_encoder else None
+
+
+def _shares_pick(search: _Search, *, tfidf: _Tfidf, best: _EncoderCandidate) -> dict[str, float]:
+    """The encoder's share per head.
+
+    Shares are picked on out-of-fold predictions for the fit rows plus the validation rows when the
+    encoder candidate is `head` (cheap to cross-validate on cached embeddings); a fine-tuned encoder
+    has seen the fit rows, so `full` is blended on the validation rows alone.
+    """
+    fit, valid = search.fit, search.valid
+    share_rows, encoder_probabilities, tfidf_probabilities = (
+        valid,
+        best.valid_probabilities,
+        tfidf.valid_probabilities,
+    )
+    enough_rows = len(fit) >= 2 * CV_FOLDS
+    if best.name == "head" and enough_rows and time.monotonic() < search.deadline:
+        encoder_oof = _encoder_out_of_fold(
+            specs=search.specs,
+            fit=fit,
+            embeddings=best.fit_embeddings,
+            options=search.options,
+            parents=search.parents,
+            epochs=best.tracker.best_epoch,
+            should_cancel=search.should_cancel,
+        )
+        share_rows = fit.concat(valid)
+        encoder_probabilities = {
+            n: np.concatenate([encoder_oof[n], best.valid_probabilities[n]]) for n in best.valid_probabilities
+        }
+        tfidf_probabilities = {
+            n: np.concatenate([tfidf.out_of_fold[n], tfidf.valid_probabilities[n]])
+            for n in tfidf.valid_probabilities
+        }
+    return _shares_choose(
+        specs=search.specs,
+        encoder=encoder_probabilities,
+        tfidf=tfidf_probabilities,
+        rows=share_rows,
+        rule=search.options.selection_rule,
+    )
+
+
+def _blended_head(
+    spec: HeadSpec, *, encoder_head: HeadModel, tfidf_head: HeadModel, share: float
+) -> HeadModel:
+    """The head as weighted components: the encoder's with `share`, TF-IDF's with the rest (a component
+    whose weight is zero is left out)."""
+    components = []
+    if share > 0:
+        encoder_component = encoder_head.components[0]
+        components.append(LinearComponent(ENCODER, encoder_component.weight, encoder_component.bias, share))
+    if share < 1:
+        tfidf_component = tfidf_head.components[0]
+        components.append(
+            LinearComponent(tfidf_component.features, tfidf_component.weight, tfidf_component.bias, 1 - share)
+        )
+    head = HeadModel(spec=spec, components=components)
+    head.thresholds = head.default_thresholds()
+    return head
 
 
 def _encoder_out_of_fold(
