@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +13,7 @@ from arbiter.ml import (
     BaseModelError,
     EmbeddingCache,
     EpochProgress,
+    HeadSpec,
     Predictor,
     TrainingCancelled,
     TrainingDataError,
@@ -146,28 +149,49 @@ def test_auto_within_a_tiny_budget_serves_tfidf_without_an_encoder(tmp_path: Pat
     assert prediction["topics"]["labels"] == ["politics"]
 
 
+PARITY = [HeadSpec(name="parity", labels=("even", "odd"))]
+
+
+def parity_rows(count: int = 200, *, seed: int = 0) -> list[dict[str, Any]]:
+    """Rows whose label is the parity of a ticket number: a surface pattern that character n-grams see
+    (the last digit) and sentence embeddings do not."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        number = rng.randrange(1000, 99999)
+        when = rng.choice(["today", "yesterday", "last week", "this morning"])
+        rows.append(
+            {
+                "row": i,
+                "input": f"ticket {number} was filed {when}",
+                "labels": {"parity": ["odd" if number % 2 else "even"]},
+                "split": "test" if i % 5 == 0 else "train",
+            }
+        )
+    return rows
+
+
 @pytest.mark.slow
-def test_auto_compares_candidates_and_blends_per_head(
+def test_auto_keeps_the_candidate_that_wins_on_a_constructed_dataset(
     tmp_path: Path, embedding_cache: EmbeddingCache
 ) -> None:
     result = train_from_snapshot(
-        rows=synthetic_rows(),
-        heads=HEADS,
+        rows=parity_rows(),
+        heads=PARITY,
         options=TrainOptions(strategy="auto", time_budget_s=20, max_epochs=10, export_onnx=False),
         out_dir=tmp_path / "artifact",
         cache=embedding_cache,
     )
     names = [candidate["name"] for candidate in result.candidates]
     assert names[:2] == ["tfidf", "head"] and names[-1] == "blend"
-    assert result.selected in {"tfidf", "head", "full", "blend"}
-    blend = result.candidates[-1]
-    assert set(blend["encoder_share"]) == {"toxicity", "topics"}
-    assert set(blend["encoder_share"].values()) <= {0.0, 0.25, 0.5, 0.75, 1.0}
-    components = {head.spec.name: len(head.components) for head in result.artifact.model.heads}
-    assert components == {
-        name: 1 if share in {0.0, 1.0} else 2 for name, share in blend["encoder_share"].items()
-    }
-    assert result.metrics["macro"]["f1"] >= 0.9
+    scores = {candidate["name"]: candidate.get("selection_metric") for candidate in result.candidates}
+    assert scores["tfidf"] == 1.0 and scores["head"] < 0.8
+    # Only TF-IDF separates parity: it wins, and the blend gives the encoder no share.
+    assert result.selected == "tfidf"
+    assert result.candidates[-1]["encoder_share"] == {"parity": 0.0}
+    assert [len(head.components) for head in result.artifact.model.heads] == [1]
+    assert result.metrics["macro"]["f1"] == 1.0
+    assert Predictor.load(result.artifact_dir).runtime_name == "tfidf"
 
 
 def test_full_strategy_fine_tunes_the_encoder_on_a_tiny_input(tmp_path: Path) -> None:
@@ -208,17 +232,38 @@ def test_a_base_model_that_cannot_be_loaded_is_a_clear_error(tmp_path: Path) -> 
     assert caught.value.code == "base_model_unavailable"
 
 
+def ambiguous_sports_rows() -> list[dict[str, Any]]:
+    """The synthetic rows plus 100 about a stadium crowd, labelled `sports` only 60% of the time: at the
+    default threshold of 0.5 they are all called sports, so `sports` cannot reach a precision of 0.99."""
+    rows = synthetic_rows()
+    rng = random.Random(1)
+    for i in range(len(rows), len(rows) + 100):
+        rows.append(
+            {
+                "row": i,
+                "input": f"the stadium crowd {rng.choice(['today', 'again', 'tonight'])} is "
+                f"{rng.choice(['loud', 'big', 'here'])}",
+                "labels": {"toxicity": ["safe"], "topics": ["sports"] if rng.random() < 0.6 else []},
+                "split": "test" if i % 5 == 0 else "train",
+            }
+        )
+    return rows
+
+
 def test_target_precision_raises_thresholds(tmp_path: Path, embedding_cache: EmbeddingCache) -> None:
     result = train_from_snapshot(
-        rows=synthetic_rows(),
+        rows=ambiguous_sports_rows(),
         heads=HEADS,
         options=TrainOptions(strategy="head", max_epochs=10, target_precision=0.99, export_onnx=False),
         out_dir=tmp_path / "artifact",
         cache=embedding_cache,
     )
     thresholds = result.artifact.model.head("topics").thresholds
-    assert all(value >= 0.5 for value in thresholds.values())
-    per_label = result.metrics["heads"]["topics"]["per_label"]
-    assert per_label["sports"]["thresholds"]["target_precision"]["target"] == 0.99
+    # Picked on the validation rows: above the ambiguous rows' scores, so above the default.
+    assert thresholds["sports"] > 0.5
+    sports = result.metrics["heads"]["topics"]["per_label"]["sports"]
+    assert sports["precision"] < 0.99  # at the default threshold, on the test rows
+    reached = sports["thresholds"]["target_precision"]
+    assert reached["target"] == 0.99 and reached["precision"] >= 0.99 and reached["threshold"] > 0.5
     config_thresholds = {head["name"]: head["thresholds"] for head in result.artifact.config["heads"]}
     assert config_thresholds["topics"] == thresholds
