@@ -31,12 +31,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
 from arbiter.events.clients import DEFAULT_SESSION_TIMEOUT_MS, consumer_create, producer_create
 from arbiter.events.envelope import EnvelopeError, Event
 from arbiter.events.handlers import Handler
 from arbiter.events.registry import EventSchemaError, UnknownEventType, dead_letter_topic, get_event_type
+from arbiter.telemetry.propagation import context_from_traceparent
 from arbiter.tenancy.scoping import org_scope
 
 log = logging.getLogger(__name__)
@@ -372,7 +373,7 @@ class EventConsumer:
         return Outcome.HANDLED
 
     def _run_handler(self, event: Event, handler: Handler, record: ConsumerRecord) -> None:
-        parent = propagate.extract({"traceparent": event.traceparent}) if event.traceparent else None
+        parent = context_from_traceparent(event.traceparent)
         attributes = {
             "messaging.system": "kafka",
             "messaging.operation": "process",

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from opentelemetry import trace
 
 from arbiter.config.services import db_alias
 from arbiter.events.envelope import Event
 from arbiter.events.models import OutboxEvent
 from arbiter.events.registry import EventSchemaError, get_event_type
+from arbiter.telemetry.propagation import current_traceparent
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +23,6 @@ MAX_EVENT_BYTES = 512 * 1024
 
 class PublishError(RuntimeError):
     pass
-
-
-def current_traceparent() -> str:
-    """The W3C trace context of the active span; a fresh, unsampled one when there is none, so the event
-    and everything it causes still share one trace id in the logs."""
-    context = trace.get_current_span().get_span_context()
-    if context.is_valid:
-        return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
 
 
 def publish(*, type: str, org_id: int, subject: str, data: dict[str, Any]) -> Event:
