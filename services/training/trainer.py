@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from arbiter.config.env import arbiter_home
+from arbiter.config.typed_settings import arbiter_settings
 from arbiter.ml.artifacts import Artifact, artifact_pack, artifact_unpack
 from arbiter.ml.encoders import EmbeddingCache
 from arbiter.ml.errors import MLError, TrainingCancelled
@@ -126,7 +126,7 @@ def _train(run: TrainingRun) -> None:
             parent=parent,
             on_progress=on_progress,
             should_cancel=cancel,
-            cache=EmbeddingCache(arbiter_home() / "cache" / "embeddings"),
+            cache=EmbeddingCache(arbiter_settings().core.home / "cache" / "embeddings"),
         )
         artifact_key = f"artifacts/org-{run.org_id}/model-{version.model_id}/v{version.number}.tar.gz"
         store.put_bytes(artifact_key, artifact_pack(result.artifact_dir))

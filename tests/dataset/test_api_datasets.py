@@ -272,8 +272,8 @@ def test_a_failed_upload_to_an_existing_dataset_loses_nothing(api: DatasetApi) -
     assert rows[2]["cells"]["source"] == "web"
 
 
-def test_oversize_uploads_answer_413(api: DatasetApi, settings: Any) -> None:
-    settings.ARBITER_MAX_UPLOAD_BYTES = 1000
+def test_oversize_uploads_answer_413(api: DatasetApi, override_arbiter_settings: Any) -> None:
+    override_arbiter_settings(ARBITER_MAX_UPLOAD_BYTES=1000)
     response = api.upload(b"text,label\n" + b"some text,a\n" * 200, "big.csv")
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
@@ -338,8 +338,10 @@ def test_olid_gives_three_heads_with_does_not_apply_rows(api: DatasetApi, shared
 
 
 @pytest.mark.django_db(transaction=True, databases="__all__")
-def test_large_files_import_in_the_background_with_progress(tenant: Tenant, settings: Any) -> None:
-    settings.ARBITER_IMPORT_BACKGROUND_BYTES = 1000
+def test_large_files_import_in_the_background_with_progress(
+    tenant: Tenant, override_arbiter_settings: Any
+) -> None:
+    override_arbiter_settings(ARBITER_IMPORT_BACKGROUND_BYTES=1000)
     api = DatasetApi(tenant, tenant.client(["datasets:read", "datasets:write"]))
     body = "text,label\n" + "".join(f"background row {i},{'xy'[i % 2]}\n" for i in range(20_000))
     response = api.upload(body.encode() + b"bad,row,here\n", "big.csv")
@@ -398,8 +400,10 @@ def test_interrupted_jobs_are_settled_and_leave_nothing_behind(api: DatasetApi) 
 
 
 @pytest.mark.django_db(transaction=True, databases="__all__")
-def test_large_datasets_are_remapped_in_the_background(tenant: Tenant, settings: Any) -> None:
-    settings.ARBITER_MAPPING_BACKGROUND_ROWS = 10
+def test_large_datasets_are_remapped_in_the_background(
+    tenant: Tenant, override_arbiter_settings: Any
+) -> None:
+    override_arbiter_settings(ARBITER_MAPPING_BACKGROUND_ROWS=10)
     api = DatasetApi(tenant, tenant.client(["datasets:read", "datasets:write"]))
     body = "text,grade\n" + "".join(f"answer number {i},{i % 3}\n" for i in range(300))
     created = api.create(body.encode(), "grades.csv")

@@ -28,11 +28,9 @@ def wait_for(api: DatasetApi, dataset_id: int, job_id: int) -> dict[str, Any]:
 def test_background_imports_from_s3(
     tenant: Tenant,
     s3_env: str,
-    settings: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    override_arbiter_settings: Any,
 ) -> None:
-    monkeypatch.setenv("ARBITER_BLOB_STORE", f"s3://{s3_env}/arbiter")
-    settings.ARBITER_IMPORT_BACKGROUND_BYTES = 100
+    override_arbiter_settings(ARBITER_BLOB_STORE=f"s3://{s3_env}/arbiter", ARBITER_IMPORT_BACKGROUND_BYTES=100)
     api = DatasetApi(tenant, tenant.client(["datasets:read", "datasets:write"]))
 
     book = openpyxl.Workbook()

@@ -185,16 +185,17 @@ def test_only_the_operator_can_talk_to_the_kubernetes_api(manifests: list[Manife
 
 
 def test_trainer_jobs_the_operator_builds_from_chart_settings_are_valid(
-    production: list[Manifest], monkeypatch: pytest.MonkeyPatch, validate_kubernetes: Validate
+    production: list[Manifest], validate_kubernetes: Validate
 ) -> None:
-    from services.training.operator.kubernetes_executor import KubernetesSettings, job_manifest_build
+    from arbiter.config.typed_settings import KubernetesSettings
+    from services.training.operator.kubernetes_executor import job_manifest_build
 
     operator = only_container(deployments_of(production, "operator")["training"])
     config = named(production, "ConfigMap", "arbiter-config")["data"]
-    for name, value in {**config, **literal_env(operator)}.items():
-        monkeypatch.setenv(name, value)
+    environment = {**config, **literal_env(operator)}
+    settings = KubernetesSettings(**{k: v for k, v in environment.items() if k in KubernetesSettings.variables()})
 
-    job = job_manifest_build(run_id=41, org_id=7, owner="install", settings=KubernetesSettings.from_env())
+    job = job_manifest_build(run_id=41, org_id=7, owner="install", settings=settings.checked())
     for version in KUBERNETES_VERSIONS:
         validate_kubernetes(job, version, strict=True)
 

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -156,9 +157,11 @@ def _offset(offset: int):  # type: ignore[no-untyped-def]
 
 
 def test_ensure_broker_starts_one_exports_its_address_and_restarts_it_if_it_dies(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, override_arbiter_settings: Any
 ) -> None:
-    monkeypatch.delenv(BOOTSTRAP_ENV, raising=False)
+    override_arbiter_settings(KAFKA_BOOTSTRAP_SERVERS=None)
+    monkeypatch.setenv(BOOTSTRAP_ENV, "")  # recorded, so the address exported below is removed afterwards
+    monkeypatch.delenv(BOOTSTRAP_ENV)
     broker = ensure_broker(topics=["test.ensure"], partitions=2)
     assert broker is not None
     try:
@@ -183,16 +186,16 @@ def test_ensure_broker_starts_one_exports_its_address_and_restarts_it_if_it_dies
 
 
 def test_ensure_broker_with_kafka_configured_only_creates_the_topics(
-    kafka_broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+    kafka_broker: EmbeddedBroker, override_arbiter_settings: Any
 ) -> None:
-    monkeypatch.setenv(BOOTSTRAP_ENV, kafka_broker.bootstrap_servers)
+    override_arbiter_settings(KAFKA_BOOTSTRAP_SERVERS=kafka_broker.bootstrap_servers)
     assert ensure_broker(topics=["test.external"]) is None
     with contextlib.closing(admin_create(bootstrap_servers=kafka_broker.bootstrap_servers)) as admin:
         assert "test.external" in admin.list_topics()
 
 
-def test_readiness_reports_an_unreachable_broker(kafka_broker: EmbeddedBroker, settings) -> None:
-    settings.KAFKA_BOOTSTRAP_SERVERS = kafka_broker.bootstrap_servers
+def test_readiness_reports_an_unreachable_broker(kafka_broker: EmbeddedBroker, override_arbiter_settings) -> None:
+    override_arbiter_settings(KAFKA_BOOTSTRAP_SERVERS=kafka_broker.bootstrap_servers)
     assert BrokerReadinessCheck()() is None
-    settings.KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{free_loopback_port()}"
+    override_arbiter_settings(KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_loopback_port()}")
     assert "no Kafka broker answers" in (BrokerReadinessCheck()() or "")

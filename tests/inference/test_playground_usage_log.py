@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +13,6 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from arbiter.testing.tenants import Tenant, assert_not_found
-from services.inference.conf import inference_settings
 from services.inference.logic import request_log_purge
 from services.inference.models import RequestLogEntry
 from tests.inference.conftest import InferenceApi, published
@@ -23,12 +21,9 @@ pytestmark = pytest.mark.django_db(databases="__all__")
 
 
 @pytest.fixture
-def small_allowance(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    monkeypatch.setenv("ARBITER_PLAYGROUND_FREE_QUERIES", "3")
-    inference_settings.cache_clear()
-    yield 3
-    monkeypatch.undo()
-    inference_settings.cache_clear()
+def small_allowance(override_arbiter_settings: Any) -> int:
+    override_arbiter_settings(ARBITER_PLAYGROUND_FREE_QUERIES=3)
+    return 3
 
 
 def streamed(response: Any) -> str:

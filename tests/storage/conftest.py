@@ -7,6 +7,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -45,12 +46,14 @@ def moto_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Standard AWS variables pointing at the moto server; returns a fresh bucket's name."""
+def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, override_arbiter_settings: Any) -> str:
+    """Arbiter's S3 settings pointing at the moto server, and the credentials boto3 reads from the environment;
+    returns a fresh bucket's name."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    override_arbiter_settings(AWS_ENDPOINT_URL=moto_endpoint, AWS_DEFAULT_REGION="us-east-1")
     bucket = f"arbiter-test-{time.monotonic_ns()}"
     boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
     return bucket

@@ -4,6 +4,7 @@ import hashlib
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -133,19 +134,18 @@ def test_s3_prefix_and_describe(s3_env: str) -> None:
     assert store.describe("k/v.txt") == f"s3://{s3_env}/team/blobs/k/v.txt"
 
 
-def test_factory_reads_the_environment(s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ARBITER_BLOB_STORE", f"s3://{s3_env}/p")
+def test_factory_follows_the_settings(s3_env: str, tmp_path: Path, override_arbiter_settings: Any) -> None:
+    override_arbiter_settings(ARBITER_BLOB_STORE=f"s3://{s3_env}/p")
     s3_store = get_blob_store()
     assert isinstance(s3_store, S3BlobStore) and (s3_store.bucket, s3_store.prefix) == (s3_env, "p")
     s3_store.put_bytes("hello", b"world")
     assert s3_store.get_bytes("hello") == b"world"
 
-    monkeypatch.delenv("ARBITER_BLOB_STORE")
-    monkeypatch.setenv("ARBITER_HOME", str(tmp_path / "home"))
+    override_arbiter_settings(ARBITER_BLOB_STORE=None, ARBITER_HOME=str(tmp_path / "home"))
     local = get_blob_store()
     assert isinstance(local, LocalBlobStore) and local.root == (tmp_path / "home" / "blobs").resolve()
 
-    monkeypatch.setenv("ARBITER_BLOB_STORE", f"file://{tmp_path}/elsewhere")
+    override_arbiter_settings(ARBITER_BLOB_STORE=f"file://{tmp_path}/elsewhere")
     assert get_blob_store().root == (tmp_path / "elsewhere").resolve()  # type: ignore[attr-defined]
 
 

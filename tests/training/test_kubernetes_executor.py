@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import kubernetes_validate
 import pytest
 
-from arbiter.config.env import SettingsError
+from arbiter.config.typed_settings import SettingsError, load_settings
 from services.training.operator.conditions import TRAINER_EXIT_REPORTED_FAILURE, JobPhase
 from services.training.operator.executor import OwnedJob
 from services.training.operator.kubernetes_executor import (
@@ -107,6 +107,7 @@ def test_a_cpu_cluster_gets_no_gpu_limit():
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    # The real source: variables in the process environment, read when the settings load.
     monkeypatch.setenv("ARBITER_K8S_IMAGE", "arbiter:2")
     monkeypatch.setenv("ARBITER_K8S_NAMESPACE", "ml")
     monkeypatch.setenv("ARBITER_K8S_GPU_COUNT", "4")
@@ -119,7 +120,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("ARBITER_K8S_ENV_FROM_SECRETS", "a, b")
     monkeypatch.setenv("ARBITER_K8S_ACTIVE_DEADLINE_SECONDS", "60")
 
-    settings = KubernetesSettings.from_env()
+    settings = load_settings().kubernetes.checked()
 
     assert settings.image == "arbiter:2"
     assert settings.namespace == "ml"
@@ -136,24 +137,22 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch):
 @pytest.mark.parametrize(
     ("variable", "value", "complaint"),
     [
-        ("ARBITER_K8S_NODE_SELECTOR", '["gpu"]', "ARBITER_K8S_NODE_SELECTOR must be a JSON object"),
-        ("ARBITER_K8S_TOLERATIONS", '{"key": "gpu"}', "ARBITER_K8S_TOLERATIONS must be a JSON list"),
-        ("ARBITER_K8S_SECRET_ENV", '{"DATABASE_URL": "no-key"}', "ARBITER_K8S_SECRET_ENV['DATABASE_URL']"),
-        ("ARBITER_K8S_GPU_COUNT", "-1", "ARBITER_K8S_GPU_COUNT must be 0 or more"),
-        ("ARBITER_K8S_GPU_COUNT", "two", "ARBITER_K8S_GPU_COUNT must be an integer"),
+        ("ARBITER_K8S_NODE_SELECTOR", '["gpu"]', "ARBITER_K8S_NODE_SELECTOR: must be a JSON object"),
+        ("ARBITER_K8S_TOLERATIONS", '{"key": "gpu"}', "ARBITER_K8S_TOLERATIONS: must be a JSON list"),
+        ("ARBITER_K8S_SECRET_ENV", '{"DATABASE_URL": "no-key"}', "ARBITER_K8S_SECRET_ENV: ['DATABASE_URL']"),
+        ("ARBITER_K8S_GPU_COUNT", "-1", "ARBITER_K8S_GPU_COUNT: input should be greater than or equal to 0"),
+        ("ARBITER_K8S_GPU_COUNT", "two", "ARBITER_K8S_GPU_COUNT: input should be a valid integer"),
+        ("ARBITER_K8S_IMAGE_PULL_POLICY", "Sometimes", "ARBITER_K8S_IMAGE_PULL_POLICY: input should be 'Always'"),
     ],
 )
-def test_a_wrong_setting_is_named(monkeypatch: pytest.MonkeyPatch, variable: str, value: str, complaint: str):
-    monkeypatch.setenv("ARBITER_K8S_IMAGE", "arbiter:2")
-    monkeypatch.setenv(variable, value)
+def test_a_wrong_setting_is_named(variable: str, value: str, complaint: str):
     with pytest.raises(SettingsError, match=complaint.replace("[", r"\[")):
-        KubernetesSettings.from_env()
+        load_settings({"ARBITER_K8S_IMAGE": "arbiter:2", variable: value})
 
 
-def test_the_image_is_required(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv("ARBITER_K8S_IMAGE", raising=False)
-    with pytest.raises(SettingsError, match="ARBITER_K8S_IMAGE"):
-        KubernetesSettings.from_env()
+def test_the_image_is_required():
+    with pytest.raises(SettingsError, match="ARBITER_K8S_IMAGE is required"):
+        load_settings({"ARBITER_K8S_IMAGE": ""}).kubernetes.checked()
 
 
 def test_launching_twice_adopts_the_first_job(executor: KubernetesExecutor, kube: KubeOnLoopback):

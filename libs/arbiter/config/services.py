@@ -1,13 +1,11 @@
 """Service modes: which of Arbiter's services are active in this process.
 
-Like Sentry's silo modes, one codebase runs as any subset of its services. `ARBITER_SERVICES` is `all`
-(the default) or a comma list such as `dataset` or `training,inference`; it decides which services' apps,
-URLs, migrations and event consumers this process has.
+Like Sentry's silo modes, one codebase runs as any subset of its services. `ARBITER_SERVICES` (read by
+`CoreSettings`) is `all` (the default) or a comma list such as `dataset` or `training,inference`; it decides
+which services' apps, URLs, migrations and event consumers this process has.
 """
 
 from __future__ import annotations
-
-import os
 
 ALL_SERVICES: tuple[str, ...] = ("gateway", "dataset", "annotation", "training", "inference", "billing")
 
@@ -35,10 +33,6 @@ def parse_services(value: str | None) -> tuple[str, ...]:
         )
     # Keep the canonical order so URL and migration order never depend on how the list was typed.
     return tuple(name for name in ALL_SERVICES if name in names)
-
-
-def enabled_services() -> tuple[str, ...]:
-    return parse_services(os.environ.get("ARBITER_SERVICES"))
 
 
 def db_alias(service: str) -> str:

@@ -1,37 +1,35 @@
-"""Django settings for every Arbiter process, assembled per concern from the environment.
+"""Django settings for every Arbiter process, assembled from the typed settings in `typed_settings.py`.
 
-See README.md ("Configuration") for every variable. A missing required variable stops start-up with a clear
-message, and DEBUG is refused in production.
+Every environment variable is declared there, one class per concern, and listed in README.md
+("Configuration"). A missing or wrong variable stops start-up with a message naming it, and DEBUG is refused in
+production. Code reads the typed values through `arbiter_settings()`; the few Django settings below that
+repeat one (ARBITER_SERVICES, ARBITER_HOME, ...) are derived from it.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from arbiter.api import spectacular
-from arbiter.config import env
-from arbiter.config.services import ALL_SERVICES, db_alias, enabled_services
+from arbiter.config.services import ALL_SERVICES, db_alias
+from arbiter.config.typed_settings import load_settings
+
+ARBITER = load_settings()
+_core = ARBITER.core
 
 # --- core -------------------------------------------------------------------------------------------------
-ARBITER_ENV = env.env_str("ARBITER_ENV", "development")
-DEBUG = env.env_bool("ARBITER_DEBUG", False)
-if DEBUG and ARBITER_ENV == "production":
-    raise env.SettingsError("ARBITER_DEBUG must not be on when ARBITER_ENV=production")
-
-ARBITER_HOME = env.arbiter_home()
-ARBITER_SERVICES = enabled_services()
-
-if ARBITER_ENV == "production":
-    SECRET_KEY = env.env_str("ARBITER_SECRET_KEY", required=True)
-else:
-    SECRET_KEY = env.env_str("ARBITER_SECRET_KEY", "arbiter-development-only-secret-key-change-me")
-
-ALLOWED_HOSTS = env.env_list("ARBITER_ALLOWED_HOSTS", ["*"] if ARBITER_ENV != "production" else [])
-CSRF_TRUSTED_ORIGINS = env.env_list("ARBITER_CSRF_TRUSTED_ORIGINS", [])
-ARBITER_PUBLIC_URL = env.env_str("ARBITER_PUBLIC_URL", "http://127.0.0.1:8000")
+# Typed values repeated as Django settings (`django_mirrors` lists them; the test fixture keeps them in step).
+ARBITER_ENV = _core.env
+ARBITER_HOME = _core.home
+ARBITER_SERVICES = _core.services
+ARBITER_PUBLIC_URL = _core.public_url
+ARBITER_MAX_UPLOAD_BYTES = ARBITER.dataset.max_upload_bytes
+DEBUG = _core.debug
+SECRET_KEY = _core.django_secret_key
+ALLOWED_HOSTS = _core.django_allowed_hosts
+CSRF_TRUSTED_ORIGINS = list(_core.csrf_trusted_origins)
 # Behind a TLS-terminating ingress, trust its X-Forwarded-Proto header (opt in: only when a proxy sets it).
-if env.env_bool("ARBITER_BEHIND_TLS_PROXY", False):
+if _core.behind_tls_proxy:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # --- apps: identity and kernel apps everywhere, service apps only where enabled -----------------------------
@@ -85,28 +83,8 @@ TEMPLATES = [
     },
 ]
 
-# --- databases: one alias per service ----------------------------------------------------------------------
-# Locally each service gets a SQLite file under ARBITER_HOME. With DATABASE_URL (PostgreSQL) every service gets
-# its own database named `<dbname>_<service>` on that server; DATABASE_URL_<SERVICE> overrides one service.
-_database_url = env.env_str("DATABASE_URL")
-_db_name_override = env.env_str("ARBITER_DB_NAME")
-
-
-def _service_database(service: str) -> dict[str, Any]:
-    own_url = env.env_str(f"DATABASE_URL_{service.upper()}")
-    if own_url:
-        return env.database_from_url(own_url)
-    if _database_url:
-        base = env.database_from_url(_database_url)
-        if base["ENGINE"].endswith("sqlite3"):
-            return env.sqlite_database(ARBITER_HOME / "db" / f"{service}.sqlite3")
-        prefix = _db_name_override or base["NAME"]
-        base["NAME"] = f"{prefix}_{service}"
-        return base
-    return env.sqlite_database(ARBITER_HOME / "db" / f"{service}.sqlite3")
-
-
-DATABASES = {db_alias(service): _service_database(service) for service in ALL_SERVICES}
+# --- databases: one alias per service (see DatabaseSettings) ----------------------------------------------
+DATABASES = {db_alias(service): ARBITER.databases.service_database(service) for service in ALL_SERVICES}
 DATABASE_ROUTERS = ["arbiter.config.routers.ServiceRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -147,19 +125,14 @@ SPECTACULAR_SETTINGS = spectacular.SPECTACULAR_SETTINGS
 # --- static files (served by Arbiter itself: the console works air-gapped) ----------------------------------
 STATIC_URL = "/static/"
 # Set for images that run collectstatic; otherwise files are served straight from the apps (finders).
-STATIC_ROOT = env.env_str("ARBITER_STATIC_ROOT")
+STATIC_ROOT = _core.static_root
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
-# --- uploads and blobs --------------------------------------------------------------------------------------
-ARBITER_MAX_UPLOAD_BYTES = env.env_int("ARBITER_MAX_UPLOAD_BYTES", 512 * 1024 * 1024)
+# --- uploads (limits: DatasetSettings; blobs: StorageSettings) -------------------------------------------
 DATA_UPLOAD_MAX_MEMORY_SIZE = 32 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = None
-ARBITER_BLOB_STORE = env.env_str("ARBITER_BLOB_STORE", str(ARBITER_HOME / "blobs"))
-
-# --- events ------------------------------------------------------------------------------------------------
-KAFKA_BOOTSTRAP_SERVERS = env.env_str("KAFKA_BOOTSTRAP_SERVERS")
 
 # --- i18n --------------------------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -173,7 +146,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "arbiter.telemetry.logging.JsonFormatter"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
-    "root": {"handlers": ["stderr"], "level": env.env_str("ARBITER_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["stderr"], "level": _core.log_level},
     "loggers": {
         "django.server": {"level": "WARNING"},
         "kafka": {"level": "WARNING"},
@@ -182,5 +155,6 @@ LOGGING = {
 }
 
 # Model weights never come from the network at run time unless a deployment opts in.
-if env.env_bool("ARBITER_OFFLINE_MODELS", True):
+# (huggingface_hub reads HF_HUB_OFFLINE from the environment itself.)
+if _core.offline_models:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -33,14 +33,10 @@ class EventsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        import os
-
-        from django.conf import settings
-
         from arbiter.api.health import register_readiness_check
-        from arbiter.events.broker import BOOTSTRAP_ENV
+        from arbiter.config.typed_settings import arbiter_settings
 
         # Reported wherever a broker is configured. Not required: web processes only write to the outbox, so a
         # Kafka outage delays events but must not take every pod out of rotation (`/readyz` says "degraded").
-        if settings.KAFKA_BOOTSTRAP_SERVERS or os.environ.get(BOOTSTRAP_ENV):
+        if arbiter_settings().events.bootstrap_servers:
             register_readiness_check("broker", BrokerReadinessCheck(), required=False)

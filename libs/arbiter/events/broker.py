@@ -30,12 +30,12 @@ from types import TracebackType
 
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from arbiter.config.typed_settings import EventsSettings, SettingsError, arbiter_settings
 from arbiter.events.clients import admin_create
 
 log = logging.getLogger(__name__)
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
-STORAGE_ENV = "ARBITER_BROKER_STORAGE"
 MEMORY_STORAGE = "memory://tansu/"
 # Also what tansu gives a topic that a client's metadata request auto-creates: should a restarted in-memory
 # broker see a client before its topics are re-created, every key still maps to the same partition.
@@ -252,17 +252,17 @@ def embedded_broker(
     log_path: Path | None = None,
 ) -> Iterator[EmbeddedBroker]:
     """Start a broker with its topics, yield it, stop it."""
-    with EmbeddedBroker(
-        storage=storage or os.environ.get(STORAGE_ENV) or MEMORY_STORAGE, log_path=log_path
-    ) as broker:
+    with EmbeddedBroker(storage=storage or _events().broker_storage, log_path=log_path) as broker:
         topics_ensure(bootstrap_servers=broker.bootstrap_servers, topics=topics, partitions=partitions)
         yield broker
 
 
-def topic_partitions() -> int:
-    from arbiter.config.env import env_int
+def _events() -> EventsSettings:
+    return arbiter_settings().events
 
-    return env_int("ARBITER_EVENTS_PARTITIONS", DEFAULT_PARTITIONS)
+
+def topic_partitions() -> int:
+    return _events().partitions
 
 
 def ensure_broker(
@@ -280,11 +280,16 @@ def ensure_broker(
 
     wanted = list(topics) if topics is not None else list(broker_topics())
     partitions = partitions or topic_partitions()
-    external = os.environ.get(BOOTSTRAP_ENV)
-    if external:
-        topics_ensure(bootstrap_servers=external, topics=wanted, partitions=partitions)
+    events = _events()
+    if events.bootstrap_servers:
+        topics_ensure(bootstrap_servers=events.bootstrap_servers, topics=wanted, partitions=partitions)
         return None
-    broker = EmbeddedBroker(storage=os.environ.get(STORAGE_ENV) or MEMORY_STORAGE, log_path=log_path)
+    protocol = arbiter_settings().kafka.security_protocol
+    if protocol != "PLAINTEXT":
+        raise SettingsError(
+            f"KAFKA_SECURITY_PROTOCOL={protocol} needs {BOOTSTRAP_ENV}: the embedded broker speaks PLAINTEXT only"
+        )
+    broker = EmbeddedBroker(storage=events.broker_storage, log_path=log_path)
     broker.start()
     try:
         topics_ensure(bootstrap_servers=broker.bootstrap_servers, topics=wanted, partitions=partitions)
@@ -292,5 +297,6 @@ def ensure_broker(
         broker.stop()
         raise
     broker.keep_alive(topics=wanted, partitions=partitions)
+    # For the child processes `arbiter up` starts: they read it into their settings.
     os.environ[BOOTSTRAP_ENV] = broker.bootstrap_servers
     return broker

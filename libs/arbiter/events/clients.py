@@ -3,6 +3,9 @@
 Observed against tansu (and true of Kafka): a consumer group join takes about half of `session_timeout_ms`,
 so keep it short where start-up latency matters; `end_offsets` can under-report (tansu answers with the
 last batch's base offset plus one), so never use it to decide that a partition has been read to its end.
+
+Every client gets its connection security (TLS, SASL) from one place, `connection_config()`, which reads
+`KafkaSecuritySettings` (KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
+from arbiter.config.typed_settings import KafkaSecuritySettings, arbiter_settings
+
 # A send is never abandoned by the client: the relay decides when to give up (it never does, it waits
 # and retries), so an expired batch can never let a later event of the same key overtake it.
 _NEVER_MS = 2**31 - 1
@@ -19,19 +24,35 @@ _NEVER_MS = 2**31 - 1
 DEFAULT_SESSION_TIMEOUT_MS = 6000
 
 
+def connection_config(security: KafkaSecuritySettings | None = None) -> dict[str, Any]:
+    """The security options every producer, consumer and admin client gets (this process's settings unless
+    `security` is given)."""
+    return (security or arbiter_settings().kafka).client_config()
+
+
 def admin_create(
-    *, bootstrap_servers: str, timeout_ms: int = 10_000, client_id: str = "arbiter-admin"
+    *,
+    bootstrap_servers: str,
+    timeout_ms: int = 10_000,
+    client_id: str = "arbiter-admin",
+    security: KafkaSecuritySettings | None = None,
 ) -> KafkaAdminClient:
     return KafkaAdminClient(
         bootstrap_servers=bootstrap_servers,
         client_id=client_id,
         request_timeout_ms=timeout_ms,
         bootstrap_timeout_ms=timeout_ms,
+        **connection_config(security),
     )
 
 
 def producer_create(
-    *, bootstrap_servers: str, client_id: str = "arbiter", connect_timeout_ms: int = 10_000, **overrides: Any
+    *,
+    bootstrap_servers: str,
+    client_id: str = "arbiter",
+    connect_timeout_ms: int = 10_000,
+    security: KafkaSecuritySettings | None = None,
+    **overrides: Any,
 ) -> KafkaProducer:
     """An ordered, acknowledged producer: acks=all and one request in flight per connection.
 
@@ -55,6 +76,7 @@ def producer_create(
         "bootstrap_timeout_ms": connect_timeout_ms,
         # send() blocks this long for metadata (an unknown topic while the broker is down) before raising.
         "max_block_ms": connect_timeout_ms,
+        **connection_config(security),
     }
     config.update(overrides)
     return KafkaProducer(**config)
@@ -68,6 +90,7 @@ def consumer_create(
     client_id: str = "arbiter",
     session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS,
     connect_timeout_ms: int = 10_000,
+    security: KafkaSecuritySettings | None = None,
     **overrides: Any,
 ) -> KafkaConsumer:
     """A manually committing consumer that starts a new group at the earliest offset, so events published
@@ -85,6 +108,7 @@ def consumer_create(
         "max_poll_records": 200,
         "reconnect_backoff_max_ms": 1000,
         "bootstrap_timeout_ms": connect_timeout_ms,
+        **connection_config(security),
     }
     config.update(overrides)
     consumer = KafkaConsumer(**config)

@@ -1,52 +1,50 @@
-"""The event backbone's settings, read from the environment when a relay or consumer starts.
-
-| variable | default | meaning |
-| `KAFKA_BOOTSTRAP_SERVERS` | unset | the Kafka cluster; unset under `arbiter up` starts the embedded broker |
-| `ARBITER_BROKER_STORAGE` | `memory://tansu/` | the embedded broker's storage (`s3://bucket/` persists) |
-| `ARBITER_EVENTS_PARTITIONS` | 4 | partitions of each topic Arbiter creates |
-| `ARBITER_EVENTS_MAX_ATTEMPTS` | 5 | handler attempts before an event is dead-lettered |
-| `ARBITER_EVENTS_RETRY_BACKOFF_MS` | 500 | first retry delay; it doubles per attempt |
-| `ARBITER_EVENTS_SESSION_TIMEOUT_MS` | 6000 | consumer group session; joining takes about half of it |
-| `ARBITER_RELAY_BATCH_SIZE` | 1000 | outbox rows per relay batch |
-| `ARBITER_OUTBOX_RETENTION_DAYS` | 7 | sent outbox rows are deleted after this long |
-"""
+"""The event backbone's settings, as the relay and consumers use them: `EventsSettings` (broker address,
+partitions, retries, relay batches) and `KafkaSecuritySettings` (TLS and SASL) in
+`arbiter.config.typed_settings`; every variable is listed in README.md's "Configuration"."""
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from arbiter.config.env import env_int
-from arbiter.events.broker import BOOTSTRAP_ENV, topic_partitions
+from arbiter.config.typed_settings import EventsSettings, arbiter_settings
+from arbiter.events.broker import BOOTSTRAP_ENV
 from arbiter.events.consumer import ConsumerConfig
 from arbiter.events.relay import RelayConfig
 
-__all__ = ["bootstrap_servers", "consumer_config", "relay_config", "topic_partitions"]
+__all__ = ["bootstrap_servers", "consumer_config", "events_settings", "relay_config", "topic_partitions"]
+
+
+def events_settings() -> EventsSettings:
+    return arbiter_settings().events
 
 
 def bootstrap_servers() -> str:
-    value = getattr(settings, "KAFKA_BOOTSTRAP_SERVERS", None) or os.environ.get(BOOTSTRAP_ENV)
+    value = events_settings().bootstrap_servers
     if not value:
         raise ImproperlyConfigured(
             f"{BOOTSTRAP_ENV} is not set: point it at a Kafka cluster, or run `arbiter up`, which starts the "
             "embedded broker and sets it for its processes"
         )
-    return str(value)
+    return value
+
+
+def topic_partitions() -> int:
+    return events_settings().partitions
 
 
 def consumer_config() -> ConsumerConfig:
+    events = events_settings()
     return ConsumerConfig(
-        max_attempts=env_int("ARBITER_EVENTS_MAX_ATTEMPTS", 5),
-        backoff_s=env_int("ARBITER_EVENTS_RETRY_BACKOFF_MS", 500) / 1000,
-        session_timeout_ms=env_int("ARBITER_EVENTS_SESSION_TIMEOUT_MS", 6000),
+        max_attempts=events.max_attempts,
+        backoff_s=events.retry_backoff_ms / 1000,
+        session_timeout_ms=events.session_timeout_ms,
     )
 
 
 def relay_config() -> RelayConfig:
+    events = events_settings()
     return RelayConfig(
-        batch_size=env_int("ARBITER_RELAY_BATCH_SIZE", 1000),
-        retention=timedelta(days=env_int("ARBITER_OUTBOX_RETENTION_DAYS", 7)),
+        batch_size=events.relay_batch_size, retention=timedelta(days=events.outbox_retention_days)
     )

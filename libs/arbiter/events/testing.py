@@ -1,7 +1,7 @@
 """Pytest fixtures and helpers for tests that need events to flow for real.
 
 - `kafka_broker` (session): one embedded tansu broker, in memory, on a free loopback port.
-- `kafka_bootstrap`: points `settings.KAFKA_BOOTSTRAP_SERVERS` at it and returns the address.
+- `kafka_bootstrap`: points the settings' KAFKA_BOOTSTRAP_SERVERS at it and returns the address.
 - `event_types`: registers test-only event types (a JSON Schema written to a temporary directory, a topic of
   their own so tests never see each other's events) and removes them afterwards.
 - `relay_outbox(...)` sends a service's committed outbox to the broker; `consumer_running(...)` runs an
@@ -43,8 +43,8 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedB
 
 
 @pytest.fixture
-def kafka_bootstrap(kafka_broker: EmbeddedBroker, settings: Any) -> str:
-    settings.KAFKA_BOOTSTRAP_SERVERS = kafka_broker.bootstrap_servers
+def kafka_bootstrap(kafka_broker: EmbeddedBroker, override_arbiter_settings: Callable[..., Any]) -> str:
+    override_arbiter_settings(KAFKA_BOOTSTRAP_SERVERS=kafka_broker.bootstrap_servers)
     return kafka_broker.bootstrap_servers
 
 

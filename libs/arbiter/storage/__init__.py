@@ -3,8 +3,8 @@
 `ARBITER_BLOB_STORE` picks the backend: a directory path (default `ARBITER_HOME/blobs`), `file:///path`, or
 `s3://bucket/prefix`. For S3, boto3 reads the standard AWS variables (`AWS_ACCESS_KEY_ID`,
 `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, profiles, instance roles); `AWS_ENDPOINT_URL_S3` or
-`AWS_ENDPOINT_URL` point it at another server and `AWS_REGION` / `AWS_DEFAULT_REGION` set the region.
-This module reads only environment variables: it stays importable without Django.
+`AWS_ENDPOINT_URL` point it at another server and `AWS_REGION` / `AWS_DEFAULT_REGION` set the region. These
+are `StorageSettings` in `arbiter.config.typed_settings`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import functools
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from arbiter.config.env import arbiter_home, env_str
+from arbiter.config.typed_settings import arbiter_settings
 from arbiter.storage.base import BlobNotFoundError, BlobStore, InvalidBlobKeyError, content_key
 from arbiter.storage.local import LocalBlobStore
 from arbiter.storage.s3 import S3BlobStore
@@ -46,12 +46,9 @@ def blob_store_from_url(url: str, *, endpoint_url: str | None = None, region: st
 
 
 def get_blob_store() -> BlobStore:
-    """The process's blob store, configured from the environment (see the module docstring)."""
-    return _cached_store(
-        env_str("ARBITER_BLOB_STORE") or str(arbiter_home() / "blobs"),
-        env_str("AWS_ENDPOINT_URL_S3") or env_str("AWS_ENDPOINT_URL"),
-        env_str("AWS_REGION") or env_str("AWS_DEFAULT_REGION"),
-    )
+    """The process's blob store, as its settings say (see the module docstring)."""
+    storage = arbiter_settings().storage
+    return _cached_store(storage.blob_store, storage.endpoint_url, storage.region)
 
 
 # One store (and one boto3 client, which is thread-safe) per configuration: creating clients is slow.

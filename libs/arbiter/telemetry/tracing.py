@@ -1,27 +1,24 @@
-"""OpenTelemetry set-up from the standard `OTEL_*` environment variables.
+"""OpenTelemetry set-up from the standard `OTEL_*` environment variables (`TelemetrySettings`).
 
 Tracing is off unless configured: set `OTEL_TRACES_EXPORTER=otlp` (with `OTEL_EXPORTER_OTLP_ENDPOINT`) or
-`OTEL_TRACES_EXPORTER=console`, or just `OTEL_EXPORTER_OTLP_ENDPOINT`. `OTEL_SDK_DISABLED=true` wins.
+`OTEL_TRACES_EXPORTER=console`, or just `OTEL_EXPORTER_OTLP_ENDPOINT`. `OTEL_SDK_DISABLED=true` wins. The
+exporter reads its own options (endpoint, headers, protocol) from the environment, as the SDK documents.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 
 from opentelemetry import trace
+
+from arbiter.config.typed_settings import arbiter_settings
 
 _lock = threading.Lock()
 _configured = False
 
 
 def tracing_requested() -> bool:
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return False
-    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "").lower()
-    if exporter in ("otlp", "console"):
-        return True
-    return exporter != "none" and bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    return arbiter_settings().telemetry.tracing_requested
 
 
 def setup_tracing(*, service_name: str) -> bool:
@@ -30,16 +27,18 @@ def setup_tracing(*, service_name: str) -> bool:
     with _lock:
         if _configured:
             return True
-        if not tracing_requested():
+        telemetry = arbiter_settings().telemetry
+        if not telemetry.tracing_requested:
             return False
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-        os.environ.setdefault("OTEL_SERVICE_NAME", service_name)
-        provider = TracerProvider(resource=Resource.create({"service.name": os.environ["OTEL_SERVICE_NAME"]}))
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": telemetry.service_name or service_name})
+        )
         exporter: SpanExporter
-        if os.environ.get("OTEL_TRACES_EXPORTER", "").lower() == "console":
+        if telemetry.traces_exporter == "console":
             exporter = ConsoleSpanExporter()
         else:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -1,15 +1,16 @@
 """Pytest plugin loaded for the whole suite (`-p arbiter.testing.plugin` in pyproject).
 
 It points Django at the machine's PostgreSQL before settings load, gives each run a private ARBITER_HOME,
-and provides the `tenant` / `victim` fixtures.
+and provides the `tenant` / `victim` fixtures and `override_arbiter_settings`, the one way tests change a setting.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,32 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def arbiter_home() -> Iterator[Path]:
-    yield Path(os.environ["ARBITER_HOME"])
+    from arbiter.config.typed_settings import arbiter_settings
+
+    yield arbiter_settings().core.home
+
+
+SettingsOverride = Callable[..., Any]
+
+
+@pytest.fixture
+def override_arbiter_settings(settings: Any) -> SettingsOverride:
+    """`override_arbiter_settings(ARBITER_PLAYGROUND_FREE_QUERIES=3, ...)`: this test runs with these variables
+    set, as if they were in the environment (validated the same way; a wrong value raises SettingsError). Calls
+    add up; everything is restored after the test. Returns the new `ArbiterSettings`."""
+    from arbiter.config.typed_settings import django_mirrors, load_settings
+
+    variables: dict[str, Any] = {}
+
+    def override(**changes: Any) -> Any:
+        variables.update(changes)
+        typed = load_settings(variables)
+        settings.ARBITER = typed
+        for name, value in django_mirrors(typed).items():
+            setattr(settings, name, value)
+        return typed
+
+    return override
 
 
 # The embedded Kafka broker (one per test session) and test-only event types, for any service's tests.

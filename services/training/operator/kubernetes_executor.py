@@ -1,7 +1,7 @@
 """The Kubernetes executor: one `batch/v1` Job per training run, through the official client.
 
 Everything the Job needs from the cluster (image, GPUs, node selector, tolerations, service account, secrets,
-limits) comes from `KubernetesSettings`, read from `ARBITER_K8S_*` environment variables. The executor keeps
+limits) comes from `KubernetesSettings` (`ARBITER_K8S_*`, declared in `arbiter.config.typed_settings`). The executor keeps
 no state of its own: the Job name is derived from the run id and every Job carries owner labels, so a
 restarted operator finds what it created by listing, and creating twice adopts the first Job.
 """
@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client, config
 
-from arbiter.config.env import SettingsError, env_int, env_json, env_list, env_str
+from arbiter.config.typed_settings import KubernetesSettings, SecretKeyRef
 from services.training.operator.conditions import TRAINER_EXIT_REPORTED_FAILURE, JobObservation, JobPhase
 from services.training.operator.executor import LaunchError, OwnedJob
+
+__all__ = ["KubernetesExecutor", "KubernetesSettings", "SecretKeyRef", "job_manifest_build"]
 
 # Kubernetes versions whose API accepts the generated Job (checked by the tests with kubernetes-validate).
 # 1.29 is the oldest with Job `status.ready` and `podFailurePolicy` on by default, which the executor uses.
@@ -36,90 +37,6 @@ GPU_RESOURCE = "nvidia.com/gpu"
 REFUSALS = frozenset({400, 401, 403, 404, 422})
 # How much of a crashed trainer's last words goes into the run's message (the rest is in its logs).
 MESSAGE_DETAIL_CHARS = 600
-
-
-@dataclass(frozen=True)
-class SecretKeyRef:
-    secret: str
-    key: str
-
-
-@dataclass(frozen=True)
-class KubernetesSettings:
-    image: str
-    namespace: str = "default"
-    image_pull_policy: str = "IfNotPresent"
-    image_pull_secrets: tuple[str, ...] = ()
-    gpu_count: int = 1
-    cpu: str = ""
-    memory: str = ""
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-    tolerations: tuple[Mapping[str, Any], ...] = ()
-    service_account: str = ""
-    env_from_secrets: tuple[str, ...] = ()
-    env_from_config_maps: tuple[str, ...] = ()
-    secret_env: Mapping[str, SecretKeyRef] = field(default_factory=dict)
-    backoff_limit: int = 2
-    active_deadline_seconds: int = 6 * 3600
-    ttl_seconds_after_finished: int = 3600
-
-    @classmethod
-    def from_env(cls) -> KubernetesSettings:
-        """Read `ARBITER_K8S_*`; a wrong value stops start-up naming the variable and what it expects."""
-        node_selector = env_json("ARBITER_K8S_NODE_SELECTOR", {})
-        if not isinstance(node_selector, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in node_selector.items()
-        ):
-            raise SettingsError(
-                'ARBITER_K8S_NODE_SELECTOR must be a JSON object of strings, e.g. {"gpu": "a100"}'
-            )
-        tolerations = env_json("ARBITER_K8S_TOLERATIONS", [])
-        if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
-            raise SettingsError(
-                "ARBITER_K8S_TOLERATIONS must be a JSON list of tolerations, e.g. "
-                '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]'
-            )
-        secret_env_raw = env_json("ARBITER_K8S_SECRET_ENV", {})
-        secret_env: dict[str, SecretKeyRef] = {}
-        if not isinstance(secret_env_raw, dict):
-            raise SettingsError(
-                'ARBITER_K8S_SECRET_ENV must be a JSON object like {"DATABASE_URL": "secret/key"}'
-            )
-        for name, ref in secret_env_raw.items():
-            secret, _, key = str(ref).partition("/")
-            if not secret or not key:
-                raise SettingsError(
-                    f"ARBITER_K8S_SECRET_ENV[{name!r}] must be 'secret-name/key', got {ref!r}"
-                )
-            secret_env[name] = SecretKeyRef(secret=secret, key=key)
-        settings = cls(
-            image=env_str("ARBITER_K8S_IMAGE", required=True) or "",
-            namespace=env_str("ARBITER_K8S_NAMESPACE", "default") or "default",
-            image_pull_policy=env_str("ARBITER_K8S_IMAGE_PULL_POLICY", "IfNotPresent") or "IfNotPresent",
-            image_pull_secrets=tuple(env_list("ARBITER_K8S_IMAGE_PULL_SECRETS", [])),
-            gpu_count=env_int("ARBITER_K8S_GPU_COUNT", 1),
-            cpu=env_str("ARBITER_K8S_CPU", "") or "",
-            memory=env_str("ARBITER_K8S_MEMORY", "") or "",
-            node_selector=node_selector,
-            tolerations=tuple(tolerations),
-            service_account=env_str("ARBITER_K8S_SERVICE_ACCOUNT", "") or "",
-            env_from_secrets=tuple(env_list("ARBITER_K8S_ENV_FROM_SECRETS", [])),
-            env_from_config_maps=tuple(env_list("ARBITER_K8S_ENV_FROM_CONFIGMAPS", [])),
-            secret_env=secret_env,
-            backoff_limit=env_int("ARBITER_K8S_BACKOFF_LIMIT", 2),
-            active_deadline_seconds=env_int("ARBITER_K8S_ACTIVE_DEADLINE_SECONDS", 6 * 3600),
-            ttl_seconds_after_finished=env_int("ARBITER_K8S_TTL_SECONDS_AFTER_FINISHED", 3600),
-        )
-        for name, value in (
-            ("ARBITER_K8S_GPU_COUNT", settings.gpu_count),
-            ("ARBITER_K8S_BACKOFF_LIMIT", settings.backoff_limit),
-            ("ARBITER_K8S_TTL_SECONDS_AFTER_FINISHED", settings.ttl_seconds_after_finished),
-        ):
-            if value < 0:
-                raise SettingsError(f"{name} must be 0 or more, got {value}")
-        if settings.active_deadline_seconds < 1:
-            raise SettingsError("ARBITER_K8S_ACTIVE_DEADLINE_SECONDS must be at least 1")
-        return settings
 
 
 def job_name_for_run(run_id: int) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from arbiter.config.env import arbiter_home
+from arbiter.config.typed_settings import arbiter_settings
 from services.training.operator.conditions import TRAINER_EXIT_REPORTED_FAILURE, JobObservation, JobPhase
 from services.training.operator.executor import LaunchError, OwnedJob
 
@@ -54,7 +54,7 @@ class LocalExecutor:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     # ARBITER_HOME made absolute: the trainer works in another directory.
-                    env={**os.environ, OWNER_ENV: self._owner, "ARBITER_HOME": str(arbiter_home())},
+                    env={**os.environ, OWNER_ENV: self._owner, "ARBITER_HOME": str(arbiter_settings().core.home)},
                     # Libraries that drop scratch files in the working directory (ONNX tooling does) leave
                     # them beside the logs, not wherever the operator was started.
                     cwd=self._log_dir,

@@ -7,6 +7,7 @@ Each pass reads the world and makes one step toward what the runs want:
 2. trainer jobs of this installation that no live run answers for (orphans) are stopped;
 3. admitted runs are launched from the queue, oldest first, while trainer slots are free (a run whose
    trainer started but whose launch was never written down is launched again, which adopts that trainer).
+Before these, runs that waited too long for a snapshot that never reached the training service are failed.
 All state lives in the training database and in the executor's world (Jobs, processes), none in the loop: it
 can be killed at any line and started again. Launching twice adopts the first trainer.
 """
@@ -19,61 +20,28 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from arbiter.config.env import SettingsError, arbiter_home, env_int, env_str
+from arbiter.config.typed_settings import TrainingSettings, arbiter_settings
 from arbiter.tenancy.scoping import org_scope
 from services.training import logic
 from services.training.models import RunState, TrainingRun
 from services.training.operator.conditions import JobPhase
 from services.training.operator.executor import Executor, LaunchError
-from services.training.operator.kubernetes_executor import (
-    KubernetesExecutor,
-    KubernetesSettings,
-    kubernetes_api_client,
-)
+from services.training.operator.kubernetes_executor import KubernetesExecutor, kubernetes_api_client
 from services.training.operator.local_executor import LocalExecutor
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("local", "kubernetes")
 LIVE = (JobPhase.PENDING, JobPhase.RUNNING)
 # How long a trainer that reported its result may take to exit before the operator stops it.
 TRAINER_EXIT_GRACE = timedelta(seconds=60)
-
-
-@dataclass(frozen=True)
-class OperatorSettings:
-    executor: str
-    # How many trainers may run at once; None: no limit (the cluster queues Jobs that wait for a GPU).
-    concurrency: int | None
-    interval_s: float
-
-    @classmethod
-    def from_env(cls) -> OperatorSettings:
-        executor = env_str("ARBITER_TRAINING_EXECUTOR", "local") or "local"
-        if executor not in EXECUTORS:
-            raise SettingsError(
-                f"ARBITER_TRAINING_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {executor!r}"
-            )
-        concurrency = env_int("ARBITER_TRAINING_CONCURRENCY", 1 if executor == "local" else 0)
-        if concurrency < 0:
-            raise SettingsError("ARBITER_TRAINING_CONCURRENCY must be 0 (no limit) or more")
-        raw_interval = env_str("ARBITER_OPERATOR_INTERVAL_SECONDS", "2") or "2"
-        try:
-            interval = float(raw_interval)
-        except ValueError:
-            interval = 0.0
-        if interval <= 0:
-            raise SettingsError(
-                f"ARBITER_OPERATOR_INTERVAL_SECONDS must be a number above 0, got {raw_interval!r}"
-            )
-        return cls(executor=executor, concurrency=concurrency or None, interval_s=interval)
+# How long a run waits for a snapshot that `snapshot.created` has not brought yet before it fails.
+SNAPSHOT_WAIT = timedelta(minutes=10)
 
 
 def operator_owner() -> str:
@@ -83,20 +51,24 @@ def operator_owner() -> str:
     return hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
-def executor_from_settings(operator: OperatorSettings) -> Executor:
-    if operator.executor == "kubernetes":
+def executor_from_settings(training: TrainingSettings) -> Executor:
+    """The executor ARBITER_TRAINING_EXECUTOR names; SettingsError when its settings cannot launch a trainer."""
+    if training.executor == "kubernetes":
         return KubernetesExecutor(
-            settings=KubernetesSettings.from_env(), api_client=kubernetes_api_client(), owner=operator_owner()
+            settings=arbiter_settings().kubernetes.checked(),
+            api_client=kubernetes_api_client(),
+            owner=operator_owner(),
         )
     return LocalExecutor(
         command=[sys.executable, "-m", "arbiter.cli"],
-        log_dir=arbiter_home() / "logs" / "training",
+        log_dir=arbiter_settings().core.home / "logs" / "training",
         owner=operator_owner(),
     )
 
 
 def operator_reconcile(*, executor: Executor, concurrency: int | None) -> None:
     """One pass of the loop (see the module docstring)."""
+    logic.runs_awaiting_expire(older_than=SNAPSHOT_WAIT)
     for run in TrainingRun.objects.unscoped().filter(job_active=True).order_by("id"):
         with org_scope(run.org_id), _each("reconciling a run's trainer failed", run.pk):
             _job_reconcile(executor, run)

@@ -9,13 +9,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from kubernetes.config import ConfigException
 
-from arbiter.config.env import SettingsError
-from services.training.operator.reconcile import (
-    OperatorSettings,
-    executor_from_settings,
-    operator_reconcile,
-    operator_run,
-)
+from arbiter.config.typed_settings import SettingsError, arbiter_settings
+from services.training.operator.reconcile import executor_from_settings, operator_reconcile, operator_run
 
 
 class Command(BaseCommand):
@@ -30,16 +25,16 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            settings = OperatorSettings.from_env()
+            settings = arbiter_settings().training
             executor = executor_from_settings(settings)
         except (SettingsError, ConfigException) as error:
             raise CommandError(f"The training operator cannot start: {error}") from error
         if options["once"]:
-            operator_reconcile(executor=executor, concurrency=settings.concurrency)
+            operator_reconcile(executor=executor, concurrency=settings.trainer_slots)
             return
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         operator_run(
-            executor=executor, concurrency=settings.concurrency, interval_s=settings.interval_s, stop=stop
+            executor=executor, concurrency=settings.trainer_slots, interval_s=settings.interval_s, stop=stop
         )

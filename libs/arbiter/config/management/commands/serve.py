@@ -7,6 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from arbiter.config.typed_settings import arbiter_settings
+
 
 class Command(BaseCommand):
     help = "Serve the HTTP API and console of the chosen services (gunicorn, threads)."
@@ -15,9 +17,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--services", default=None, help="comma list of services (default: ARBITER_SERVICES)"
         )
-        parser.add_argument("--bind", default=os.environ.get("ARBITER_BIND", "127.0.0.1:8000"))
-        parser.add_argument("--workers", type=int, default=int(os.environ.get("ARBITER_WEB_WORKERS", "1")))
-        parser.add_argument("--threads", type=int, default=int(os.environ.get("ARBITER_WEB_THREADS", "16")))
+        web = arbiter_settings().web
+        parser.add_argument("--bind", default=web.bind)
+        parser.add_argument("--workers", type=int, default=web.workers)
+        parser.add_argument("--threads", type=int, default=web.threads)
 
     def handle(self, *args: Any, **options: Any) -> None:
         # The CLI already moved --services into ARBITER_SERVICES before settings loaded; gunicorn inherits it.

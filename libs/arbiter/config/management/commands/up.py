@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from importlib import import_module
 from pathlib import Path
@@ -12,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from arbiter.config.management.commands.migrate_services import migrate_enabled_services
 from arbiter.config.supervisor import Child, Supervisor
+from arbiter.config.typed_settings import arbiter_settings
 from arbiter.events.broker import ensure_broker
 
 DEMO_ORG = "demo"
@@ -52,7 +52,7 @@ class Command(BaseCommand):
     help = "Run Arbiter locally: migrate, then web and every background process of the enabled services."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--bind", default=os.environ.get("ARBITER_BIND", "127.0.0.1:8000"))
+        parser.add_argument("--bind", default=arbiter_settings().web.bind)
 
     def handle(self, *args: Any, **options: Any) -> None:
         Path(settings.ARBITER_HOME).mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ class Command(BaseCommand):
                 f"Demo API key: {credentials['api_key']}"
             )
         self.stdout.write(
-            f"Events: Kafka at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}"
+            f"Events: Kafka at {broker.bootstrap_servers if broker else arbiter_settings().events.bootstrap_servers}"
             + (f" (embedded broker, storage {broker.storage})" if broker else "")
         )
         self.stdout.write("Press Ctrl-C to stop.")
