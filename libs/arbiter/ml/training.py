@@ -185,7 +185,96 @@ def train_from_snapshot(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ArtifactError(f"The artifact directory {out_dir.name!r} is not empty.")
+    data = _rows_prepare(rows=rows, specs=specs, options=options)
+    update = _update_plan(specs=specs, parent=parent, base_model=base_model, options=options)
+    options = update.options
+    data.warnings += update.warnings
+    encoder_load = _EncoderLoader(update.source, device=device)
+    inits = _parent_inits(specs, parent)
+    trained = _train(
+        specs=specs,
+        fit=data.fit,
+        valid=data.valid,
+        options=options,
+        encoder_load=encoder_load,
+        inits=inits,
+        allow_full=not update.kept_need_encoder,
+        cache=cache,
+        tfidf_name=_next_tfidf_name(parent),
+        on_progress=on_progress,
+        should_cancel=should_cancel,
+    )
+    cancel_check(should_cancel)
 
+    tfidf = {**(parent.model.tfidf if parent else {}), **trained.tfidf}
+    new_model = ClassifierModel(heads=trained.heads, tfidf=tfidf, encoder=None)
+    encoder = encoder_load() if new_model.uses_encoder or update.kept_need_encoder else None
+    selection_metric = _thresholds_and_selection(
+        model=new_model, data=data, encoder=encoder, options=options, cache=cache
+    )
+    fine_tuned = trained.fine_tuned or bool(
+        parent and parent.model.encoder and parent.model.encoder.fine_tuned
+    )
+    model = ClassifierModel(
+        heads=trained.heads + update.kept,
+        tfidf=tfidf,
+        encoder=None
+        if encoder is None
+        else EncoderInfo(
+            base_model=update.base_name,
+            pooling=encoder.pooling,
+            dim=encoder.dim,
+            max_tokens=options.max_tokens,
+            fine_tuned=fine_tuned,
+        ),
+    )
+    metrics = _evaluate(model=model, data=data, encoder=encoder, options=options, cache=cache)
+    metrics["training"] = _training_record(
+        trained=trained,
+        data=data,
+        options=options,
+        selection_metric=selection_metric,
+        kept=update.kept,
+        inits=inits,
+    )
+    if parent is not None and parent.metrics and update.kept:
+        metrics["inherited_heads"] = _inherited_metrics(parent_metrics=parent.metrics, kept=update.kept)
+    artifact = _artifact_write(
+        model=model,
+        out_dir=out_dir,
+        base_name=update.base_name,
+        encoder=encoder,
+        metrics=metrics,
+        options=options,
+        selected=trained.selected,
+        valid=data.valid,
+    )
+    return TrainResult(
+        artifact=artifact,
+        metrics=metrics,
+        selected=trained.selected,
+        selection_metric=selection_metric,
+        best_epoch=trained.best_epoch,
+        history=trained.history,
+        candidates=trained.candidates,
+        warnings=data.warnings,
+        seconds=time.monotonic() - started,
+    )
+
+
+@dataclass
+class _Rows:
+    """The snapshot's rows shared out: fit and validation (epochs, candidates, thresholds), test (metrics)."""
+
+    fit: LabelledRows
+    valid: LabelledRows
+    test: LabelledRows
+    warnings: list[str]
+
+
+def _rows_prepare(
+    *, rows: Iterable[Mapping[str, Any]], specs: Sequence[HeadSpec], options: TrainOptions
+) -> _Rows:
     snapshot = rows_parse(rows=rows, heads=specs)
     extra_train, extra_test = rows_split(
         rows=snapshot.unassigned, percent=options.test_percent, seed=options.seed
@@ -201,11 +290,29 @@ def train_from_snapshot(
         warnings.append(
             "Too few rows for a validation split: epochs and candidates are chosen on training rows."
         )
+    return _Rows(fit=fit, valid=valid, test=test, warnings=warnings)
 
+
+@dataclass
+class _Update:
+    """What a parent version imposes: the heads it keeps, its encoder, and options the kept heads need."""
+
+    kept: list[HeadModel]
+    kept_need_encoder: bool
+    base_name: str
+    source: str
+    options: TrainOptions
+    warnings: list[str]
+
+
+def _update_plan(
+    *, specs: Sequence[HeadSpec], parent: Artifact | None, base_model: str | None, options: TrainOptions
+) -> _Update:
     new_names = {spec.name for spec in specs}
     kept = [head for head in parent.model.heads if head.spec.name not in new_names] if parent else []
     kept_need_encoder = any(head.uses(ENCODER) for head in kept)
     base_name, source = _encoder_source(base_model=base_model, parent=parent)
+    warnings = []
     if kept_need_encoder:
         assert parent is not None
         if options.strategy == "full":
@@ -217,69 +324,67 @@ def train_from_snapshot(
         if options.max_tokens != parent.max_tokens:
             warnings.append(f"max_tokens set to the parent's {parent.max_tokens}: kept heads depend on it.")
             options = dataclasses.replace(options, max_tokens=parent.max_tokens)
-
-    loaded: list[Encoder] = []
-
-    def encoder_load() -> Encoder:
-        if not loaded:
-            loaded.append(Encoder.load(source, device=device))
-        return loaded[0]
-
-    inits = _parent_inits(specs, parent)
-    trained = _train(
-        specs=specs,
-        fit=fit,
-        valid=valid,
+    return _Update(
+        kept=kept,
+        kept_need_encoder=kept_need_encoder,
+        base_name=base_name,
+        source=source,
         options=options,
-        encoder_load=encoder_load,
-        inits=inits,
-        allow_full=not kept_need_encoder,
-        cache=cache,
-        tfidf_name=_next_tfidf_name(parent),
-        on_progress=on_progress,
-        should_cancel=should_cancel,
+        warnings=warnings,
     )
-    cancel_check(should_cancel)
 
-    tfidf = {**(parent.model.tfidf if parent else {}), **trained.tfidf}
-    new_model = ClassifierModel(heads=trained.heads, tfidf=tfidf, encoder=None)
-    encoder = encoder_load() if new_model.uses_encoder or kept_need_encoder else None
-    valid_probabilities = _probabilities(
-        model=new_model, rows=valid, encoder=encoder, max_tokens=options.max_tokens, cache=cache
+
+class _EncoderLoader:
+    """Loads the encoder the first time it is asked for; strategies that never need it never load it."""
+
+    def __init__(self, source: str, *, device: torch.device | None) -> None:
+        self.source = source
+        self.device = device
+        self.encoder: Encoder | None = None
+
+    def __call__(self) -> Encoder:
+        if self.encoder is None:
+            self.encoder = Encoder.load(self.source, device=self.device)
+        return self.encoder
+
+
+def _thresholds_and_selection(
+    *,
+    model: ClassifierModel,
+    data: _Rows,
+    encoder: Encoder | None,
+    options: TrainOptions,
+    cache: EmbeddingCache | None,
+) -> float:
+    """Thresholds raised to the target precision (when one is set), then the selection rule's value on the
+    validation rows (a loss as itself)."""
+    valid = data.valid
+    probabilities = _probabilities(
+        model=model, rows=valid, encoder=encoder, max_tokens=options.max_tokens, cache=cache
     )
     if options.target_precision is not None:
-        warnings += _set_target_thresholds(
-            heads=trained.heads,
-            probabilities=valid_probabilities,
-            valid=valid,
-            target=options.target_precision,
+        data.warnings += _set_target_thresholds(
+            heads=model.heads, probabilities=probabilities, valid=valid, target=options.target_precision
         )
     score, _ = selection_score(
-        probabilities=valid_probabilities,
-        rows=valid,
-        rule=options.selection_rule,
-        head=options.selection_head,
+        probabilities=probabilities, rows=valid, rule=options.selection_rule, head=options.selection_head
     )
-    selection_metric = round(-score if options.selection_rule == "loss" else score, 6)
+    return round(-score if options.selection_rule == "loss" else score, 6)
 
-    model = ClassifierModel(
-        heads=trained.heads + kept,
-        tfidf=tfidf,
-        encoder=None
-        if encoder is None
-        else EncoderInfo(
-            base_model=base_name,
-            pooling=encoder.pooling,
-            dim=encoder.dim,
-            max_tokens=options.max_tokens,
-            fine_tuned=trained.fine_tuned
-            or bool(parent and parent.model.encoder and parent.model.encoder.fine_tuned),
-        ),
-    )
-    evaluated, split = (test, "test") if len(test) else (valid, "validation")
+
+def _evaluate(
+    *,
+    model: ClassifierModel,
+    data: _Rows,
+    encoder: Encoder | None,
+    options: TrainOptions,
+    cache: EmbeddingCache | None,
+) -> dict[str, Any]:
+    """The metrics on the test rows (on the validation rows, with a warning, when there are none)."""
+    evaluated, split = (data.test, "test") if len(data.test) else (data.valid, "validation")
     if split == "validation":
-        warnings.append("No test rows: the metrics are computed on the validation rows.")
-    metrics = model_evaluate(
+        data.warnings.append("No test rows: the metrics are computed on the validation rows.")
+    return model_evaluate(
         probabilities=_probabilities(
             model=model, rows=evaluated, encoder=encoder, max_tokens=options.max_tokens, cache=cache
         ),
@@ -287,28 +392,57 @@ def train_from_snapshot(
         split=split,
         target_precision=options.target_precision,
     )
-    training = {
+
+
+def _training_record(
+    *,
+    trained: _Trained,
+    data: _Rows,
+    options: TrainOptions,
+    selection_metric: float,
+    kept: Sequence[HeadModel],
+    inits: Mapping[str, LinearComponent],
+) -> dict[str, Any]:
+    """How the version was trained, as metrics.json tells it: choices, rows, epochs, candidates, warnings."""
+    return {
         "strategy": options.strategy,
         "selected": trained.selected,
         "selection_rule": options.selection_rule,
         "selection_head": options.selection_head,
         "selection_metric": selection_metric,
         "best_epoch": trained.best_epoch,
-        "rows": {"train": len(fit), "validation": len(valid) if valid is not fit else 0, "test": len(test)},
+        "rows": {
+            "train": len(data.fit),
+            "validation": len(data.valid) if data.valid is not data.fit else 0,
+            "test": len(data.test),
+        },
         "history": [progress.to_dict() for progress in trained.history],
         "candidates": trained.candidates,
-        "warnings": warnings,
+        "warnings": data.warnings,
         "kept_heads": [head.spec.name for head in kept],
         "initialised_from_parent": sorted(inits),
     }
-    metrics["training"] = training
-    if parent is not None and parent.metrics and kept:
-        parent_heads = parent.metrics.get("heads", {})
-        inherited = {**parent.metrics.get("inherited_heads", {}), **parent_heads}
-        metrics["inherited_heads"] = {
-            head.spec.name: inherited[head.spec.name] for head in kept if head.spec.name in inherited
-        }
 
+
+def _inherited_metrics(*, parent_metrics: dict[str, Any], kept: Sequence[HeadModel]) -> dict[str, Any]:
+    """The parent's metrics of the heads kept unchanged (its own, or those it inherited in turn)."""
+    parent_heads = parent_metrics.get("heads", {})
+    inherited = {**parent_metrics.get("inherited_heads", {}), **parent_heads}
+    return {head.spec.name: inherited[head.spec.name] for head in kept if head.spec.name in inherited}
+
+
+def _artifact_write(
+    *,
+    model: ClassifierModel,
+    out_dir: Path,
+    base_name: str,
+    encoder: Encoder | None,
+    metrics: dict[str, Any],
+    options: TrainOptions,
+    selected: str,
+    valid: LabelledRows,
+) -> Artifact:
+    """The artifact directory: model, encoder weights, metrics, and the ONNX export checked on validation rows."""
     artifact_write_model(
         model=model,
         path=out_dir,
@@ -316,7 +450,7 @@ def train_from_snapshot(
         extra={
             "max_tokens": options.max_tokens,
             "strategy": options.strategy,
-            "selected": trained.selected,
+            "selected": selected,
             "options": options.to_dict(),
             "versions": _library_versions(),
         },
@@ -334,17 +468,7 @@ def train_from_snapshot(
             rule=options.selection_rule,
             head=options.selection_head,
         )
-    return TrainResult(
-        artifact=artifact,
-        metrics=metrics,
-        selected=trained.selected,
-        selection_metric=selection_metric,
-        best_epoch=trained.best_epoch,
-        history=trained.history,
-        candidates=trained.candidates,
-        warnings=warnings,
-        seconds=time.monotonic() - started,
-    )
+    return artifact
 
 
 def _train(
