@@ -144,7 +144,9 @@ def test_model_evaluate_macro_over_heads_and_selection_rules() -> None:
     json.dumps(result)
 
 
-def _from_definitions(scores: list[float], positives: list[bool], threshold: float) -> dict[str, float | None]:
+def _from_definitions(
+    scores: list[float], positives: list[bool], threshold: float
+) -> dict[str, float | None]:
     """One label's numbers computed from their textbook definitions, in plain Python: the independent side
     of the cross-check against the scikit-learn-backed module."""
     decided = [score >= threshold for score in scores]

@@ -162,7 +162,9 @@ def _label_metrics(
     tn = fp = fn = tp = 0
     precision = recall = f1 = 0.0
     if len(positives):  # scikit-learn refuses empty inputs: a head without applicable rows counts nothing
-        tn, fp, fn, tp = (int(n) for n in sk.confusion_matrix(positives, decided, labels=[False, True]).ravel())
+        tn, fp, fn, tp = (
+            int(n) for n in sk.confusion_matrix(positives, decided, labels=[False, True]).ravel()
+        )
         precision, recall, f1, _ = sk.precision_recall_fscore_support(
             positives, decided, average="binary", pos_label=True, zero_division=0.0
         )
