@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -54,7 +55,93 @@ def snapshot_record(*, org_id: int, manifest: Mapping[str, Any]) -> Snapshot:
             "report": dict(manifest.get("report") or {}),
         },
     )
+    _awaiting_runs_resolve(org_id=org_id, snapshot_id=snapshot.snapshot_id)
     return snapshot
+
+
+def _awaiting_runs_resolve(*, org_id: int, snapshot_id: int) -> None:
+    """Runs created before this snapshot reached the training service go on: requested once every snapshot they
+    name is here, failed (saying why) when the data turns out not to fit the request."""
+    waiting = (
+        TrainingRun.objects.unscoped()
+        .select_for_update(of=("self",))
+        .select_related("version__model", "version__parent")
+        .filter(org_id=org_id, state=RunState.QUEUED)
+        .exclude(awaiting_snapshots=[])
+    )
+    for run in waiting:
+        if snapshot_id not in run.awaiting_snapshots:
+            continue
+        run.awaiting_snapshots = [i for i in run.awaiting_snapshots if i != snapshot_id]
+        if run.awaiting_snapshots:
+            run.save(update_fields=["awaiting_snapshots"])
+            continue
+        version = run.version
+        try:
+            version.heads, version.test = _version_plan(
+                model_type=version.model.type,
+                parent=version.parent,
+                snapshot_ids=version.snapshot_ids,
+                test=version.test,
+                options=version.options,
+            )
+        except ApiError as error:
+            run.conditions = condition_set(
+                run.conditions,
+                type="WaitingForSnapshot",
+                status=False,
+                reason="SnapshotsArrived",
+                message="Every snapshot arrived.",
+            )
+            _run_end(run, state=RunState.FAILED, reason="InvalidRequest", message=error.message)
+            continue
+        version.save(update_fields=["heads", "test"])
+        run.conditions = condition_set(
+            run.conditions,
+            type="WaitingForSnapshot",
+            status=False,
+            reason="SnapshotsArrived",
+            message="Every snapshot arrived; waiting for the operator.",
+        )
+        run.save(update_fields=["awaiting_snapshots", "conditions"])
+        _run_request(run)
+
+
+def runs_awaiting_expire(*, older_than: timedelta) -> int:
+    """Fail the runs that waited longer than `older_than` for a snapshot that never arrived (the operator
+    calls this on every pass); returns how many."""
+    deadline = timezone.now() - older_than
+    expired = 0
+    with transaction.atomic(using=ALIAS):
+        stale = (
+            TrainingRun.objects.unscoped()
+            .select_for_update()
+            .select_related("version__model")
+            .filter(state=RunState.QUEUED, created_at__lt=deadline)
+            .exclude(awaiting_snapshots=[])
+        )
+        for run in stale:
+            missing = ", ".join(str(i) for i in run.awaiting_snapshots)
+            message = (
+                f"Snapshot {missing} never reached the training service within {_minutes(older_than)}. Check "
+                f"that it exists (GET /api/v1/orgs/<org>/snapshots/{run.awaiting_snapshots[0]}) and that the "
+                "event relay and consumers are running, then train again."
+            )
+            run.conditions = condition_set(
+                run.conditions,
+                type="WaitingForSnapshot",
+                status=False,
+                reason="SnapshotNotFound",
+                message=message,
+            )
+            _run_end(run, state=RunState.FAILED, reason="SnapshotNotFound", message=message)
+            expired += 1
+    return expired
+
+
+def _minutes(delta: timedelta) -> str:
+    minutes = delta.total_seconds() / 60
+    return f"{minutes:g} minute{'s' if minutes != 1 else ''}"
 
 
 # --- models and versions ------------------------------------------------------------------------------------
@@ -73,7 +160,6 @@ def model_create(
     """Create a model with version 1 and its training run; returns version 1."""
     parent = _trained_version(base_model, field="base_model") if isinstance(base_model, VersionRef) else None
     encoder = parent.base_model if parent is not None else str(base_model)
-    snapshots = _snapshots(snapshot_ids, model_type=type)
     taken = ApiError(
         status=409,
         code="model_name_taken",
@@ -89,7 +175,7 @@ def model_create(
                 model=model,
                 number=1,
                 parent=parent,
-                snapshots=snapshots,
+                snapshot_ids=snapshot_ids,
                 test=test,
                 options={**OPTION_DEFAULTS, **options},
             )
@@ -122,9 +208,6 @@ def version_create(
         )
     latest = ModelVersion.objects.filter(model=model).order_by("-number").first()
     assert latest is not None  # a model is created with its first version
-    snapshots = _snapshots(
-        snapshot_ids if snapshot_ids is not None else latest.snapshot_ids, model_type=model.type
-    )
     inherited = (parent or latest).options
     with transaction.atomic(using=ALIAS):
         # Numbers are handed out one at a time per model.
@@ -134,7 +217,7 @@ def version_create(
             model=locked,
             number=number,
             parent=parent,
-            snapshots=snapshots,
+            snapshot_ids=snapshot_ids if snapshot_ids is not None else latest.snapshot_ids,
             test=test if test is not None else latest.test,
             options={**OPTION_DEFAULTS, **inherited, **options},
         )
@@ -145,11 +228,85 @@ def _version_create(
     model: Model,
     number: int,
     parent: ModelVersion | None,
-    snapshots: list[Snapshot],
+    snapshot_ids: Sequence[int],
     test: Mapping[str, Any] | None,
     options: dict[str, Any],
 ) -> ModelVersion:
-    test_spec = _test_spec(test, training=snapshots, model_type=model.type)
+    """Create the version and its run. When a snapshot is not known here yet (its `snapshot.created` is on its
+    way), the run waits for it instead of the request failing: a client that creates a snapshot and then a
+    model at once must not have to know that services learn of each other's objects by events."""
+    snapshot_ids = list(dict.fromkeys(int(i) for i in snapshot_ids))
+    test_snapshot = (test or {}).get("snapshot")
+    if test_snapshot is not None and int(test_snapshot) in snapshot_ids:
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message=f"test.snapshot: snapshot {test_snapshot} is also a training snapshot; testing on training "
+            "data would overstate every metric.",
+        )
+    wanted = [*snapshot_ids, *([int(test_snapshot)] if test_snapshot is not None else [])]
+    known = set(Snapshot.objects.filter(snapshot_id__in=wanted).values_list("snapshot_id", flat=True))
+    missing = [i for i in wanted if i not in known]
+    if missing:
+        heads: list[dict[str, Any]] = []
+        test_spec = dict(test) if test else dict(DEFAULT_TEST)
+    else:
+        heads, test_spec = _version_plan(
+            model_type=model.type, parent=parent, snapshot_ids=snapshot_ids, test=test, options=options
+        )
+    version = ModelVersion.objects.create(
+        org_id=model.org_id,
+        model=model,
+        number=number,
+        parent=parent,
+        base_model=model.base_model if parent is None else parent.base_model,
+        heads=heads,
+        snapshot_ids=snapshot_ids,
+        test=test_spec,
+        options=options,
+    )
+    source = (
+        f"version {parent.number} of model {parent.model_id}"
+        if parent
+        else f"base model {version.base_model}"
+    )
+    conditions = condition_set(
+        [],
+        type="Requested",
+        status=True,
+        reason="VersionCreated",
+        message=f"Version {number} of '{model.name}' is to be trained from {source}; waiting for the "
+        "operator.",
+    )
+    if missing:
+        conditions = condition_set(
+            conditions,
+            type="WaitingForSnapshot",
+            status=True,
+            reason="SnapshotNotYetKnown",
+            message=f"Waiting for snapshot {', '.join(map(str, missing))} to reach the training service; "
+            "training starts when it does.",
+        )
+    run = TrainingRun.objects.create(
+        org_id=model.org_id, version=version, conditions=conditions, awaiting_snapshots=missing
+    )
+    if not missing:
+        _run_request(run)
+    return version
+
+
+def _version_plan(
+    *,
+    model_type: str,
+    parent: ModelVersion | None,
+    snapshot_ids: Sequence[int],
+    test: Mapping[str, Any] | None,
+    options: Mapping[str, Any],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The heads a version trains and its test spec, from snapshots this service knows; ApiError when the
+    request does not fit the data."""
+    snapshots = _snapshots(snapshot_ids, model_type=model_type)
+    test_spec = _test_spec(test, model_type=model_type)
     heads = _heads_plan(_snapshot_heads(snapshots), parent)
     trained = [h["name"] for h in heads if h["origin"] != "kept"]
     if options.get("selection_head") is not None and options["selection_head"] not in trained:
@@ -160,41 +317,18 @@ def _version_create(
             f"trains ({', '.join(trained)}).",
             details={"options": {"selection_head": ["Not a trained head."]}},
         )
-    version = ModelVersion.objects.create(
-        org_id=model.org_id,
-        model=model,
-        number=number,
-        parent=parent,
-        base_model=model.base_model if parent is None else parent.base_model,
-        heads=heads,
-        snapshot_ids=[s.snapshot_id for s in snapshots],
-        test=test_spec,
-        options=options,
-    )
-    source = (
-        f"version {parent.number} of model {parent.model_id}"
-        if parent
-        else f"base model {version.base_model}"
-    )
-    run = TrainingRun.objects.create(
-        org_id=model.org_id,
-        version=version,
-        conditions=condition_set(
-            [],
-            type="Requested",
-            status=True,
-            reason="VersionCreated",
-            message=f"Version {number} of '{model.name}' is to be trained from {source}; waiting for the "
-            "operator.",
-        ),
-    )
+    return heads, test_spec
+
+
+def _run_request(run: TrainingRun) -> None:
+    """Hand the run to the operator (`training.requested`), in the transaction that made it ready."""
+    version = run.version
     publish(
         type="training.requested",
-        org_id=model.org_id,
+        org_id=run.org_id,
         subject=_subject(version),
-        data={"run_id": run.pk, "model_id": model.pk, "version": number},
+        data={"run_id": run.pk, "model_id": version.model_id, "version": version.number},
     )
-    return version
 
 
 def _trained_version(ref: VersionRef, *, field: str) -> ModelVersion:
@@ -221,16 +355,8 @@ def _trained_version(ref: VersionRef, *, field: str) -> ModelVersion:
 
 
 def _snapshots(snapshot_ids: Sequence[int], *, model_type: str) -> list[Snapshot]:
+    """The named snapshots, all known here (a version waits until they are), checked against the model type."""
     found = {s.snapshot_id: s for s in Snapshot.objects.filter(snapshot_id__in=list(snapshot_ids))}
-    missing = [i for i in snapshot_ids if i not in found]
-    if missing:
-        raise ApiError(
-            status=400,
-            code="unknown_snapshot",
-            message=f"snapshots: snapshot {missing[0]} is not known to the training service. Check the id; a "
-            "snapshot created a moment ago may still be on its way, so retry shortly.",
-            details={"snapshots": missing},
-        )
     snapshots = [found[i] for i in dict.fromkeys(snapshot_ids)]
     for snapshot in snapshots:
         if snapshot.type != model_type:
@@ -243,20 +369,11 @@ def _snapshots(snapshot_ids: Sequence[int], *, model_type: str) -> list[Snapshot
     return snapshots
 
 
-def _test_spec(
-    test: Mapping[str, Any] | None, *, training: list[Snapshot], model_type: str
-) -> dict[str, Any]:
+def _test_spec(test: Mapping[str, Any] | None, *, model_type: str) -> dict[str, Any]:
     if not test:
         return dict(DEFAULT_TEST)
     if "snapshot" in test:
         [snapshot] = _snapshots([int(test["snapshot"])], model_type=model_type)
-        if snapshot.snapshot_id in {s.snapshot_id for s in training}:
-            raise ApiError(
-                status=400,
-                code="invalid",
-                message=f"test.snapshot: snapshot {snapshot.snapshot_id} is also a training snapshot; "
-                "testing on training data would overstate every metric.",
-            )
         return {"snapshot": snapshot.snapshot_id}
     return {"split_percent": float(test["split_percent"])}
 

@@ -97,6 +97,9 @@ class TrainingRun(OrgScopedModel):
     conditions = models.JSONField(default=list)
     # Set when `training.requested` was consumed and the run passed validation: the operator may launch it.
     admitted_at = models.DateTimeField(null=True, blank=True)
+    # Snapshot ids the version names that `snapshot.created` has not brought to this service yet: the run
+    # waits (condition WaitingForSnapshot) and is requested when the last one arrives.
+    awaiting_snapshots = models.JSONField(default=list)
     executor = models.CharField(max_length=20, blank=True, default="")
     # The executor's handle on the trainer: the Kubernetes Job name, or the local process id.
     job = models.CharField(max_length=200, blank=True, default="")

@@ -96,14 +96,14 @@ def published(type: str) -> list[dict[str, Any]]:
     ]
 
 
-def snapshot_publish(
+def snapshot_event(
     *,
     org_id: int,
     rows: Sequence[dict[str, Any]],
     heads: Sequence[dict[str, Any]],
     invalid_percent: float = 0.0,
-) -> int:
-    """Store a snapshot blob and announce it with `snapshot.created`; returns the snapshot id."""
+) -> Event:
+    """Store a snapshot blob; return the `snapshot.created` event that announces it (not delivered yet)."""
     body = "".join(json.dumps(row) + "\n" for row in rows).encode()
     key, sha256, _ = get_blob_store().put_content_addressed("snapshots", io.BytesIO(body), suffix=".jsonl")
     snapshot_id = next(_snapshot_ids)
@@ -119,16 +119,26 @@ def snapshot_publish(
         "blob": key,
         "report": {"valid_rows": len(rows), "invalid_rows": 0, "invalid_percent": invalid_percent},
     }
-    deliver(
-        Event(
-            type="snapshot.created",
-            source="/arbiter/dataset",
-            subject=f"snapshots/{snapshot_id}",
-            org_id=org_id,
-            data=manifest,
-        )
+    return Event(
+        type="snapshot.created",
+        source="/arbiter/dataset",
+        subject=f"snapshots/{snapshot_id}",
+        org_id=org_id,
+        data=manifest,
     )
-    return snapshot_id
+
+
+def snapshot_publish(
+    *,
+    org_id: int,
+    rows: Sequence[dict[str, Any]],
+    heads: Sequence[dict[str, Any]],
+    invalid_percent: float = 0.0,
+) -> int:
+    """Store a snapshot blob and announce it with `snapshot.created`; returns the snapshot id."""
+    event = snapshot_event(org_id=org_id, rows=rows, heads=heads, invalid_percent=invalid_percent)
+    deliver(event)
+    return int(event.data["snapshot_id"])
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,9 +15,11 @@ from tests.training.conftest import (
     SENTIMENT,
     TOPIC,
     TOXICITY,
+    deliver,
     deliver_requests,
     published,
     sentiment_rows,
+    snapshot_event,
     snapshot_publish,
     toxicity_rows,
 )
@@ -116,12 +119,8 @@ def test_bad_fields_are_400_naming_the_field(
     assert published("training.requested") == []
 
 
-def test_unknown_snapshots_and_taken_names_are_refused(tenant: Tenant, toxicity_snapshot: int):
+def test_bad_snapshot_lists_and_taken_names_are_refused(tenant: Tenant, toxicity_snapshot: int):
     assert create(tenant, []).json()["error"]["message"].startswith("snapshots:")
-    unknown = create(tenant, [toxicity_snapshot, 424242])
-    assert unknown.status_code == 400
-    assert unknown.json()["error"]["code"] == "unknown_snapshot"
-    assert "424242" in unknown.json()["error"]["message"]
     same = create(tenant, [toxicity_snapshot], test={"snapshot": toxicity_snapshot})
     assert same.status_code == 400 and same.json()["error"]["message"].startswith("test.snapshot:")
 
@@ -129,6 +128,67 @@ def test_unknown_snapshots_and_taken_names_are_refused(tenant: Tenant, toxicity_
     taken = create(tenant, [toxicity_snapshot])
     assert taken.status_code == 409
     assert taken.json()["error"]["code"] == "model_name_taken"
+
+
+def conditions(tenant: Tenant, run_id: int) -> dict[str, dict[str, Any]]:
+    run = tenant.client(WRITER).get(tenant.url(f"/runs/{run_id}")).json()
+    return {c["type"]: c for c in run["conditions"]} | {"state": {"state": run["state"]}}
+
+
+def test_a_model_on_a_snapshot_still_on_its_way_waits_for_it_then_trains(tenant: Tenant):
+    """A script that snapshots and then creates a model at once is not told to retry: the run waits."""
+    event = snapshot_event(org_id=tenant.org.pk, rows=toxicity_rows(), heads=[TOXICITY, TOPIC])
+    snapshot_id = int(event.data["snapshot_id"])
+
+    response = create(tenant, [snapshot_id], options={"strategy": "head", "selection_head": "toxicity"})
+    assert response.status_code == 201, response.content
+    run_id = response.json()["version"]["run"]["id"]
+    waiting = conditions(tenant, run_id)
+    assert waiting["WaitingForSnapshot"]["status"] == "True"
+    assert str(snapshot_id) in waiting["WaitingForSnapshot"]["message"]
+    assert waiting["state"]["state"] == "queued"
+    assert published("training.requested") == []
+
+    deliver(event)  # snapshot.created reaches the training service
+
+    arrived = conditions(tenant, run_id)
+    assert arrived["WaitingForSnapshot"]["status"] == "False"
+    assert [r["run_id"] for r in published("training.requested")] == [run_id]
+    model_id = response.json()["model"]["id"]
+    version = tenant.client(WRITER).get(tenant.url(f"/models/{model_id}/versions/1"))
+    assert {h["name"] for h in version.json()["heads"]} == {"toxicity", "topic"}
+    deliver_requests()
+    assert conditions(tenant, run_id)["Admitted"]["status"] == "True"
+
+
+def test_a_waiting_run_whose_data_does_not_fit_fails_saying_why(tenant: Tenant):
+    event = snapshot_event(org_id=tenant.org.pk, rows=toxicity_rows(), heads=[TOXICITY])
+    response = create(tenant, [int(event.data["snapshot_id"])], options={"selection_head": "sentiment"})
+    assert response.status_code == 201
+    deliver(event)
+    run = conditions(tenant, response.json()["version"]["run"]["id"])
+    assert run["state"]["state"] == "failed"
+    assert run["Failed"]["reason"] == "InvalidRequest"
+    assert "options.selection_head" in run["Failed"]["message"]
+    assert published("training.requested") == []
+
+
+def test_a_snapshot_that_never_arrives_fails_the_run_after_the_wait(tenant: Tenant, victim: Tenant):
+    """Naming another org's snapshot (or a wrong id) never trains on it: the run waits, then fails."""
+    victim_event = snapshot_event(org_id=victim.org.pk, rows=toxicity_rows(), heads=[TOXICITY])
+    response = create(tenant, [int(victim_event.data["snapshot_id"])])
+    assert response.status_code == 201
+    run_id = response.json()["version"]["run"]["id"]
+    deliver(victim_event)  # the victim's own snapshot.created does not feed the tenant's run
+    assert conditions(tenant, run_id)["WaitingForSnapshot"]["status"] == "True"
+
+    assert logic.runs_awaiting_expire(older_than=timedelta(minutes=10)) == 0
+    assert logic.runs_awaiting_expire(older_than=timedelta(seconds=0)) == 1
+    run = conditions(tenant, run_id)
+    assert run["state"]["state"] == "failed"
+    assert run["WaitingForSnapshot"]["reason"] == "SnapshotNotFound"
+    assert "never reached the training service" in run["Failed"]["message"]
+    assert published("training.requested") == []
 
 
 def test_a_retry_with_the_same_idempotency_key_creates_nothing_twice(tenant: Tenant, toxicity_snapshot: int):
@@ -384,11 +444,13 @@ def test_another_orgs_models_versions_and_runs_are_404(tenant: Tenant, victim: T
 
     # The victim's snapshots and versions cannot be trained on, nor trained from, by naming their ids.
     stolen = create(tenant, [victim_snapshot], name="stolen")
-    assert stolen.status_code == 400 and stolen.json()["error"]["code"] == "unknown_snapshot"
+    assert stolen.status_code == 201 and stolen.json()["version"]["heads"] == []  # it waits for its own
     own = snapshot_publish(org_id=tenant.org.pk, rows=toxicity_rows(), heads=[TOXICITY])
     from_victim = create(tenant, [own], name="from-victim", base_model={"model": model_id, "version": 1})
     assert from_victim.status_code == 400 and from_victim.json()["error"]["code"] == "unknown_version"
-    assert attacker.get(tenant.url("/models")).json()["results"] == []
-    assert attacker.get(tenant.url("/runs")).json()["results"] == []
+    # The tenant sees only its own model, waiting for a snapshot of its own: nothing of the victim's.
+    assert [m["name"] for m in attacker.get(tenant.url("/models")).json()["results"]] == ["stolen"]
+    runs = attacker.get(tenant.url("/runs")).json()["results"]
+    assert [r["id"] for r in runs] == [stolen.json()["version"]["run"]["id"]] and runs[0]["state"] == "queued"
 
     assert victim.client(WRITER).get(victim.url(f"/runs/{run_id}")).json()["state"] == "succeeded"
