@@ -18,6 +18,8 @@ class Child:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    # Where it serves HTTP, for web processes.
+    address: str = ""
     process: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
 
