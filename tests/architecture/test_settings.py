@@ -111,7 +111,8 @@ def test_the_override_fixture_reaches_every_reader(override_arbiter_settings: An
     assert dataset_conf.setting("ARBITER_IMPORT_MAX_ROWS") == 7
     store = get_blob_store()
     assert isinstance(store, LocalBlobStore) and store.root == tmp_path / "blobs"
-    assert django_settings.ARBITER_HOME == tmp_path  # the Django setting that repeats it follows
+    repeated = django_settings.ARBITER_HOME  # the Django setting that repeats it follows
+    assert repeated == tmp_path
     override_arbiter_settings(ARBITER_IMPORT_MAX_ROWS=8)  # calls add up
     assert inference_settings().playground_free_queries == before + 1
     assert dataset_conf.setting("ARBITER_IMPORT_MAX_ROWS") == 8

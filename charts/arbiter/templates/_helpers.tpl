@@ -110,6 +110,9 @@ services and the trainer Jobs; the migration hook, which runs before the ConfigM
   "KAFKA_BOOTSTRAP_SERVERS" .Values.kafka.bootstrapServers
   "PYTHONUNBUFFERED" "1"
 -}}
+{{- range $name, $value := include "arbiter.kafkaEnv" . | fromJson -}}
+{{- $_ := set $env $name $value -}}
+{{- end -}}
 {{- with .Values.database.namePrefix }}{{ $_ := set $env "ARBITER_DB_NAME" . }}{{ end -}}
 {{- with .Values.blobStore.region }}{{ $_ := set $env "AWS_REGION" . }}{{ end -}}
 {{- with .Values.blobStore.endpointUrl }}{{ $_ := set $env "AWS_ENDPOINT_URL_S3" . }}{{ end -}}
@@ -127,6 +130,35 @@ services and the trainer Jobs; the migration hook, which runs before the ConfigM
 {{- toJson $env -}}
 {{- end -}}
 
+{{/* Where the Kafka TLS Secret is mounted in every Arbiter container. */}}
+{{- define "arbiter.kafkaTlsDir" -}}/etc/arbiter/kafka-tls{{- end -}}
+
+{{- define "arbiter.kafkaSasl" -}}
+{{- if has .Values.kafka.securityProtocol (list "SASL_PLAINTEXT" "SASL_SSL") }}true{{ end -}}
+{{- end -}}
+
+{{/* The Kafka TLS Secret is mounted when the protocol uses TLS and a Secret is named. */}}
+{{- define "arbiter.kafkaTlsMounted" -}}
+{{- $kafka := .Values.kafka -}}
+{{- if and (has $kafka.securityProtocol (list "SSL" "SASL_SSL")) ($kafka.tls | default dict).existingSecret }}true{{ end -}}
+{{- end -}}
+
+{{/* KAFKA_SECURITY_PROTOCOL and the non-secret SASL and TLS settings, as JSON {name: value}. */}}
+{{- define "arbiter.kafkaEnv" -}}
+{{- $kafka := .Values.kafka -}}
+{{- $env := dict "KAFKA_SECURITY_PROTOCOL" (default "PLAINTEXT" $kafka.securityProtocol) -}}
+{{- if include "arbiter.kafkaSasl" . -}}
+{{- $_ := set $env "KAFKA_SASL_MECHANISM" $kafka.sasl.mechanism -}}
+{{- end -}}
+{{- if include "arbiter.kafkaTlsMounted" . -}}
+{{- $dir := include "arbiter.kafkaTlsDir" . -}}
+{{- with $kafka.tls.caKey }}{{ $_ := set $env "KAFKA_SSL_CAFILE" (printf "%s/%s" $dir .) }}{{ end -}}
+{{- with $kafka.tls.certKey }}{{ $_ := set $env "KAFKA_SSL_CERTFILE" (printf "%s/%s" $dir .) }}{{ end -}}
+{{- with $kafka.tls.keyKey }}{{ $_ := set $env "KAFKA_SSL_KEYFILE" (printf "%s/%s" $dir .) }}{{ end -}}
+{{- end -}}
+{{- toJson $env -}}
+{{- end -}}
+
 {{/* Secret settings as JSON {name: {"secret": ..., "key": ...}}: env entries for pods, ARBITER_K8S_SECRET_ENV for trainers. */}}
 {{- define "arbiter.secretRefs" -}}
 {{- $refs := dict
@@ -140,6 +172,13 @@ services and the trainer Jobs; the migration hook, which runs before the ConfigM
 {{- if .existingSecret -}}
 {{- $_ := set $refs "AWS_ACCESS_KEY_ID" (dict "secret" .existingSecret "key" .accessKeyIdKey) -}}
 {{- $_ := set $refs "AWS_SECRET_ACCESS_KEY" (dict "secret" .existingSecret "key" .secretAccessKeyKey) -}}
+{{- end -}}
+{{- end -}}
+{{- if include "arbiter.kafkaSasl" . -}}
+{{- with .Values.kafka.sasl -}}
+{{- $secret := required "kafka.sasl.existingSecret is required with a SASL kafka.securityProtocol" .existingSecret -}}
+{{- $_ := set $refs "KAFKA_SASL_USERNAME" (dict "secret" $secret "key" .usernameKey) -}}
+{{- $_ := set $refs "KAFKA_SASL_PASSWORD" (dict "secret" $secret "key" .passwordKey) -}}
 {{- end -}}
 {{- end -}}
 {{- if and .Values.otel.enabled .Values.otel.headers.existingSecret -}}
@@ -164,6 +203,12 @@ services and the trainer Jobs; the migration hook, which runs before the ConfigM
   emptyDir: {}
 - name: home
   emptyDir: {}
+{{- if include "arbiter.kafkaTlsMounted" . }}
+- name: kafka-tls
+  secret:
+    secretName: {{ .Values.kafka.tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
 {{- end -}}
 
 {{- define "arbiter.volumeMounts" -}}
@@ -171,6 +216,11 @@ services and the trainer Jobs; the migration hook, which runs before the ConfigM
   mountPath: /tmp
 - name: home
   mountPath: /var/lib/arbiter
+{{- if include "arbiter.kafkaTlsMounted" . }}
+- name: kafka-tls
+  mountPath: {{ include "arbiter.kafkaTlsDir" . }}
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/*
