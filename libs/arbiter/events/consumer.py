@@ -37,6 +37,7 @@ from arbiter.events.clients import DEFAULT_SESSION_TIMEOUT_MS, consumer_create, 
 from arbiter.events.envelope import EnvelopeError, Event
 from arbiter.events.handlers import Handler
 from arbiter.events.registry import EventSchemaError, UnknownEventType, dead_letter_topic, get_event_type
+from arbiter.events.retrying import RetryCallState, RetryError, Stopped, retrying
 from arbiter.telemetry.propagation import context_from_traceparent
 from arbiter.tenancy.scoping import org_scope
 
@@ -183,21 +184,28 @@ class EventConsumer:
             log.info("consumer stopped", extra={"consumer": self.consumer})
 
     def _connect(self) -> KafkaConsumer | None:
-        backoff = 0.2
-        while not self._stop.is_set():
-            try:
-                return consumer_create(
-                    bootstrap_servers=self.bootstrap_servers,
-                    group_id=self.group,
-                    topics=self.topics,
-                    client_id=f"arbiter-consumer-{self.consumer}",
-                    session_timeout_ms=self.config.session_timeout_ms,
-                )
-            except KafkaError as exc:
-                log.warning("consumer cannot reach Kafka: %s", exc, extra={"consumer": self.consumer})
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, self.config.backoff_max_s)
-        return None
+        def cannot_reach(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            log.warning("consumer cannot reach Kafka: %s", error, extra={"consumer": self.consumer})
+
+        connect = retrying(
+            stop=self._stop,
+            first_s=0.2,
+            max_s=self.config.backoff_max_s,
+            retry_on=KafkaError,
+            on_retry=cannot_reach,
+        )
+        try:
+            return connect(
+                consumer_create,
+                bootstrap_servers=self.bootstrap_servers,
+                group_id=self.group,
+                topics=self.topics,
+                client_id=f"arbiter-consumer-{self.consumer}",
+                session_timeout_ms=self.config.session_timeout_ms,
+            )
+        except Stopped:
+            return None
 
     def _process_partition(
         self, kafka_consumer: KafkaConsumer, partition: TopicPartition, records: list[ConsumerRecord]
@@ -304,27 +312,14 @@ class EventConsumer:
         if routed is None:
             return Outcome.SKIPPED
         event, handler = routed
-        attempt = 0 if failed is None else 1
-        error = failed
-        while True:
-            if error is not None:
-                if attempt >= self.config.max_attempts:
-                    log.error(
-                        "handler failed %d times; dead-lettering the event",
-                        attempt,
-                        extra=self._log_extra(event),
-                        exc_info=error,
-                    )
-                    self._dead_letter(
-                        record,
-                        reason="handler-failed",
-                        error=f"{type(error).__name__}: {error}",
-                        attempts=attempt,
-                    )
-                    return Outcome.DEAD_LETTERED
-                log.warning("handler failed (attempt %d); retrying", attempt, extra=self._log_extra(event))
-                self._pause(min(self.config.backoff_s * 2 ** (attempt - 1), self.config.backoff_max_s))
-            attempt += 1
+        earlier_failure = failed
+
+        def attempt() -> Outcome:
+            nonlocal earlier_failure
+            if earlier_failure is not None:
+                # The attempt made on the fast path counts as the first one.
+                error, earlier_failure = earlier_failure, None
+                raise error
             try:
                 return self._handle(event, handler, record)
             except _Duplicate:
@@ -334,7 +329,38 @@ class EventConsumer:
                     log.warning("database unavailable; will retry the event", extra=self._log_extra(event))
                     self._pause(self.config.backoff_s * 4)
                     raise _Rewind() from exc
-                error = exc
+                raise
+
+        def failed_once_more(state: RetryCallState) -> None:
+            log.warning(
+                "handler failed (attempt %d); retrying", state.attempt_number, extra=self._log_extra(event)
+            )
+
+        handle = retrying(
+            stop=self._stop,
+            first_s=self.config.backoff_s,
+            max_s=self.config.backoff_max_s,
+            attempts=self.config.max_attempts,
+            keep_going=lambda error: not isinstance(error, _Rewind),
+            on_retry=failed_once_more,
+        )
+        try:
+            return handle(attempt)
+        except Stopped:
+            raise _Rewind() from None
+        except RetryError as exhausted:
+            error = exhausted.last_attempt.exception()
+            attempts = exhausted.last_attempt.attempt_number
+            log.error(
+                "handler failed %d times; dead-lettering the event",
+                attempts,
+                extra=self._log_extra(event),
+                exc_info=error,
+            )
+            self._dead_letter(
+                record, reason="handler-failed", error=f"{type(error).__name__}: {error}", attempts=attempts
+            )
+            return Outcome.DEAD_LETTERED
 
     def _route(self, record: ConsumerRecord) -> tuple[Event, Handler] | None:
         """The event and this consumer's handler for it; None if it is not for this consumer.

@@ -36,6 +36,7 @@ from kafka.producer.future import FutureRecordMetadata
 from arbiter.events.clients import producer_create
 from arbiter.events.envelope import CONTENT_TYPE
 from arbiter.events.models import OutboxEvent
+from arbiter.events.retrying import RetryCallState, Stopped, retrying
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class _Unacknowledged:
 
     ids: list[int] = field(default_factory=list)
     futures: list[FutureRecordMetadata] = field(default_factory=list)
+
+
+class _AwaitingAcknowledgement(Exception):
+    """Kafka still holds records of an earlier batch: back off before asking again."""
 
 
 class _Row(NamedTuple):
@@ -110,36 +115,43 @@ class OutboxRelay:
             self._producer = None
 
     def run(self, stop: threading.Event) -> None:
-        backoff = self.config.idle_sleep_s
+        # Errors and unacknowledged sends back off (the retry helper); an idle outbox is polled soon after
+        # work (latency), then less and less often (CPU): polling, not a retry, so it stays a plain loop.
+        step = retrying(stop=stop, first_s=0.2, max_s=self.config.backoff_max_s, on_retry=self._before_retry)
+        idle = self.config.idle_sleep_s
         log.info("outbox relay started", extra={"alias": self.alias})
         try:
             while not stop.is_set():
                 try:
-                    sent = self.relay_batch()
-                    self._purge_if_due()
-                except KafkaError as exc:
-                    # Typically: no broker to bootstrap from. Keep the rows; try again, more slowly each time.
-                    log.warning("outbox relay cannot reach Kafka: %s", exc, extra={"alias": self.alias})
-                    backoff = min(max(backoff * 2, 0.2), self.config.backoff_max_s)
-                    stop.wait(backoff)
-                    continue
-                except Exception:
-                    log.exception("outbox relay step failed", extra={"alias": self.alias})
-                    close_old_connections()
-                    backoff = min(max(backoff * 2, 0.2), self.config.backoff_max_s)
-                    stop.wait(backoff)
-                    continue
+                    sent = step(self._step)
+                except Stopped:
+                    break
                 if sent:
-                    backoff = self.config.idle_sleep_s
-                elif self._unacknowledged.ids:
-                    backoff = min(max(backoff * 2, 0.2), self.config.backoff_max_s)
-                    stop.wait(backoff)
+                    idle = self.config.idle_sleep_s
                 else:
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, self.config.idle_sleep_max_s)
+                    stop.wait(idle)
+                    idle = min(idle * 2, self.config.idle_sleep_max_s)
         finally:
             self.close()
             log.info("outbox relay stopped", extra={"alias": self.alias})
+
+    def _step(self) -> int:
+        sent = self.relay_batch()
+        self._purge_if_due()
+        if not sent and self._unacknowledged.ids:
+            raise _AwaitingAcknowledgement()
+        return sent
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, _AwaitingAcknowledgement):
+            return  # `_send` said so when it started waiting
+        if isinstance(error, KafkaError):
+            # Typically: no broker to bootstrap from. The rows stay; try again, more slowly each time.
+            log.warning("outbox relay cannot reach Kafka: %s", error, extra={"alias": self.alias})
+            return
+        log.error("outbox relay step failed", exc_info=error, extra={"alias": self.alias})
+        close_old_connections()
 
     def relay_batch(self) -> int:
         """Send the next committed unsent rows, mark the acknowledged ones sent; return how many it marked."""
