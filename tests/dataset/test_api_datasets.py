@@ -5,14 +5,17 @@ from __future__ import annotations
 import io
 import time
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import openpyxl
 import pytest
+from django.core.management import call_command
+from django.utils import timezone
 
 from arbiter.testing.tenants import Tenant
-from services.dataset.models import Dataset, DatasetChange, Row
+from services.dataset.models import Dataset, DatasetChange, DatasetJob, Row
 from tests.dataset.conftest import DatasetApi
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -372,31 +375,54 @@ def test_a_wrong_encoding_guess_is_corrected_and_the_text_kept(api: DatasetApi) 
     assert [row["input"] for row in last] == ["très énervé, façon 1998"]
 
 
-def test_interrupted_jobs_are_settled_and_leave_nothing_behind(api: DatasetApi) -> None:
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from services.dataset.models import DatasetJob
-
-    created = api.create(b"text,label\nkept,a\n")
-    dataset = Dataset.objects.unscoped().get(pk=created["id"])
+def _stopped_import(dataset_id: int, *, heartbeat_ago: timedelta) -> DatasetJob:
+    """An import whose process stopped after inserting one row (its heartbeat is `heartbeat_ago` old)."""
+    dataset = Dataset.objects.unscoped().get(pk=dataset_id)
     job = DatasetJob.objects.unscoped().create(
         org_id=dataset.org_id,
         dataset=dataset,
         state="running",
         created_by="x",
-        heartbeat_at=timezone.now() - timedelta(hours=1),
+        heartbeat_at=timezone.now() - heartbeat_ago,
     )
     Row.objects.unscoped().create(
         org_id=dataset.org_id, dataset=dataset, number=99, job=job, cells=["half", "a"]
     )
+    return job
+
+
+def test_interrupted_jobs_are_settled_by_the_recovery_and_leave_nothing_behind(api: DatasetApi) -> None:
+    created = api.create(b"text,label\nkept,a\n")
+    job = _stopped_import(created["id"], heartbeat_ago=timedelta(hours=1))
+    alive = _stopped_import(api.create(b"text,label\nother,a\n")["id"], heartbeat_ago=timedelta(seconds=5))
     assert api.rows(created["id"])[-1]["input"] == "kept"  # an unfinished import's rows are hidden
+    # Reading never writes: the dataset shows the job as it is until the recovery runs.
+    assert api.get(f"/datasets/{created['id']}").json()["job"]["state"] == "running"
+    assert Row.objects.unscoped().filter(job=job).exists()
+
+    out = io.StringIO()
+    call_command("dataset_jobs_recover", stdout=out)
+
+    assert out.getvalue().strip() == "Settled 1 interrupted dataset jobs."
     detail = api.get(f"/datasets/{created['id']}").json()
     assert detail["job"]["state"] == "failed"
     assert "interrupted" in detail["job"]["error"]["message"]
     assert not Row.objects.unscoped().filter(job=job).exists()
     assert detail["rows"] == 1
+    # A job whose process still beats is left alone.
+    assert DatasetJob.objects.unscoped().get(pk=alive.pk).state == "running"
+    assert Row.objects.unscoped().filter(job=alive).exists()
+
+
+def test_a_write_settles_the_datasets_interrupted_job_instead_of_refusing(api: DatasetApi) -> None:
+    created = api.create(b"text,label\nkept,a\n")
+    job = _stopped_import(created["id"], heartbeat_ago=timedelta(hours=1))
+
+    response = api.upload(b"text,label\nmore,b\n", "more.csv", path=f"/datasets/{created['id']}/uploads")
+
+    assert response.status_code == 201, response.content
+    assert DatasetJob.objects.unscoped().get(pk=job.pk).state == "failed"
+    assert [row["input"] for row in api.rows(created["id"])] == ["kept", "more"]
 
 
 @pytest.mark.django_db(transaction=True, databases="__all__")

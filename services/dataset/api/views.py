@@ -95,7 +95,6 @@ class DatasetScopedViewSet(OrgScopedViewSet):
         return _found(selectors.dataset_get, dataset_id=self.kwargs["dataset"])
 
     def render_dataset(self, dataset: Dataset, *, status_code: int = status.HTTP_200_OK) -> Response:
-        logic.dataset_jobs_recover(dataset=dataset)
         job = selectors.job_latest(dataset=dataset)
         counts = selectors.dataset_row_counts(dataset=dataset)
         return Response(s.dataset_data(dataset, counts=counts, job=job), status=status_code)

@@ -95,10 +95,13 @@ def _back(request: HttpRequest, fallback: str) -> str:
     return fallback
 
 
-def _summary(dataset: Dataset) -> dict[str, Any]:
-    logic.dataset_jobs_recover(dataset=dataset)
-    job = selectors.job_latest(dataset=dataset)
-    counts = selectors.dataset_row_counts(dataset=dataset)
+def _summary(dataset: Dataset, status: selectors.DatasetStatus | None = None) -> dict[str, Any]:
+    """What the pages show of a dataset; list pages pass the statuses they read for all their datasets at once."""
+    if status is None:
+        job = selectors.job_latest(dataset=dataset)
+        counts = selectors.dataset_row_counts(dataset=dataset)
+    else:
+        job, counts = status.job, status.counts
     return {
         "dataset": dataset,
         "job": job,
@@ -114,7 +117,9 @@ def _api(org: str, dataset: Dataset) -> dict[str, str]:
 
 @org_page("datasets:read")
 def dataset_list(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpResponse:
-    summaries = [_summary(dataset) for dataset in selectors.dataset_list()]
+    datasets = list(selectors.dataset_list())
+    statuses = selectors.dataset_statuses(datasets=datasets)
+    summaries = [_summary(dataset, statuses[dataset.pk]) for dataset in datasets]
     context = {
         "summaries": summaries,
         "can_write": holds(access.scopes, "datasets:write"),

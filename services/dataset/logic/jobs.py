@@ -17,6 +17,7 @@ from queue import Full, Queue
 from typing import Any, TypeVar
 
 from django.db import close_old_connections, connections, transaction
+from django.db.models import QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -320,32 +321,52 @@ def remap_run(job: DatasetJob) -> DatasetJob:
     return job
 
 
-def jobs_fail_stale(dataset: Dataset) -> None:
-    """Jobs whose process stopped (no heartbeat for a while) fail, and their half-imported rows go."""
+def _stale(jobs: QuerySet[DatasetJob]) -> QuerySet[DatasetJob]:
+    """Jobs whose process stopped: no heartbeat for a while, or queued and never started."""
     cutoff = timezone.now() - STALE_AFTER
-    stale = DatasetJob.objects.filter(
-        dataset=dataset, state__in=[DatasetJob.QUEUED, DatasetJob.RUNNING]
-    ).filter(heartbeat_at__lt=cutoff) | DatasetJob.objects.filter(
-        dataset=dataset, state=DatasetJob.QUEUED, heartbeat_at=None, created_at__lt=cutoff
+    active = jobs.filter(state__in=[DatasetJob.QUEUED, DatasetJob.RUNNING])
+    return active.filter(heartbeat_at__lt=cutoff) | jobs.filter(
+        state=DatasetJob.QUEUED, heartbeat_at=None, created_at__lt=cutoff
     )
+
+
+def _job_interrupted(job: DatasetJob) -> None:
+    """A job whose process stopped fails, and the rows of a half-done import go."""
+    if job.kind == DatasetJob.KIND_IMPORT:
+        _job_fail(
+            job,
+            None,
+            "the import was interrupted (the process running it stopped); upload the file again",
+        )
+    else:
+        DatasetJob.objects.filter(pk=job.pk).update(
+            state=DatasetJob.FAILED,
+            finished_at=Now(),
+            error={
+                "code": "interrupted",
+                "message": "re-reading the rows was interrupted; save the mapping again",
+            },
+        )
+
+
+def jobs_fail_stale(dataset: Dataset) -> None:
+    """Settle the dataset's stopped jobs before a write that must not run beside a live one."""
+    for job in _stale(DatasetJob.objects.filter(dataset=dataset)):
+        _job_interrupted(job)
+
+
+def dataset_jobs_recover() -> int:
+    """Settle the jobs that a stopped process left running, in every org; returns how many.
+
+    Jobs run in the web process that accepted them; when it stops, their heartbeat does too. This runs
+    periodically (`arbiter dataset_jobs_recover --every`, started by `arbiter up`); a write to a dataset
+    settles that dataset's jobs as well, so reads never write.
+    """
+    # Every org: each job is then settled inside its own org's scope.
+    stale = list(_stale(DatasetJob.objects.unscoped()).order_by("id"))
     for job in stale:
-        if job.kind == DatasetJob.KIND_IMPORT:
-            _job_fail(
-                job,
-                None,
-                "the import was interrupted (the process running it stopped); upload the file again",
-            )
-        else:
-            DatasetJob.objects.filter(pk=job.pk).update(
-                state=DatasetJob.FAILED,
-                finished_at=Now(),
-                error={
-                    "code": "interrupted",
-                    "message": "re-reading the rows was interrupted; save the mapping again",
-                },
-            )
-
-
-def dataset_jobs_recover(*, dataset: Dataset) -> None:
-    """Called when a dataset is read: settles jobs that a stopped process left running."""
-    jobs_fail_stale(dataset)
+        with org_scope(job.org_id):
+            _job_interrupted(job)
+    if stale:
+        logger.info("settled interrupted dataset jobs", extra={"jobs": [job.pk for job in stale]})
+    return len(stale)
