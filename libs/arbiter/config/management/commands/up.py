@@ -144,6 +144,9 @@ ARBITER = [sys.executable, "-m", "arbiter.cli"]
 def _service_workers(services: tuple[str, ...], env: dict[str, str] | None = None) -> list[Child]:
     """The long-running helpers some services have besides web, relay and consumers."""
     children = []
+    if "dataset" in services:
+        # Dataset jobs run in the web process that accepted them; this settles those a stopped process left.
+        children.append(Child("jobs", [*ARBITER, "dataset_jobs_recover", "--every", "60"], dict(env or {})))
     if "training" in services:
         children.append(Child("operator", [*ARBITER, "operator"], dict(env or {})))
     if "inference" in services:
