@@ -14,6 +14,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
+from arbiter.testing.factories import DatasetJobFactory, RowFactory
 from arbiter.testing.tenants import Tenant
 from services.dataset.models import Dataset, DatasetChange, DatasetJob, Row
 from tests.dataset.conftest import DatasetApi
@@ -378,16 +379,8 @@ def test_a_wrong_encoding_guess_is_corrected_and_the_text_kept(api: DatasetApi) 
 def _stopped_import(dataset_id: int, *, heartbeat_ago: timedelta) -> DatasetJob:
     """An import whose process stopped after inserting one row (its heartbeat is `heartbeat_ago` old)."""
     dataset = Dataset.objects.unscoped().get(pk=dataset_id)
-    job = DatasetJob.objects.unscoped().create(
-        org_id=dataset.org_id,
-        dataset=dataset,
-        state="running",
-        created_by="x",
-        heartbeat_at=timezone.now() - heartbeat_ago,
-    )
-    Row.objects.unscoped().create(
-        org_id=dataset.org_id, dataset=dataset, number=99, job=job, cells=["half", "a"]
-    )
+    job: DatasetJob = DatasetJobFactory(dataset=dataset, heartbeat_at=timezone.now() - heartbeat_ago)
+    RowFactory(dataset=dataset, number=99, job=job, cells=["half", "a"])
     return job
 
 

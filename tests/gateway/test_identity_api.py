@@ -3,11 +3,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from arbiter.tenancy.models import ApiKey, Org
+from arbiter.testing.factories import ApiKeyFactory, UserFactory
 from arbiter.testing.tenants import Tenant, assert_not_found
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -54,9 +54,10 @@ def test_wrong_and_expired_keys_are_401(tenant: Tenant) -> None:
     assert bearer("arb_not-a-real-key").get("/api/v1/me").status_code == 401
     assert bearer("something-else").get("/api/v1/me").status_code == 401
     assert APIClient().get("/api/v1/me").status_code == 401
-    secret = tenant.key(["inference"])
-    ApiKey.objects.filter(org=tenant.org).update(expires_at=timezone.now() - timedelta(seconds=1))
-    response = bearer(secret).get("/api/v1/me")
+    live = ApiKeyFactory(org=tenant.org, scopes=["inference"])
+    assert bearer(live.secret).get("/api/v1/me").status_code == 200
+    expired = ApiKeyFactory(org=tenant.org, expires_at=timezone.now() - timedelta(seconds=1))
+    response = bearer(expired.secret).get("/api/v1/me")
     assert response.status_code == 401
     assert "expired" in response.json()["error"]["message"]
 
@@ -130,9 +131,7 @@ def test_malformed_json_and_fields_are_400_naming_the_field(tenant: Tenant) -> N
 
 def test_members_roles_and_the_last_owner(tenant: Tenant) -> None:
     admin = tenant.client(["admin"])
-    user = get_user_model().objects.create_user(
-        username="new@example.com", email="new@example.com", password="x" * 12
-    )
+    user = UserFactory(email="new@example.com")
     added = admin.post(tenant.url("/members"), {"email": "New@Example.com", "role": "viewer"}, format="json")
     assert added.status_code == 201, added.content
     assert added.json()["email"] == user.email

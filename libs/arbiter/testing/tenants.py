@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -10,11 +9,9 @@ from typing import Any
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
-from arbiter.tenancy.logic import api_key_create
-from arbiter.tenancy.models import Membership, Org
-from arbiter.tenancy.scopes import SCOPES, Role
-
-_counter = itertools.count(1)
+from arbiter.tenancy.models import Org
+from arbiter.tenancy.scopes import Role
+from arbiter.testing.factories import ApiKeyFactory, MembershipFactory, OrgFactory, UserFactory
 
 
 @dataclass
@@ -33,14 +30,12 @@ class Tenant:
         return f"/api/v1/orgs/{self.org.slug}{path}"
 
     def key(self, scopes: list[str] | None = None, name: str = "test key") -> str:
-        created = api_key_create(
-            org_id=self.org.pk,
-            name=name,
-            scopes=scopes or ["admin"],
-            granted=frozenset(SCOPES),
-            created_by_id=self.owner.pk,
+        """The secret of a new API key of this org, made by its owner."""
+        key = ApiKeyFactory.create(
+            org=self.org, name=name, scopes=sorted(set(scopes or ["admin"])), created_by=self.owner
         )
-        return created.secret
+        secret: str = key.secret  # type: ignore[attr-defined]
+        return secret
 
     def client(self, scopes: list[str] | None = None) -> APIClient:
         """An API client authenticated by a fresh key of this org with these scopes (default: admin)."""
@@ -55,21 +50,18 @@ class Tenant:
 
     def add_member(self, role: Role | str, email: str | None = None) -> tuple[User, str]:
         password = secrets.token_urlsafe(12)
-        email = email or f"{role}-{next(_counter)}-{self.org.slug}@example.com"
-        user = User.objects.create_user(username=email, email=email, password=password)
-        Membership.objects.create(org=self.org, user=user, role=Role(role))
+        fields = {"email": email} if email else {}
+        user = UserFactory.create(password=password, **fields)
+        MembershipFactory.create(org=self.org, user=user, role=Role(role))
         return user, password
 
 
 def make_tenant(slug: str | None = None) -> Tenant:
-    n = next(_counter)
-    slug = slug or f"org-{n}-{secrets.token_hex(3)}"
-    email = f"owner-{slug}@example.com"
+    org = OrgFactory.create(**({"slug": slug} if slug else {}))
     password = secrets.token_urlsafe(12)
-    user = User.objects.create_user(username=email, email=email, password=password)
-    org = Org.objects.create(slug=slug, name=slug.title())
-    Membership.objects.create(org=org, user=user, role=Role.OWNER)
-    return Tenant(org=org, owner=user, password=password)
+    owner = UserFactory.create(email=f"owner-{org.slug}@example.com", password=password)
+    MembershipFactory.create(org=org, user=owner, role=Role.OWNER)
+    return Tenant(org=org, owner=owner, password=password)
 
 
 def assert_not_found(response: Any) -> None:
