@@ -35,10 +35,15 @@ def bare_objects(node: Any, where: str = "") -> list[str]:
     """Places where the schema says only "an object", without naming its properties or their type."""
     found = []
     if isinstance(node, dict):
-        if node.get("type") == "object" and "properties" not in node and node.get("additionalProperties") in (
-            None,
-            True,
-            {},
+        if (
+            node.get("type") == "object"
+            and "properties" not in node
+            and node.get("additionalProperties")
+            in (
+                None,
+                True,
+                {},
+            )
         ):
             found.append(where)
         for key, value in node.items():
@@ -102,7 +107,11 @@ def test_errors_are_documented_with_the_one_error_shape(schema: dict[str, Any]) 
         responses = operation["responses"]
         errors = {code: answer for code, answer in responses.items() if code[0] in "45"}
         for code, answer in errors.items():
-            assert answer["content"]["application/json"]["schema"] == {"$ref": ERROR_REF}, (method, path, code)
+            assert answer["content"]["application/json"]["schema"] == {"$ref": ERROR_REF}, (
+                method,
+                path,
+                code,
+            )
             assert answer["description"], (method, path, code)
         assert {"401", "403"} <= set(errors), f"{method} {path}: 401/403 undocumented"
         if "{" in path:

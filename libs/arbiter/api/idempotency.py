@@ -81,12 +81,16 @@ def idempotency_begin(*, request: Request, alias: str, org_id: int, actor: str) 
 def idempotency_finish(
     *, record: IdempotencyRecord, alias: str, response: Response, redact: tuple[str, ...] = ()
 ) -> None:
-    """Store the answer for replays; fields in `redact` (secrets shown once) are stored as null."""
-    if response.status_code >= 500:
+    """Store the answer for replays; fields in `redact` (secrets shown once) are stored as null.
+
+    Server errors are not stored (a retry really retries), nor are streamed files (exports: reading twice is
+    harmless, and a replay could not give the file back).
+    """
+    if response.status_code >= 500 or not isinstance(response, Response):
         IdempotencyRecord.objects.using(alias).filter(pk=record.pk).delete()
         return
     # Stored as the client saw it (dates as strings, decimals as numbers), through the API's own renderer.
-    body: Any = json.loads(JSONRenderer().render(response.data)) if isinstance(response, Response) else None
+    body: Any = json.loads(JSONRenderer().render(response.data))
     if isinstance(body, dict) and redact:
         body = {name: (None if name in redact else value) for name, value in body.items()}
     IdempotencyRecord.objects.using(alias).filter(pk=record.pk).update(

@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from arbiter.api.idempotency import idempotency_begin, idempotency_finish
 from arbiter.api.metadata import ApiMetadata
 from arbiter.api.models import IdempotencyRecord
+from arbiter.api.parsers import API_PARSERS, refuse_unstorable_text
 from arbiter.config.services import db_alias
 from arbiter.tenancy.access import OrgAccess, resolve_org_access
 from arbiter.tenancy.scopes import holds
@@ -30,6 +31,7 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 class OrgScopedViewSet(viewsets.GenericViewSet):
     metadata_class = ApiMetadata
+    parser_classes = API_PARSERS
     # The scope a method needs; None means any member or key of the org may do it.
     read_scope: str | None = "datasets:read"
     write_scope: str | None = "datasets:write"
@@ -51,6 +53,7 @@ class OrgScopedViewSet(viewsets.GenericViewSet):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
+        refuse_unstorable_text(request.query_params)
         self.access = resolve_org_access(request, kwargs["org"])
         self._scope_token = set_org_scope(self.access.org_id)
         required = self.required_scope(request)

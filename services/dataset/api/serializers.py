@@ -342,6 +342,12 @@ class DatasetSerializer(DatasetSummarySerializer):
     preview = PreviewRowSerializer(many=True)
 
 
+class RowProblemSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="e.g. empty_input, unknown_label")
+    column = serializers.CharField(allow_null=True)
+    message = serializers.CharField()
+
+
 class RowSerializer(serializers.Serializer):
     number = serializers.IntegerField()
     line = serializers.IntegerField(allow_null=True, help_text="its line in the imported file")
@@ -352,7 +358,7 @@ class RowSerializer(serializers.Serializer):
         help_text="per head: its labels (null: the head does not apply)",
     )
     valid = serializers.BooleanField()
-    problems = serializers.ListField(child=serializers.CharField())
+    problems = RowProblemSerializer(many=True)
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
@@ -370,7 +376,7 @@ class DatasetChangeSerializer(serializers.Serializer):
 class InvalidRowSerializer(serializers.Serializer):
     row = serializers.IntegerField()
     line = serializers.IntegerField(allow_null=True)
-    reasons = serializers.ListField(child=serializers.CharField())
+    reasons = RowProblemSerializer(many=True)
 
 
 class SnapshotHeadSerializer(serializers.Serializer):

@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from arbiter.api.parsers import API_PARSERS
 from arbiter.api.schema import error_responses
 from arbiter.tenancy import logic, selectors
 from arbiter.tenancy.access import key_org
@@ -71,6 +72,8 @@ class MeView(APIView):
 
 
 class OrgListView(APIView):
+    parser_classes = API_PARSERS
+
     @extend_schema(responses=s.OrgSerializer(many=True))
     def get(self, request: Request) -> Response:
         org_of_key = key_org(request)

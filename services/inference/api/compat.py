@@ -17,12 +17,12 @@ from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from arbiter.api.errors import ApiError
+from arbiter.api.parsers import JSONParser
 from arbiter.api.schema import error_responses
 from arbiter.tenancy.authentication import ApiKeyAuthentication
 from arbiter.tenancy.models import ApiKey
@@ -100,7 +100,7 @@ class ModerationsView(_KeyScopedView):
 
     @extend_schema(
         request=s.CompatRequestSerializer,
-        responses={200: s.ModerationResponseSerializer, **error_responses(409, 413, 503)},
+        responses={200: s.ModerationResponseSerializer, **error_responses(404, 409, 413, 503)},
         description="OpenAI's moderation endpoint (and Mistral's `classifiers.moderate`): one result per input. "
         "A body with `input` answers in OpenAI's shape, one with `inputs` in Mistral's.",
     )
@@ -132,7 +132,7 @@ class ClassificationsView(_KeyScopedView):
 
     @extend_schema(
         request=s.CompatRequestSerializer,
-        responses={200: s.ClassificationResponseSerializer, **error_responses(409, 413, 503)},
+        responses={200: s.ClassificationResponseSerializer, **error_responses(404, 409, 413, 503)},
         description="Mistral's `classifiers.classify`: per input, each head's label scores.",
     )
     def post(self, request: Request) -> Response:

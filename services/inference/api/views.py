@@ -11,11 +11,11 @@ from django.http import StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from arbiter.api.errors import ApiError
+from arbiter.api.parsers import JSONParser
 from arbiter.api.schema import error_responses
 from arbiter.tenancy.models import ApiKey
 from arbiter.tenancy.viewsets import OrgScopedViewSet
@@ -125,7 +125,7 @@ class DeploymentViewSet(OrgScopedViewSet):
     def retrieve(self, request: Request, org: str, pk: int) -> Response:
         return Response(self.get_serializer(self.get_object()).data)
 
-    @extend_schema(responses=s.DeploymentSerializer)
+    @extend_schema(responses={200: s.DeploymentSerializer})
     def destroy(self, request: Request, org: str, pk: int) -> Response:
         deployment = logic.deployment_stop(deployment=self.get_object())
         return Response(self.get_serializer(deployment).data)
