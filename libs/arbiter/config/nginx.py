@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from arbiter.config.routes import DEFAULT_SERVICE, routes_by_precedence
+from arbiter.config.typed_settings import arbiter_settings
 
 INSTALL_HINT = (
     "`arbiter up --split` puts nginx in front of the services, and no `nginx` binary was found. Install it "
@@ -23,7 +24,7 @@ INSTALL_HINT = (
 
 
 def nginx_binary() -> str | None:
-    for candidate in (os.environ.get("ARBITER_NGINX"), shutil.which("nginx"), "/usr/sbin/nginx"):
+    for candidate in (arbiter_settings().web.nginx, shutil.which("nginx"), "/usr/sbin/nginx"):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     return None

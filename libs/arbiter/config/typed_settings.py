@@ -147,6 +147,8 @@ class WebSettings(Concern):
     bind: str = Field("127.0.0.1:8000", validation_alias="ARBITER_BIND")
     workers: int = Field(1, ge=1, validation_alias="ARBITER_WEB_WORKERS")
     threads: int = Field(16, ge=1, validation_alias="ARBITER_WEB_THREADS")
+    # `arbiter up --split` runs nginx in front of the services; empty: `nginx` on the PATH or /usr/sbin/nginx.
+    nginx: str = Field("", validation_alias="ARBITER_NGINX")
 
 
 SERVICE_URL_VARIABLES = {service: f"DATABASE_URL_{service.upper()}" for service in ALL_SERVICES}
@@ -338,6 +340,8 @@ class TrainingSettings(Concern):
     # None: 1 with the local executor, no limit with Kubernetes (the cluster queues Jobs that wait for a GPU).
     concurrency: int | None = Field(None, ge=0, validation_alias="ARBITER_TRAINING_CONCURRENCY")
     interval_s: float = Field(2.0, gt=0, validation_alias="ARBITER_OPERATOR_INTERVAL_SECONDS")
+    # A run created on a snapshot this service has not heard of yet waits this long for it, then fails.
+    snapshot_wait_s: float = Field(600.0, gt=0, validation_alias="ARBITER_SNAPSHOT_WAIT_SECONDS")
 
     @property
     def trainer_slots(self) -> int | None:

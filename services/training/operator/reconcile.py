@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 LIVE = (JobPhase.PENDING, JobPhase.RUNNING)
 # How long a trainer that reported its result may take to exit before the operator stops it.
 TRAINER_EXIT_GRACE = timedelta(seconds=60)
-# How long a run waits for a snapshot that `snapshot.created` has not brought yet before it fails.
-SNAPSHOT_WAIT = timedelta(minutes=10)
 
 
 def operator_owner() -> str:
@@ -68,7 +66,7 @@ def executor_from_settings(training: TrainingSettings) -> Executor:
 
 def operator_reconcile(*, executor: Executor, concurrency: int | None) -> None:
     """One pass of the loop (see the module docstring)."""
-    logic.runs_awaiting_expire(older_than=SNAPSHOT_WAIT)
+    logic.runs_awaiting_expire(older_than=timedelta(seconds=arbiter_settings().training.snapshot_wait_s))
     for run in TrainingRun.objects.unscoped().filter(job_active=True).order_by("id"):
         with org_scope(run.org_id), _each("reconciling a run's trainer failed", run.pk):
             _job_reconcile(executor, run)
