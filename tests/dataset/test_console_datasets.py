@@ -8,10 +8,11 @@ import re
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
+from django.utils import timezone
 
 from arbiter.tenancy.scoping import org_scope
 from arbiter.testing.tenants import Tenant, assert_not_found
-from services.dataset.models import Dataset, Row, Snapshot
+from services.dataset.models import Dataset, DatasetJob, Row, Snapshot
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -209,6 +210,41 @@ def test_a_viewer_reads_datasets_but_cannot_change_them(tenant: Tenant) -> None:
     assert viewer.get(f"/console/{tenant.slug}/datasets/new").status_code == 403
 
 
+def test_a_running_import_is_followed_live_until_the_rows_are_ready(tenant: Tenant) -> None:
+    client = browser(tenant)
+    dataset = upload(client, tenant, comments_csv())
+    with org_scope(tenant.org.pk):
+        job = DatasetJob.objects.create(
+            org_id=tenant.org.pk,
+            dataset=dataset,
+            state=DatasetJob.RUNNING,
+            source={"file_name": "more.csv"},
+            rows_read=1200,
+            created_by="test",
+            heartbeat_at=timezone.now(),
+        )
+    progress = f"/console/{tenant.slug}/datasets/{dataset.pk}/progress"
+    for page in ("", "/columns", "/snapshots"):
+        html = client.get(f"/console/{tenant.slug}/datasets/{dataset.pk}{page}").content.decode()
+        assert (
+            "Importing more.csv" in html
+            and f'hx-get="{progress}"' in html
+            and 'hx-trigger="every 2s"' in html
+        )
+
+    DatasetJob.objects.unscoped().filter(pk=job.pk).update(rows_read=5400, rows_rejected=3)
+    polled = client.get(progress, headers={"HX-Request": "true"})
+    assert polled.status_code == 200 and "HX-Refresh" not in polled
+    assert "5400 rows read so far, 3 rejected" in polled.content.decode()
+
+    DatasetJob.objects.unscoped().filter(pk=job.pk).update(
+        state=DatasetJob.COMPLETED, finished_at=timezone.now()
+    )
+    done = client.get(progress, headers={"HX-Request": "true"})
+    assert done.status_code == 200 and done["HX-Refresh"] == "true"  # htmx reloads the page: rows are ready
+    assert progress not in client.get(f"/console/{tenant.slug}/datasets/{dataset.pk}").content.decode()
+
+
 @pytest.mark.cross_tenant(
     "console-datasets",
     "console-dataset-upload",
@@ -218,6 +254,7 @@ def test_a_viewer_reads_datasets_but_cannot_change_them(tenant: Tenant) -> None:
     "console-dataset-row-delete",
     "console-dataset-snapshots",
     "console-snapshot",
+    "console-dataset-progress",
 )
 def test_dataset_pages_of_another_org_are_404(tenant: Tenant, victim: Tenant) -> None:
     owner = browser(victim)
@@ -230,7 +267,13 @@ def test_dataset_pages_of_another_org_are_404(tenant: Tenant, victim: Tenant) ->
     for org in (victim.slug, tenant.slug):
         base = f"/console/{org}"
         ds = f"{base}/datasets/{dataset.pk}"
-        for path in [ds, f"{ds}/columns", f"{ds}/snapshots", f"{base}/snapshots/{snapshot.pk}"]:
+        for path in [
+            ds,
+            f"{ds}/columns",
+            f"{ds}/snapshots",
+            f"{ds}/progress",
+            f"{base}/snapshots/{snapshot.pk}",
+        ]:
             assert_not_found(attacker.get(path))
         assert_not_found(attacker.post(f"{ds}/rows/1", {"head": "toxicity", "labels": "safe"}))
         assert_not_found(attacker.post(f"{ds}/rows/1/delete"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -219,7 +220,10 @@ def test_a_new_user_gets_from_an_empty_account_to_a_model_answering_over_http(
         shot("snapshot-form")
         page.click("button:has-text('Create snapshot')")
         page.wait_for_url("**/snapshots/*")
-        expect(page.locator(".class-counts[data-head=toxicity] .bar")).to_have_count(2)
+        # Class counts are a Chart.js canvas, with the numbers in a table for screen readers.
+        counts = page.locator(".class-counts[data-head=toxicity]")
+        expect(counts.locator("canvas[role=img]")).to_have_attribute("aria-label", re.compile("toxic 32"))
+        expect(counts.locator("table.chart-data tbody tr")).to_have_count(2)
         shot("snapshot-report")
 
         # 5. Train with the `head` strategy; the snapshot reaches the training service by event.
@@ -236,8 +240,13 @@ def test_a_new_user_gets_from_an_empty_account_to_a_model_answering_over_http(
         # 6. The metrics page: numbers, a confusion matrix and a PR curve per head.
         expect(page.locator("#metrics")).to_be_visible(timeout=300_000)
         expect(page.locator(".confusion-matrix")).to_have_count(2)
-        expect(page.locator(".head-card[data-head=toxicity] .pr-chart svg path")).to_have_count(1)
-        expect(page.locator("#loss-chart svg")).to_have_count(1)
+        pr_curve = page.locator(".head-card[data-head=toxicity] .pr-chart canvas[role=img]")
+        expect(pr_curve).to_have_count(1)
+        expect(
+            page.locator(".head-card[data-head=toxicity] .pr-chart table.chart-data tbody tr")
+        ).not_to_have_count(0)
+        expect(page.locator("#loss-chart canvas[role=img]")).to_have_count(1)
+        expect(page.locator("#loss-chart table.chart-data")).to_contain_text("validation loss")
         page.fill(".head-card[data-head=toxicity] .threshold", "0.8")
         expect(page.locator(".head-card[data-head=toxicity] .threshold-readout")).to_contain_text("At 0.80")
         shot("metrics")
@@ -287,7 +296,9 @@ def test_a_new_user_gets_from_an_empty_account_to_a_model_answering_over_http(
         # 11. Usage shows that call, per deployment and day.
         page.click("nav.sidenav >> text=Usage")
         expect(page.locator("table >> tr:has-text('toxicity-prod') >> td.num").first).to_have_text("1")
-        expect(page.locator("#usage-chart svg rect")).not_to_have_count(0)
+        expect(page.locator("#usage-chart canvas[role=img]")).to_have_count(1)
+        expect(page.locator("#usage-chart table.chart-data tbody tr")).not_to_have_count(0)
+        expect(page.locator("#usage-chart table.chart-data")).to_contain_text("toxicity-prod")
         shot("usage")
 
         # 12. Phone width: the busiest pages work without sideways scrolling.

@@ -57,12 +57,17 @@ def test_deploy_watch_it_go_live_and_call_it_with_the_snippet(tenant: Tenant, ar
     assert created.status_code == 302
     assert created["Location"] == f"/console/{tenant.slug}/deployments/{deployment.pk}"
     pending = client.get(created["Location"]).content.decode()
-    assert "Going live" in pending and f"/api/v1/orgs/{tenant.slug}/deployments/{deployment.pk}" in pending
+    status = f"{created['Location']}/status"
+    assert "Going live" in pending and f'hx-get="{status}"' in pending and 'hx-trigger="every 2s"' in pending
+    waiting = client.get(status, headers={"HX-Request": "true"})
+    assert waiting.status_code == 204 and "HX-Refresh" not in waiting  # nothing to swap: htmx polls on
 
     go_live(deployment.pk)
 
+    settled = client.get(status, headers={"HX-Request": "true"})
+    assert settled.status_code == 200 and settled["HX-Refresh"] == "true"  # htmx reloads the page
     live = client.get(created["Location"]).content.decode()
-    assert "Going live" not in live and 'id="try-form"' in live
+    assert "Going live" not in live and 'id="try-form"' in live and status not in live
     curl = html.unescape(re.search(r'<pre id="code-curl">(.*?)</pre>', live, re.S).group(1))
     url = f"https://arbiter.example.com/api/v1/orgs/{tenant.slug}/deployments/{deployment.pk}/classify"
     assert curl.startswith(f"curl {url} ")
@@ -122,6 +127,7 @@ def test_a_viewer_sees_deployments_and_usage_but_cannot_change_them(
     "console-deployment",
     "console-deployment-stop",
     "console-usage",
+    "console-deployment-status",
 )
 def test_deployment_pages_of_another_org_are_404(tenant: Tenant, victim: Tenant, artifact_key: str) -> None:
     trained = training_completed(org_id=victim.org.pk, artifact=artifact_key)
@@ -132,6 +138,8 @@ def test_deployment_pages_of_another_org_are_404(tenant: Tenant, victim: Tenant,
     for path in ["deployments", "deployments/new", "usage", f"deployments/{deployment.pk}"]:
         assert_not_found(attacker.get(f"/console/{victim.slug}/{path}"))
     assert_not_found(attacker.get(f"/console/{tenant.slug}/deployments/{deployment.pk}"))
+    for org in (victim.slug, tenant.slug):
+        assert_not_found(attacker.get(f"/console/{org}/deployments/{deployment.pk}/status"))
     for org in (victim.slug, tenant.slug):
         assert_not_found(attacker.post(f"/console/{org}/deployments/{deployment.pk}/stop"))
     # The victim's version cannot be deployed into the attacker's org either.

@@ -207,6 +207,43 @@ def test_the_version_page_shows_metrics_curves_and_the_confusion_matrix(
     assert f"/models/{version.model_id}/versions/1/playground" in html
 
 
+def test_training_progress_is_followed_live_until_the_run_ends(tenant: Tenant, snapshot: int) -> None:
+    client = browser(tenant)
+    client.post(f"/console/{tenant.slug}/models/new", create_form(snapshot))
+    with org_scope(tenant.org.pk):
+        version = ModelVersion.objects.get()
+    page_url = f"/console/{tenant.slug}/models/{version.model_id}/versions/1"
+    progress = f"{page_url}/progress"
+    page = client.get(page_url).content.decode()
+    assert f'hx-get="{progress}"' in page and 'hx-trigger="every 2s"' in page
+
+    queued = client.get(progress, headers={"HX-Request": "true"}).content.decode()
+    assert "waiting for the operator" in queued and 'id="run-status" hx-swap-oob="true"' in queued
+    assert ">queued<" in queued
+
+    with org_scope(tenant.org.pk):
+        deliver_requests()
+        run_id = TrainingRun.objects.get(version=version).pk
+        logic.run_start(run_id=run_id)
+        logic.run_progress(
+            run_id=run_id,
+            epoch={"candidate": "head", "epoch": 1, "max_epochs": 4, "train_loss": 0.69, "valid_loss": 0.6},
+        )
+    running = client.get(progress, headers={"HX-Request": "true"})
+    html = running.content.decode()
+    assert running.status_code == 200 and "HX-Refresh" not in running
+    assert "epoch 1 of 4" in html and "width: 25%" in html and ">training<" in html
+    epochs = json.loads(
+        re.search(r'<script id="progress-epochs" type="application/json">(.*?)</script>', html, re.S).group(1)
+    )
+    assert [(e["epoch"], e["train_loss"], e["valid_loss"]) for e in epochs] == [(1, 0.69, 0.6)]
+
+    client.post(f"{page_url}/cancel")
+    ended = client.get(progress, headers={"HX-Request": "true"})
+    assert ended.status_code == 200 and ended["HX-Refresh"] == "true"  # htmx reloads the page
+    assert progress not in client.get(page_url).content.decode()
+
+
 def test_update_model_trains_the_next_version_from_the_chosen_parent(tenant: Tenant, snapshot: int) -> None:
     client = browser(tenant)
     client.post(f"/console/{tenant.slug}/models/new", create_form(snapshot))
@@ -269,6 +306,7 @@ def test_a_viewer_reads_models_but_cannot_train(tenant: Tenant, snapshot: int) -
     "console-model-version-create",
     "console-model-version",
     "console-model-version-cancel",
+    "console-model-version-progress",
 )
 def test_model_pages_of_another_org_are_404(tenant: Tenant, victim: Tenant) -> None:
     victim_snapshot = snapshot_publish(
@@ -279,7 +317,14 @@ def test_model_pages_of_another_org_are_404(tenant: Tenant, victim: Tenant) -> N
         version = ModelVersion.objects.get()
     attacker = browser(tenant)
     model = f"models/{version.model_id}"
-    for path in ["models", "models/new", model, f"{model}/versions/new", f"{model}/versions/1"]:
+    for path in [
+        "models",
+        "models/new",
+        model,
+        f"{model}/versions/new",
+        f"{model}/versions/1",
+        f"{model}/versions/1/progress",
+    ]:
         assert_not_found(attacker.get(f"/console/{victim.slug}/{path}"))
         if path != "models" and path != "models/new":
             # The victim's ids under the attacker's own org are just as missing.

@@ -2,7 +2,7 @@
 preview, the rows grid (search, filters, inline relabel, add, delete), snapshots and their reports.
 
 Every write goes through `logic`, every read through `selectors`, exactly as the JSON API does; import
-progress is polled by the browser from the JSON API.
+progress is a partial the page polls (htmx).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRefresh
 
 from arbiter.api.errors import ApiError
 from arbiter.console.forms import error_message
@@ -109,10 +110,6 @@ def _summary(dataset: Dataset, status: selectors.DatasetStatus | None = None) ->
         "state": dataset_state(job, counts["rows"]),
         "heads": heads_data(dataset.mapping),
     }
-
-
-def _api(org: str, dataset: Dataset) -> dict[str, str]:
-    return {"dataset": f"/api/v1/orgs/{org}/datasets/{dataset.pk}"}
 
 
 @org_page("datasets:read")
@@ -225,6 +222,16 @@ def _mapping_from_post(dataset: Dataset, data: QueryDict) -> dict[str, Any]:
 
 
 @org_page("datasets:read")
+def dataset_progress(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess) -> HttpResponse:
+    """Polled by htmx while a dataset page shows an import or re-mapping at work: how far it got; once the
+    job has ended, a reload of the whole page (HX-Refresh), which shows the rows or why the job failed."""
+    summary = _summary(_dataset(dataset_id))
+    if summary["state"] not in ("importing", "updating"):
+        return HttpResponseClientRefresh()
+    return render(request, "dataset/_import_progress.html", summary)
+
+
+@org_page("datasets:read")
 @require_http_methods(["GET", "POST"])
 def dataset_columns(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess) -> HttpResponse:
     dataset = _dataset(dataset_id)
@@ -280,7 +287,6 @@ def dataset_columns(request: HttpRequest, dataset_id: int, *, org: str, access: 
         "preview_rows": preview_rows,
         "error": error,
         "steps": _wizard(1),
-        "api": _api(org, dataset),
         "can_write": holds(access.scopes, "datasets:write"),
     }
     return render(request, "dataset/columns.html", context, status=400 if error else 200)
@@ -375,7 +381,6 @@ def dataset_rows(request: HttpRequest, dataset_id: int, *, org: str, access: Org
         "input_column": input_column,
         "here": request.get_full_path(),
         "can_write": holds(access.scopes, "datasets:write"),
-        "api": _api(org, dataset),
     }
     return render(request, "dataset/rows.html", context)
 

@@ -14,4 +14,11 @@ urlpatterns = [
         f"{ORG}/deployments/<int:deployment_id>/stop", views.deployment_stop, name="console-deployment-stop"
     ),
     path(f"{ORG}/usage", views.usage, name="console-usage"),
+    # The deployment page's wait to go live, polled by htmx:
+    # a part of that page, not a page of its own, so not in the route table.
+    path(
+        f"{ORG}/deployments/<int:deployment_id>/status",
+        views.deployment_status,
+        name="console-deployment-status",
+    ),
 ]

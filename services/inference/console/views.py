@@ -2,7 +2,7 @@
 and usage per day and deployment.
 
 Writes go through `logic`, reads through `selectors`. Going live happens in the background
-(`deployment.requested`); the deployment page polls the JSON API until the status settles.
+(`deployment.requested`); the deployment page polls its status partial (htmx) until the status settles.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRefresh
 
 from arbiter.api.errors import ApiError
 from arbiter.console.pages import org_page
@@ -24,7 +25,7 @@ from arbiter.tenancy.access import OrgAccess
 from arbiter.tenancy.scopes import holds
 from services.inference import logic, selectors
 from services.inference.conf import inference_settings
-from services.inference.models import ACTIVE_STATUSES, Deployment, Meter
+from services.inference.models import ACTIVE_STATUSES, Deployment, DeploymentStatus, Meter
 
 USAGE_PERIODS = (7, 30, 90)
 EXAMPLE_INPUTS = ["you are an idiot", "thanks, have a great day"]
@@ -153,7 +154,6 @@ def deployment_detail(
         "usage": days,
         "usage_total": sum(v["requests"] for series in days["series"] for v in series["values"]),
         "api": {
-            "deployment": f"/api/v1/orgs/{org}/deployments/{deployment.pk}",
             "classify": f"/api/v1/orgs/{org}/deployments/{deployment.pk}/classify",
         },
         "can_write": holds(access.scopes, "models:write"),
@@ -162,6 +162,17 @@ def deployment_detail(
         "examples": "\n".join(EXAMPLE_INPUTS),
     }
     return render(request, "inference/deployment_detail.html", context)
+
+
+@org_page("models:read")
+def deployment_status(
+    request: HttpRequest, deployment_id: int, *, org: str, access: OrgAccess
+) -> HttpResponse:
+    """Polled by htmx while the deployment page waits for it to go live: 204 (nothing to swap) while it is
+    pending, then a reload of the whole page (HX-Refresh), which shows it live or why it failed."""
+    if _deployment(deployment_id).status == DeploymentStatus.PENDING:
+        return HttpResponse(status=204)
+    return HttpResponseClientRefresh()
 
 
 @org_page("models:write")

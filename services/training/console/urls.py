@@ -23,4 +23,11 @@ urlpatterns = [
         views.version_cancel,
         name="console-model-version-cancel",
     ),
+    # The version page's live training progress, polled by htmx:
+    # a part of that page, not a page of its own, so not in the route table.
+    path(
+        f"{ORG}/models/<int:model_id>/versions/<int:number>/progress",
+        views.version_progress,
+        name="console-model-version-progress",
+    ),
 ]

@@ -1,8 +1,8 @@
 """Console pages of the training service: models, the create and "update model" forms, and the version page.
 
 Forms go through the API's own serializers and `logic` functions, so a page accepts exactly what the API
-accepts and says no in the same words. Live progress and the playground are fetched by the browser from the
-JSON API (the playground is the inference service's).
+accepts and says no in the same words. Live progress is an htmx partial of this service; the playground is
+fetched by the browser from the JSON API (the inference service's).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRefresh
 
 from arbiter.api.errors import ApiError
 from arbiter.console.forms import error_message
@@ -418,7 +419,6 @@ def version_detail(
             "heads": version.heads,
         },
         "api": {
-            "version": f"/api/v1/orgs/{org}/models/{model.pk}/versions/{version.number}",
             "playground": f"/api/v1/orgs/{org}/models/{model.pk}/versions/{version.number}/playground",
         },
         "can_write": holds(access.scopes, "models:write"),
@@ -427,6 +427,19 @@ def version_detail(
         "deploy_url": _deploy_url(org=org, model=model, number=version.number),
     }
     return render(request, "training/version_detail.html", context)
+
+
+@org_page("models:read")
+def version_progress(
+    request: HttpRequest, model_id: int, number: int, *, org: str, access: OrgAccess
+) -> HttpResponse:
+    """The live part of the version page, polled by htmx while the run is queued or running. Once the run has
+    ended, the whole page reloads (HX-Refresh) to show the metrics or the reason it failed."""
+    run = _version(_model(model_id), number).run
+    if run.is_terminal:
+        return HttpResponseClientRefresh()
+    context = {"run": run, "progress": selectors.run_progress(run), "swap_status": True}
+    return render(request, "training/_progress.html", context)
 
 
 def _deploy_url(*, org: str, model: Model, number: int) -> str | None:

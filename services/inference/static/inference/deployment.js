@@ -1,4 +1,5 @@
-/* The deployment page: wait for it to go live, draw its usage, and try it with the session's access. */
+/* The deployment page: draw its usage and try it with the session's access. (Waiting for it to go live is
+   htmx polling the page's status partial.) */
 (function () {
   "use strict";
 
@@ -11,17 +12,6 @@
     x: { format: function (day) { return day.slice(5); } }, y: { label: "requests" },
     empty: "No requests in the last 30 days.", height: 200
   });
-
-  var pending = document.getElementById("going-live");
-  if (pending) {
-    var poll = function () {
-      Arbiter.api(api.deployment).then(function (d) {
-        if (d.status !== "pending") { window.location.reload(); return; }
-        setTimeout(poll, 1500);
-      }).catch(function () { setTimeout(poll, 4000); });
-    };
-    setTimeout(poll, 1000);
-  }
 
   var form = document.getElementById("try-form");
   if (form) {

@@ -1,11 +1,10 @@
-/* The version page: live training progress, loss curves, metrics toggles, PR curves with a threshold
+/* The version page: loss curves (live while training), metrics toggles, PR curves with a threshold
    slider, confusion-matrix shading and the playground. Data comes from the page (json_script) and the API. */
 (function () {
   "use strict";
 
   var data = JSON.parse(document.getElementById("version-data").textContent);
   var api = JSON.parse(document.getElementById("version-api").textContent);
-  var TERMINAL = ["succeeded", "failed", "cancelled"];
 
   function fmt(value, digits) {
     return value === null || value === undefined ? "—" : Number(value).toFixed(digits === undefined ? 3 : digits);
@@ -40,34 +39,14 @@
   }
   drawLoss(data.epochs);
 
-  /* --- live progress while the run is queued or running ---------------------------------------------- */
-  var progress = document.getElementById("progress");
-  if (progress) {
-    var STATUS = {
-      queued: '<span class="pill live warn">queued</span>', running: '<span class="pill live">training</span>',
-      succeeded: '<span class="pill ok">trained</span>', failed: '<span class="pill bad">failed</span>',
-      cancelled: '<span class="pill grey">cancelled</span>'
-    };
-    var poll = function () {
-      Arbiter.api(api.version).then(function (version) {
-        document.getElementById("run-status").innerHTML = STATUS[version.status] || "";
-        if (TERMINAL.indexOf(version.status) >= 0) { window.location.reload(); return; }
-        var p = version.progress || {};
-        var bar = document.getElementById("progress-bar");
-        if (p.epoch) {
-          bar.classList.remove("indeterminate");
-          bar.firstElementChild.style.width = Math.min(100, 100 * p.epoch / (p.max_epochs || p.epoch)) + "%";
-          document.getElementById("progress-epoch").textContent = "epoch " + p.epoch + " of " + p.max_epochs;
-        }
-        var conditions = (version.run && version.run.conditions) || [];
-        var latest = conditions.slice().sort(function (a, b) { return a.time < b.time ? -1 : 1; }).pop();
-        if (latest) { document.getElementById("progress-message").textContent = latest.message; }
-        drawLoss(p.epochs);
-        setTimeout(poll, 2000);
-      }).catch(function () { setTimeout(poll, 5000); });
-    };
-    setTimeout(poll, 1500);
-  }
+  /* --- live progress while the run is queued or running ----------------------------------------------
+     htmx polls the progress partial into #progress-live (see _progress.html; the server reloads the page once
+     the run ends); each swap brings the epochs so far, and the loss chart is updated in place. */
+  document.body.addEventListener("htmx:afterSwap", function (event) {
+    if (event.detail.target.id !== "progress-live") { return; }
+    var epochs = document.getElementById("progress-epochs");
+    if (epochs) { drawLoss(JSON.parse(epochs.textContent)); }
+  });
 
   /* --- per head / per class toggle ----------------------------------------------------------------- */
   document.querySelectorAll("[data-metrics-view]").forEach(function (button) {

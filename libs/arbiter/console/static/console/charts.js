@@ -1,223 +1,242 @@
-/* Small SVG charts drawn from API data: lines (loss curves, PR curves), columns (usage) and bars (counts).
-   No dependencies, so the console works air-gapped. Each function redraws its container from scratch and
-   again when the container is resized. */
+/* The console's charts, drawn by Chart.js (vendor/chart.umd.min.js, see vendor/VENDOR.md; no CDN, so the console
+   works air-gapped). This file only turns the pages' data into Chart.js configurations in the console's look,
+   and gives every chart the text a canvas lacks: an aria-label and a visually hidden table of its numbers.
+   Drawing into a container that already holds a chart of the same kind updates it in place (live progress). */
 (function () {
   "use strict";
 
-  var NS = "http://www.w3.org/2000/svg";
-  var PALETTE = ["var(--c1)", "var(--c2)", "var(--c3)", "var(--c4)", "var(--c5)", "var(--c6)"];
+  var style = getComputedStyle(document.documentElement);
+  function cssColor(name, fallback) { return style.getPropertyValue(name).trim() || fallback; }
+  var PALETTE = [["--c1", "#3246d3"], ["--c2", "#e8590c"], ["--c3", "#0c8599"], ["--c4", "#9c36b5"],
+    ["--c5", "#2b8a3e"], ["--c6", "#c2255c"]].map(function (c) { return cssColor(c[0], c[1]); });
+  var MUTED = cssColor("--muted", "#5d6378");
+  var BAD = cssColor("--bad", "#b42318");
 
-  function el(name, attrs, parent) {
-    var node = document.createElementNS(NS, name);
-    Object.keys(attrs || {}).forEach(function (key) { node.setAttribute(key, attrs[key]); });
-    if (parent) { parent.appendChild(node); }
-    return node;
-  }
-
-  function text(parent, x, y, value, attrs) {
-    var node = el("text", Object.assign({ x: x, y: y }, attrs || {}), parent);
-    node.textContent = value;
-    return node;
-  }
-
-  // Round tick values: 1, 2 or 5 times a power of ten.
-  function ticks(min, max, count) {
-    if (!(max > min)) { return [min]; }
-    var raw = (max - min) / Math.max(count, 1);
-    var power = Math.pow(10, Math.floor(Math.log10(raw)));
-    var step = [1, 2, 5, 10].map(function (m) { return m * power; }).find(function (s) { return s >= raw; });
-    var out = [];
-    for (var v = Math.ceil(min / step) * step; v <= max + step * 1e-9; v += step) { out.push(+v.toFixed(10)); }
-    return out;
-  }
+  Chart.defaults.animation = false;
+  Chart.defaults.maintainAspectRatio = false;
+  Chart.defaults.color = MUTED;
+  Chart.defaults.borderColor = "#eef0f5";
+  Chart.defaults.font.family = style.fontFamily || "system-ui, sans-serif";
+  Chart.defaults.font.size = 11;
+  Chart.defaults.plugins.legend.labels.boxWidth = 10;
+  Chart.defaults.plugins.legend.labels.boxHeight = 10;
 
   function fmt(value) {
+    if (typeof value !== "number") { return String(value); }
     if (Math.abs(value) >= 1000) { return value.toLocaleString(); }
     return String(+value.toFixed(3));
   }
 
-  function legend(container, series) {
-    if (series.length < 2) { return; }
-    var box = document.createElement("div");
-    box.className = "legend";
-    series.forEach(function (s, i) {
-      var item = document.createElement("span");
-      var swatch = document.createElement("i");
-      swatch.style.background = s.color || PALETTE[i % PALETTE.length];
-      if (s.dashed) { swatch.style.opacity = ".55"; }
-      item.appendChild(swatch);
-      item.appendChild(document.createTextNode(s.name));
-      box.appendChild(item);
+  function axisTitle(axis) {
+    return { display: !!(axis && axis.label), text: axis && axis.label ? axis.label : "" };
+  }
+
+  // Screen readers get the numbers as a table: a caption, a header row, then the rows.
+  function dataTable(caption, head, rows) {
+    var table = document.createElement("table");
+    table.className = "sr-only chart-data";
+    table.createCaption().textContent = caption;
+    var tr = table.createTHead().insertRow();
+    head.forEach(function (h) { var th = document.createElement("th"); th.scope = "col"; th.textContent = h; tr.appendChild(th); });
+    var body = table.createTBody();
+    rows.forEach(function (row) {
+      var r = body.insertRow();
+      row.forEach(function (cell) { r.insertCell().textContent = typeof cell === "number" ? fmt(cell) : cell; });
     });
-    container.appendChild(box);
+    return table;
   }
 
   function empty(container, message) {
+    if (container._chart) { container._chart.destroy(); container._chart = null; }
+    container.innerHTML = "";
     var box = document.createElement("div");
     box.className = "empty-chart";
     box.textContent = message || "No data yet.";
     container.appendChild(box);
   }
 
-  function frame(container, options) {
-    var width = Math.max(container.clientWidth || 0, 260);
-    var height = options.height || Math.round(Math.min(300, Math.max(200, width * 0.5)));
-    var m = { top: 12, right: 16, bottom: options.x && options.x.label ? 40 : 26, left: 52 };
-    var svg = el("svg", { viewBox: "0 0 " + width + " " + height, role: "img", "aria-label": options.title || "chart" });
-    return { svg: svg, width: width, height: height, m: m, w: width - m.left - m.right, h: height - m.top - m.bottom };
+  /* Creates the chart, or updates the one already in the container; `label` is the canvas's accessible name and
+     `table` the numbers behind it. */
+  function mount(container, kind, config, height, label, table) {
+    var chart = container._chart;
+    if (chart && container._chartKind === kind) {
+      chart.data = config.data;
+      chart.options = config.options;
+      chart.update();
+      chart.canvas.setAttribute("aria-label", label);
+      container.replaceChild(table, container.querySelector("table.chart-data"));
+      return chart;
+    }
+    if (chart) { chart.destroy(); }
+    container.innerHTML = "";
+    var box = document.createElement("div");
+    box.className = "chart-canvas";
+    box.style.height = height + "px";
+    var canvas = document.createElement("canvas");
+    canvas.setAttribute("role", "img");
+    canvas.setAttribute("aria-label", label);
+    box.appendChild(canvas);
+    container.appendChild(box);
+    container.appendChild(table);
+    container._chartKind = kind;
+    container._chart = new Chart(canvas, config);
+    return container._chart;
   }
 
-  function axes(f, xs, ys, sx, sy, options) {
-    var grid = el("g", { "class": "grid" }, f.svg);
-    var axis = el("g", { "class": "axis" }, f.svg);
-    ys.forEach(function (v) {
-      el("line", { x1: f.m.left, x2: f.m.left + f.w, y1: sy(v), y2: sy(v) }, grid);
-      text(axis, f.m.left - 6, sy(v) + 4, (options.y && options.y.format || fmt)(v), { "text-anchor": "end" });
+  function defaultHeight(container) {
+    return Math.round(Math.min(300, Math.max(200, (container.clientWidth || 260) * 0.5)));
+  }
+
+  // A long series (a PR curve has a point per threshold) is listed at about 20 evenly spaced points.
+  function sample(points, most) {
+    if (points.length <= most) { return points; }
+    var step = (points.length - 1) / (most - 1);
+    var out = [];
+    for (var i = 0; i < most; i++) { out.push(points[Math.round(i * step)]); }
+    return out;
+  }
+
+  // Line legends show each series as its line, dashed or not (a wide line unless a round marker is shown).
+  function lineLegend(chart) {
+    return Chart.defaults.plugins.legend.labels.generateLabels(chart).map(function (item) {
+      var dataset = chart.data.datasets[item.datasetIndex];
+      item.pointStyle = dataset.showLine === false ? "circle" : "line";
+      item.lineDash = dataset.borderDash;
+      return item;
     });
-    xs.forEach(function (v) {
-      text(axis, sx(v), f.m.top + f.h + 16, (options.x && options.x.format || fmt)(v), { "text-anchor": "middle" });
-    });
-    el("line", { x1: f.m.left, x2: f.m.left + f.w, y1: f.m.top + f.h, y2: f.m.top + f.h }, axis);
-    if (options.x && options.x.label) {
-      text(axis, f.m.left + f.w / 2, f.height - 4, options.x.label, { "text-anchor": "middle" });
-    }
-    if (options.y && options.y.label) {
-      text(axis, 12, f.m.top + f.h / 2, options.y.label,
-        { "text-anchor": "middle", transform: "rotate(-90 12 " + (f.m.top + f.h / 2) + ")" });
-    }
   }
 
-  function draw(container, options, painter) {
-    function render() {
-      container.innerHTML = "";
-      painter();
-    }
-    render();
-    if (window.ResizeObserver && !container._chartObserved) {
-      container._chartObserved = true;
-      var width = container.clientWidth;
-      new ResizeObserver(function () {
-        if (Math.abs(container.clientWidth - width) > 8) { width = container.clientWidth; container._redraw(); }
-      }).observe(container);
-    }
-    container._redraw = render;
-  }
-
-  /* series: [{name, points: [[x, y], ...], color?, dashed?, step?}]; x/y: {min, max, label, format, integer};
-     marker: {x, y, label} draws a highlighted point (e.g. the chosen threshold on a PR curve). */
+  /* series: [{name, points: [[x, y], ...], color?, dashed?}]; x/y: {min, max, label, integer};
+     marker: {x, y, label} highlights one point (the chosen threshold on a PR curve) with a guide line. */
   function line(container, options) {
-    draw(container, options, function () {
-      var series = (options.series || []).filter(function (s) { return s.points && s.points.length; });
-      if (!series.length) { empty(container, options.empty); return; }
-      var f = frame(container, options);
-      var all = [].concat.apply([], series.map(function (s) { return s.points; }));
-      var xo = options.x || {}, yo = options.y || {};
-      var xmin = xo.min !== undefined ? xo.min : Math.min.apply(null, all.map(function (p) { return p[0]; }));
-      var xmax = xo.max !== undefined ? xo.max : Math.max.apply(null, all.map(function (p) { return p[0]; }));
-      var ymin = yo.min !== undefined ? yo.min : Math.min(0, Math.min.apply(null, all.map(function (p) { return p[1]; })));
-      var ymax = yo.max !== undefined ? yo.max : Math.max.apply(null, all.map(function (p) { return p[1]; })) * 1.08;
-      if (xmax === xmin) { xmax = xmin + 1; }
-      if (!(ymax > ymin)) { ymax = ymin + 1; }
-      var sx = function (v) { return f.m.left + (v - xmin) / (xmax - xmin) * f.w; };
-      var sy = function (v) { return f.m.top + f.h - (v - ymin) / (ymax - ymin) * f.h; };
-      var whole = function (v) { return v === Math.round(v); };
-      var xt = xo.ticks || ticks(xmin, xmax, Math.max(2, Math.floor(f.w / 70)));
-      if (xo.integer) { xt = xt.filter(whole); }
-      var yt = ticks(ymin, ymax, 4);
-      if (yo.integer) { yt = yt.filter(whole); }
-      axes(f, xt, yt, sx, sy, options);
-      var group = el("g", { "class": "series" }, f.svg);
-      series.forEach(function (s, i) {
-        var color = s.color || PALETTE[i % PALETTE.length];
-        var d = s.points.map(function (p, j) {
-          var cmd = j === 0 ? "M" : "L";
-          if (s.step && j > 0) { return "H" + sx(p[0]).toFixed(1) + "V" + sy(p[1]).toFixed(1); }
-          return cmd + sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1);
-        }).join("");
-        el("path", { d: d, stroke: color, "stroke-dasharray": s.dashed ? "5 4" : "none" }, group);
-        if (s.points.length <= 40) {
-          s.points.forEach(function (p) {
-            var dot = el("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 3, fill: color }, group);
-            el("title", {}, dot).textContent = s.name + ": " + fmt(p[1]) + " at " + fmt(p[0]);
-          });
-        }
+    var series = (options.series || []).filter(function (s) { return s.points && s.points.length; });
+    if (!series.length) { empty(container, options.empty); return null; }
+    var xo = options.x || {}, yo = options.y || {};
+    var datasets = series.map(function (s, i) {
+      var color = s.color || PALETTE[i % PALETTE.length];
+      return {
+        label: s.name, borderColor: color, backgroundColor: color, borderWidth: 2.2, borderDash: s.dashed ? [5, 4] : [],
+        pointRadius: s.points.length <= 40 ? 3 : 0, pointHoverRadius: 5,
+        data: s.points.map(function (p) { return { x: p[0], y: p[1] }; })
+      };
+    });
+    var mk = options.marker;
+    if (mk) {
+      datasets.unshift({
+        label: mk.label, data: [{ x: mk.x, y: mk.y }], showLine: false, pointStyle: "circle", pointRadius: 6,
+        pointHoverRadius: 7, pointBorderWidth: 3, borderColor: BAD, backgroundColor: "#fff"
       });
-      if (options.marker) {
-        var mk = options.marker;
-        el("line", { x1: sx(mk.x), x2: sx(mk.x), y1: f.m.top, y2: f.m.top + f.h, stroke: "#98a2b3", "stroke-dasharray": "3 3" }, f.svg);
-        el("circle", { cx: sx(mk.x), cy: sy(mk.y), r: 6, fill: "#fff", stroke: "var(--bad)", "stroke-width": 3, "class": "marker" }, f.svg);
-        if (mk.label) {
-          var left = sx(mk.x) > f.m.left + f.w * 0.7;
-          text(f.svg, sx(mk.x) + (left ? -10 : 10), Math.max(sy(mk.y) - 10, f.m.top + 10), mk.label,
-            { "text-anchor": left ? "end" : "start", style: "fill: var(--ink); font-weight: 600" });
+      datasets.push({
+        label: "", guide: true, borderColor: "#98a2b3", borderWidth: 1, borderDash: [3, 3], pointRadius: 0,
+        pointHitRadius: 0, data: [{ x: mk.x, y: yo.min !== undefined ? yo.min : 0 }, { x: mk.x, y: yo.max !== undefined ? yo.max : mk.y }]
+      });
+    }
+    var notGuide = function (item) { return !datasets[item.datasetIndex].guide; };
+    var config = {
+      type: "line",
+      data: { datasets: datasets },
+      options: {
+        parsing: false,
+        interaction: { mode: "nearest", intersect: false },
+        scales: {
+          x: { type: "linear", min: xo.min, max: xo.max, title: axisTitle(xo), grid: { display: false },
+            ticks: { precision: xo.integer ? 0 : undefined } },
+          y: { min: yo.min, max: yo.max, beginAtZero: true, title: axisTitle(yo), ticks: { precision: yo.integer ? 0 : undefined } }
+        },
+        plugins: {
+          legend: { display: datasets.filter(function (d) { return !d.guide; }).length > 1, position: "bottom",
+            labels: { filter: notGuide, usePointStyle: true, pointStyleWidth: mk ? undefined : 26, generateLabels: lineLegend } },
+          tooltip: {
+            filter: notGuide,
+            callbacks: {
+              title: function () { return ""; },
+              label: function (ctx) {
+                return ctx.dataset.label + ": " + (yo.label || "y") + " " + fmt(ctx.parsed.y) + " at " + (xo.label || "x") + " " + fmt(ctx.parsed.x);
+              }
+            }
+          }
         }
       }
-      container.appendChild(f.svg);
-      legend(container, series);
+    };
+    var rows = [];
+    series.forEach(function (s) {
+      sample(s.points, 21).forEach(function (p) { rows.push([s.name, p[0], p[1]]); });
     });
+    if (mk) { rows.unshift([mk.label, mk.x, mk.y]); }
+    var title = options.title || "Chart";
+    var label = title + ": " + series.map(function (s) { return s.name; }).join(", ") + (mk ? "; " + mk.label : "");
+    return mount(container, "line", config, options.height || defaultHeight(container), label,
+      dataTable(title, ["series", xo.label || "x", yo.label || "y"], rows));
   }
 
-  /* Stacked columns per category: categories ["2024-05-01", ...], series [{name, values: [...]}]. */
+  /* Stacked columns per category: categories ["2024-05-01", ...], series [{name, values: [...]}];
+     x.format shortens the category under each column (tooltips show it whole). */
   function columns(container, options) {
-    draw(container, options, function () {
-      var cats = options.categories || [];
-      var series = options.series || [];
-      if (!cats.length || !series.length) { empty(container, options.empty); return; }
-      var f = frame(container, options);
-      var totals = cats.map(function (_, i) { return series.reduce(function (sum, s) { return sum + (s.values[i] || 0); }, 0); });
-      var ymax = Math.max.apply(null, totals.concat([1])) * 1.1;
-      var sy = function (v) { return f.m.top + f.h - v / ymax * f.h; };
-      var band = f.w / cats.length;
-      var sx = function (i) { return f.m.left + band * i + band / 2; };
-      var every = Math.ceil(cats.length / Math.max(1, Math.floor(f.w / 70)));
-      var shown = cats.map(function (_, i) { return i; }).filter(function (i) { return i % every === 0; });
-      var yticks = ticks(0, ymax, 4).filter(function (v) { return v === Math.round(v); });
-      axes(f, shown, yticks, sx, sy, Object.assign({}, options, {
-        x: Object.assign({}, options.x, { format: function (i) { return (options.x && options.x.format || String)(cats[i]); } })
-      }));
-      var bar = Math.max(2, Math.min(36, band * 0.7));
-      cats.forEach(function (cat, i) {
-        var base = 0;
-        series.forEach(function (s, k) {
-          var v = s.values[i] || 0;
-          if (!v) { return; }
-          var rect = el("rect", { x: sx(i) - bar / 2, y: sy(base + v), width: bar, height: Math.max(1, sy(base) - sy(base + v)),
-            rx: 2, fill: s.color || PALETTE[k % PALETTE.length] }, f.svg);
-          el("title", {}, rect).textContent = s.name + ", " + cat + ": " + v.toLocaleString();
-          base += v;
-        });
-      });
-      container.appendChild(f.svg);
-      legend(container, series);
+    var cats = options.categories || [];
+    var series = options.series || [];
+    if (!cats.length || !series.length) { empty(container, options.empty); return null; }
+    var xo = options.x || {}, yo = options.y || {};
+    var short = xo.format || String;
+    var config = {
+      type: "bar",
+      data: {
+        labels: cats,
+        datasets: series.map(function (s, k) {
+          var color = s.color || PALETTE[k % PALETTE.length];
+          return { label: s.name, data: s.values, backgroundColor: color, borderRadius: 2, maxBarThickness: 36 };
+        })
+      },
+      options: {
+        interaction: { mode: "index", intersect: false },
+        scales: {
+          x: { stacked: true, grid: { display: false }, title: axisTitle(xo),
+            ticks: { maxRotation: 0, autoSkipPadding: 12, callback: function (value) { return short(this.getLabelForValue(value)); } } },
+          y: { stacked: true, beginAtZero: true, title: axisTitle(yo), ticks: { precision: 0 } }
+        },
+        plugins: { legend: { display: series.length > 1, position: "bottom" } }
+      }
+    };
+    var total = 0;
+    var rows = [];
+    cats.forEach(function (cat, i) {
+      var values = series.map(function (s) { return s.values[i] || 0; });
+      var sum = values.reduce(function (a, b) { return a + b; }, 0);
+      total += sum;
+      if (sum) { rows.push([cat].concat(values)); }
     });
+    var title = options.title || "Chart";
+    var label = title + ", " + cats[0] + " to " + cats[cats.length - 1] + ": " + total.toLocaleString() + " in all";
+    return mount(container, "columns", config, options.height || defaultHeight(container), label,
+      dataTable(title + " (only days with requests)", [xo.label || "day"].concat(series.map(function (s) { return s.name; })), rows));
   }
 
-  /* Horizontal bars: items [{label, value, note?}]. */
+  /* Horizontal bars with their counts: items [{label, value, color?}]; colorBy "index" colours each bar. */
   function bars(container, options) {
-    draw(container, options, function () {
-      var items = options.items || [];
-      if (!items.length) { empty(container, options.empty); return; }
-      var max = Math.max.apply(null, items.map(function (i) { return i.value; }).concat([1]));
-      var box = document.createElement("div");
-      box.className = "bars";
-      items.forEach(function (item, i) {
-        var label = document.createElement("span");
-        label.textContent = item.label;
-        var track = document.createElement("span");
-        track.className = "track";
-        var fill = document.createElement("span");
-        fill.className = "bar";
-        fill.style.width = (item.value / max * 100).toFixed(1) + "%";
-        fill.style.background = item.color || PALETTE[(options.colorBy === "index" ? i : 0) % PALETTE.length];
-        fill.title = item.label + ": " + item.value.toLocaleString();
-        track.appendChild(fill);
-        var count = document.createElement("span");
-        count.className = "count";
-        count.textContent = item.value.toLocaleString() + (item.note ? " " + item.note : "");
-        box.appendChild(label); box.appendChild(track); box.appendChild(count);
-      });
-      container.appendChild(box);
-    });
+    var items = options.items || [];
+    if (!items.length) { empty(container, options.empty); return null; }
+    var config = {
+      type: "bar",
+      data: {
+        labels: items.map(function (item) { return item.label + " (" + item.value.toLocaleString() + ")"; }),
+        datasets: [{
+          label: options.valueLabel || "rows",
+          data: items.map(function (item) { return item.value; }),
+          backgroundColor: items.map(function (item, i) {
+            return item.color || PALETTE[(options.colorBy === "index" ? i : 0) % PALETTE.length];
+          }),
+          borderRadius: 4, maxBarThickness: 18, minBarLength: 2
+        }]
+      },
+      options: {
+        indexAxis: "y",
+        scales: { x: { beginAtZero: true, ticks: { precision: 0 } }, y: { grid: { display: false }, ticks: { color: "#1b1e2b", font: { size: 12 } } } },
+        plugins: { legend: { display: false } }
+      }
+    };
+    var title = options.title || "Counts";
+    var label = title + ": " + items.map(function (item) { return item.label + " " + item.value.toLocaleString(); }).join(", ");
+    return mount(container, "bars", config, options.height || items.length * 28 + 36, label,
+      dataTable(title, ["label", options.valueLabel || "rows"], items.map(function (item) { return [item.label, item.value]; })));
   }
 
   window.ArbiterCharts = { line: line, columns: columns, bars: bars, palette: PALETTE };
