@@ -6,7 +6,7 @@ The runner calls each inside a transaction on the inference database, with the e
 from __future__ import annotations
 
 from arbiter.events import Event, handles
-from services.inference.logic import deployment_load, model_version_record
+from services.inference.logic import deployment_load, deployments_waiting_fail, model_version_record
 
 
 @handles("training.completed")
@@ -19,3 +19,15 @@ def on_training_completed(event: Event) -> None:
 def on_deployment_requested(event: Event) -> None:
     """Fetch, load and warm the deployment's model, then announce it live (or failed, saying why)."""
     deployment_load(deployment_id=int(event.data["deployment_id"]))
+
+
+@handles("training.failed")
+def on_training_failed(event: Event) -> None:
+    """Deployments created while the version was still training fail with it, saying why."""
+    data = event.data
+    deployments_waiting_fail(
+        model_id=int(data["model_id"]),
+        version=int(data["version"]),
+        message=f"Version {data['version']} of model {data['model_id']} did not train ({data['state']}): "
+        f"{data['message']}",
+    )

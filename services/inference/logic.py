@@ -43,6 +43,8 @@ from services.inference.serving.cache import LoadedModel, model_cache
 log = logging.getLogger(__name__)
 
 ALIAS = "inference"
+# The `reason` of a pending deployment whose version has not reached this service yet.
+WAITING_FOR_VERSION = "waiting_for_version"
 DEPLOYMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -114,7 +116,51 @@ def model_version_record(*, org_id: int, data: Mapping[str, Any]) -> ModelVersio
                 "metrics": metrics,
             },
         )
+        for deployment in Deployment.objects.select_for_update().filter(
+            model_id=version.model_id, version=version.version, reason=WAITING_FOR_VERSION
+        ):
+            deployment.artifact = version.artifact
+            deployment.model_name = version.model_name
+            deployment.reason = deployment.message = ""
+            deployment.save(update_fields=["artifact", "model_name", "reason", "message"])
+            _deployment_request(deployment)
     return version
+
+
+def deployments_waiting_fail(*, model_id: int, version: int, message: str) -> int:
+    """Fail the deployments waiting for a version that will never be trained (`training.failed`)."""
+    waiting = Deployment.objects.select_for_update().filter(
+        model_id=model_id, version=version, reason=WAITING_FOR_VERSION
+    )
+    for deployment in waiting:
+        _deployment_fail(deployment, reason="version_not_trained", message=message)
+    return len(waiting)
+
+
+def deployments_waiting_expire(*, older_than: timedelta) -> int:
+    """Fail the deployments that waited longer than `older_than` for a version that never reached this service
+    (a wrong id, or another org's model); returns how many."""
+    expired = 0
+    with transaction.atomic(using=ALIAS):
+        stale = (
+            Deployment.objects.unscoped()
+            .select_for_update()
+            .filter(
+                reason=WAITING_FOR_VERSION,
+                status=DeploymentStatus.PENDING,
+                created_at__lt=timezone.now() - older_than,
+            )
+        )
+        for deployment in stale:
+            _deployment_fail(
+                deployment,
+                reason="version_not_found",
+                message=f"Version {deployment.version} of model {deployment.model_id} never reached the inference "
+                "service as a trained version. Check the model and version, and that the event relay and "
+                "consumers are running, then deploy again.",
+            )
+            expired += 1
+    return expired
 
 
 def version_resolve(*, model: int | str, version: int | None) -> ModelVersion:
@@ -213,6 +259,34 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _version_or_awaited(*, model: int | str, version: int | None) -> ModelVersion:
+    """The trained version a deployment names; an unsaved stand-in when it names a model by id and a version
+    number this service has not heard of yet (`training.completed` is on its way): the deployment then waits
+    for it instead of the request failing."""
+    try:
+        return version_resolve(model=model, version=version)
+    except ApiError:
+        if version is None or not (isinstance(model, int) or str(model).isdigit()):
+            raise
+        return ModelVersion(model_id=int(model), version=int(version), model_name="", artifact="", heads=[])
+
+
+def _deployment_request(deployment: Deployment) -> None:
+    """Ask for the deployment to be loaded (`deployment.requested`), in the caller's transaction."""
+    publish(
+        type="deployment.requested",
+        org_id=deployment.org_id,
+        subject=f"deployments/{deployment.pk}",
+        data={
+            "deployment_id": deployment.pk,
+            "name": deployment.name,
+            "model_id": deployment.model_id,
+            "version": deployment.version,
+            "artifact": deployment.artifact,
+        },
+    )
+
+
 def deployment_create(
     *,
     org_id: int,
@@ -244,8 +318,9 @@ def deployment_create(
             details={"log_retention_days": ["Out of range."]},
         )
     with transaction.atomic(using=ALIAS):
-        trained = version_resolve(model=model, version=version)
-        # Heads unknown yet (the artifact was unreadable when the version was recorded): checked at load.
+        trained = _version_or_awaited(model=model, version=version)
+        # Heads unknown yet (the version is still on its way, or its artifact was unreadable when it was
+        # recorded): checked at load.
         clean_thresholds = thresholds_validate(thresholds, trained.heads or None)
         if name:
             _check_name(name)
@@ -265,6 +340,11 @@ def deployment_create(
                     version=trained.version,
                     model_name=trained.model_name,
                     artifact=trained.artifact,
+                    reason=WAITING_FOR_VERSION if trained.pk is None else "",
+                    message=f"Waiting for version {trained.version} of model {trained.model_id} to reach the "
+                    "inference service; it loads when it does."
+                    if trained.pk is None
+                    else "",
                     thresholds=clean_thresholds,
                     log_requests=bool(log_requests),
                     log_retention_days=retention,
@@ -284,18 +364,8 @@ def deployment_create(
                 code="name_taken",
                 message="Another deployment took that name meanwhile; choose another name.",
             ) from None
-        publish(
-            type="deployment.requested",
-            org_id=org_id,
-            subject=f"deployments/{deployment.pk}",
-            data={
-                "deployment_id": deployment.pk,
-                "name": deployment.name,
-                "model_id": deployment.model_id,
-                "version": deployment.version,
-                "artifact": deployment.artifact,
-            },
-        )
+        if trained.pk is not None:
+            _deployment_request(deployment)
     return deployment, True
 
 

@@ -1,36 +1,32 @@
 """The whole journey of a new user, in a real browser, against a real Arbiter.
 
-Arbiter runs as it does for `arbiter up`: its own processes (web, outbox relay, event consumers, training
-operator, embedded Kafka-compatible broker) on SQLite files in a private home. Chromium, driven by
-Playwright, signs up, uploads a CSV, confirms its columns, snapshots it, trains a model with the `head`
-strategy, reads its metrics, uses the playground, deploys the model and creates an API key; the test then
-calls the deployment over HTTP with that key, as the user's application would, and finds the call in the
-usage page; the busiest pages are then checked at a phone's width.
+Arbiter runs as production deploys it (`arbiter up --split`, see conftest): each service in its own processes
+(web, outbox relay, event consumers; the training operator) on PostgreSQL, one database per service, behind
+nginx routing by the route table, with the embedded Kafka-compatible broker. Chromium, driven by Playwright,
+signs up, uploads a CSV, confirms its columns, snapshots it, trains a model with the `head` strategy, reads
+its metrics, uses the playground, deploys the model and creates an API key; the test then calls the
+deployment over HTTP with that key, as the user's application would, and finds the call in the usage page;
+the busiest pages are then checked at a phone's width. A crawl then visits every page the navigation
+reaches and every link on those pages.
 
 Screenshots of every step land in `test-artifacts/e2e/`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from arbiter.config.routes import route_owner
+from tests.e2e.conftest import ARTIFACTS, RunningArbiter
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO_ROOT / "test-artifacts" / "e2e"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -76,80 +72,10 @@ def comments_csv(path: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(what: str, check: object, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            if check():  # type: ignore[operator]
-                return
-        time.sleep(0.3)
-    raise RuntimeError(f"{what} did not come up within {timeout_s:.0f} s")
-
-
-def _port_open(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=1):
-        return True
-
-
-def _healthy(base: str) -> bool:
-    with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
-        return response.status == 200
-
-
 @pytest.fixture(scope="module")
-def arbiter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A running Arbiter (all services and their background processes); yields its base URL."""
-    home = tmp_path_factory.mktemp("arbiter-e2e")
-    web_port, broker_port = _free_port(), _free_port()
-    base = f"http://127.0.0.1:{web_port}"
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "ARBITER_DB_NAME", "KAFKA_"))
-    }
-    env.update(
-        ARBITER_HOME=str(home),
-        ARBITER_SERVICES="all",
-        ARBITER_PUBLIC_URL=base,
-        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{broker_port}",
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    cli = [sys.executable, "-m", "arbiter.cli"]
-    subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)
-    commands = {
-        "broker": [*cli, "events", "broker", "--port", str(broker_port)],
-        "relay": [*cli, "relay"],
-        "consume": [*cli, "consume"],
-        "operator": [*cli, "operator"],
-        "web": [*cli, "serve", "--bind", f"127.0.0.1:{web_port}", "--threads", "8"],
-    }
-    processes: dict[str, subprocess.Popen[bytes]] = {}
-    logs = {name: (home / f"{name}.log").open("wb") for name in commands}
-    try:
-        for name, command in commands.items():
-            processes[name] = subprocess.Popen(command, env=env, stdout=logs[name], stderr=subprocess.STDOUT)
-            if name == "broker":
-                _wait("the embedded broker", lambda: _port_open(broker_port), 60)
-        _wait("the web server", lambda: _healthy(base), 60)
-        yield base
-    finally:
-        for process in reversed(list(processes.values())):
-            process.terminate()
-        for name, process in processes.items():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            logs[name].close()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for name in commands:
-            # The processes' logs sit beside the screenshots: a failed journey says where it stopped.
-            (ARTIFACTS / f"{name}.log").write_bytes((home / f"{name}.log").read_bytes()[-200_000:])
+def arbiter(split_arbiter: RunningArbiter) -> str:
+    """Arbiter as production deploys it: each service in its own processes behind nginx (see conftest)."""
+    return split_arbiter.base
 
 
 def classify(url: str, key: str, inputs: list[str]) -> dict:
@@ -321,3 +247,69 @@ def test_a_new_user_gets_from_an_empty_account_to_a_model_answering_over_http(
             phone.screenshot(path=str(ARTIFACTS / f"{next(shots):02d}-phone-{name}.png"), full_page=True)
         browser.close()
     assert not problems, problems
+
+
+def test_every_page_the_navigation_reaches_and_every_link_on_it_answers(arbiter: str) -> None:
+    """Signed in, through nginx: the navigation's pages, every link and asset on them, and the pages those
+    links open (two levels deep) answer 2xx; none is a 404 of a path routed to the wrong service."""
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed (/usr/bin/chromium); `make browser` installs it")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(f"{arbiter}/signin")
+        page.fill("#email", "new.user@example.com")
+        page.fill("#password", PASSWORD)
+        page.click("button:has-text('Sign in')")
+        page.wait_for_url("**/console/**")
+        nav = page.eval_on_selector_all(
+            "nav.sidenav a[href]", "links => links.map(a => a.getAttribute('href'))"
+        )
+        assert len(nav) >= 6, nav
+
+        seen: dict[str, int] = {}
+        broken: list[str] = []
+        level = [href for href in nav if href.startswith("/")]
+        for _ in range(2):
+            found: list[str] = []
+            for path in level:
+                if path in seen:
+                    continue
+                response = page.request.get(f"{arbiter}{path}")
+                seen[path] = response.status
+                if not 200 <= response.status < 300:
+                    broken.append(f"{response.status} {path}")
+                    continue
+                if "text/html" not in response.headers.get("content-type", "") or not path.startswith(
+                    "/console/"
+                ):
+                    continue  # an asset, a download, JSON or the API docs: answering is all it must do
+                page.goto(f"{arbiter}{path}")
+                # The navigation is the same on every service's pages.
+                here = page.eval_on_selector_all(
+                    "nav.sidenav a[href]", "ls => ls.map(a => a.getAttribute('href'))"
+                )
+                assert here == nav, f"the navigation on {path} differs: {here}"
+                found += page.eval_on_selector_all(
+                    "a[href], script[src], link[href]",
+                    "els => els.map(e => e.getAttribute('href') || e.getAttribute('src'))",
+                )
+            level = [
+                href.split("#")[0]
+                for href in dict.fromkeys(found)
+                if href.startswith("/")
+                and not href.startswith("//")
+                and href.split("#")[0] not in seen
+                and not href.startswith("/signout")
+            ]
+        for path in level:  # the third level is only checked, not followed
+            status = page.request.get(f"{arbiter}{path}").status
+            seen[path] = status
+            if not 200 <= status < 300:
+                broken.append(f"{status} {path}")
+        browser.close()
+    assert broken == [], broken
+    assert len(seen) > 20, sorted(seen)
+    owners = {route_owner(path) for path in seen}
+    assert {"gateway", "dataset", "training", "inference"} <= owners, sorted(seen)

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
+from arbiter.events import Event
 from arbiter.storage import get_blob_store
 from arbiter.tenancy.scoping import org_scope
 from arbiter.testing.tenants import Tenant, assert_not_found
+from services.inference.logic import deployments_waiting_expire
 from services.inference.models import Deployment, ModelVersion
 from services.inference.serving.cache import model_cache
 from services.inference.serving.preload import live_deployments_preload
@@ -80,7 +84,7 @@ def test_bad_deployment_requests_are_refused_with_reasons(api: InferenceApi, art
     trained = api.train(artifact_key)
     cases = [
         ({"model": 999_999}, 404, "not_found"),
-        ({"model": trained["model_id"], "version": 7}, 404, "not_found"),
+        ({"model": "no-such-model", "version": 7}, 404, "not_found"),
         ({"model": trained["model_id"], "thresholds": {"nope": {"x": 0.5}}}, 400, "invalid"),
         ({"model": trained["model_id"], "thresholds": {"toxicity": {"toxic": 1.5}}}, 400, "invalid"),
         ({"model": trained["model_id"], "name": "12345"}, 400, "invalid"),
@@ -203,3 +207,54 @@ def test_another_orgs_deployments_are_404(api: InferenceApi, victim: Tenant, art
     assert response.status_code == 404
     assert victim.client().get(victim.url("/deployments")).json()["count"] == 0
     assert Deployment.objects.unscoped().get(pk=deployment["id"]).status == "live"
+
+
+def test_a_deployment_of_a_version_still_on_its_way_waits_for_it_then_loads(
+    api: InferenceApi, artifact_key: str
+) -> None:
+    """A script that deploys the moment training succeeds is not told the version is unknown: it waits."""
+    response = api.client.post(api.url("/deployments"), {"model": 4242, "version": 1}, format="json")
+    assert response.status_code == 202, response.content
+    waiting = response.json()
+    assert (waiting["status"], waiting["reason"]) == ("pending", "waiting_for_version")
+    assert "version 1 of model 4242" in waiting["message"]
+    assert not published("deployment.requested")
+
+    api.train(artifact_key, model_id=4242)  # training.completed reaches the inference service
+
+    (requested,) = published("deployment.requested", deployment_id=waiting["id"])
+    assert requested.data["artifact"] == artifact_key
+    deliver(requested)
+    live = api.client.get(api.url(f"/deployments/{waiting['id']}")).json()
+    assert (live["status"], live["reason"]) == ("live", "")
+    assert api.classify(waiting["id"], ["you are an idiot"]).status_code == 200
+
+
+def test_a_waiting_deployment_fails_when_its_version_fails_or_never_comes(api: InferenceApi) -> None:
+    failing = api.client.post(api.url("/deployments"), {"model": 51, "version": 2}, format="json").json()
+    never = api.client.post(api.url("/deployments"), {"model": 52, "version": 1}, format="json").json()
+    deliver(
+        Event(
+            type="training.failed",
+            source="/arbiter/training",
+            org_id=api.tenant.org.pk,
+            subject="models/51/versions/2",
+            data={
+                "run_id": 9,
+                "model_id": 51,
+                "version": 2,
+                "state": "failed",
+                "reason": "SingleClassHead",
+                "message": "Head 'toxicity' has a single class.",
+            },
+        )
+    )
+    failed = api.client.get(api.url(f"/deployments/{failing['id']}")).json()
+    assert (failed["status"], failed["reason"]) == ("failed", "version_not_trained")
+    assert "single class" in failed["message"]
+
+    assert deployments_waiting_expire(older_than=timedelta(minutes=10)) == 0
+    assert deployments_waiting_expire(older_than=timedelta(0)) == 1
+    expired = api.client.get(api.url(f"/deployments/{never['id']}")).json()
+    assert (expired["status"], expired["reason"]) == ("failed", "version_not_found")
+    assert not published("deployment.requested")

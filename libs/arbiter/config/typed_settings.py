@@ -340,8 +340,9 @@ class TrainingSettings(Concern):
     # None: 1 with the local executor, no limit with Kubernetes (the cluster queues Jobs that wait for a GPU).
     concurrency: int | None = Field(None, ge=0, validation_alias="ARBITER_TRAINING_CONCURRENCY")
     interval_s: float = Field(2.0, gt=0, validation_alias="ARBITER_OPERATOR_INTERVAL_SECONDS")
-    # A run created on a snapshot this service has not heard of yet waits this long for it, then fails.
-    snapshot_wait_s: float = Field(600.0, gt=0, validation_alias="ARBITER_SNAPSHOT_WAIT_SECONDS")
+    # A request naming what another service announces by event (a snapshot, for a model; a trained version,
+    # for a deployment) waits this long for it, then fails.
+    wait_for_events_s: float = Field(600.0, gt=0, validation_alias="ARBITER_WAIT_FOR_EVENTS_SECONDS")
 
     @property
     def trainer_slots(self) -> int | None:

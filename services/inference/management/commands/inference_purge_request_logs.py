@@ -2,22 +2,27 @@ from __future__ import annotations
 
 import signal
 import threading
+from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connections
 
-from services.inference.logic import request_log_purge
+from arbiter.config.typed_settings import arbiter_settings
+from services.inference.logic import deployments_waiting_expire, request_log_purge
 
 
 class Command(BaseCommand):
     help = (
-        "Delete logged requests older than their deployment's retention (log_retention_days). Run it daily, "
-        "or keep it running with --every SECONDS (as `arbiter up` does)."
+        "Delete logged requests older than their deployment's retention (log_retention_days), and fail "
+        "deployments that waited too long for their version (ARBITER_WAIT_FOR_EVENTS_SECONDS). Run it "
+        "periodically, or keep it running with --every SECONDS (as `arbiter up` does)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--every", type=float, default=0, help="purge again every N seconds until stopped")
+        parser.add_argument(
+            "--every", type=float, default=0, help="purge again every N seconds until stopped"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         stop = threading.Event()
@@ -27,6 +32,10 @@ class Command(BaseCommand):
         while True:
             deleted = request_log_purge()
             self.stdout.write(f"Deleted {deleted} logged requests past their retention.")
+            wait = timedelta(seconds=arbiter_settings().training.wait_for_events_s)
+            expired = deployments_waiting_expire(older_than=wait)
+            if expired:
+                self.stdout.write(f"Failed {expired} deployments whose version never arrived.")
             connections.close_all()
             if options["every"] <= 0 or stop.wait(options["every"]):
                 return

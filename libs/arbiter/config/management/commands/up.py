@@ -151,6 +151,6 @@ def _service_workers(services: tuple[str, ...], env: dict[str, str] | None = Non
         children.append(Child("operator", [*ARBITER, "operator"], dict(env or {})))
     if "inference" in services:
         children.append(
-            Child("purge", [*ARBITER, "inference_purge_request_logs", "--every", "3600"], dict(env or {}))
+            Child("purge", [*ARBITER, "inference_purge_request_logs", "--every", "60"], dict(env or {}))
         )
     return children
