@@ -17,12 +17,12 @@ from django.core.paginator import Paginator
 from django.db import models
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
-from django.urls import NoReverseMatch, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
 from arbiter.api.errors import ApiError
+from arbiter.config.routes import page_path
 from arbiter.console.forms import error_message
 from arbiter.console.pages import org_page
 from arbiter.tenancy.access import OrgAccess
@@ -137,7 +137,7 @@ def dataset_upload(request: HttpRequest, *, org: str, access: OrgAccess) -> Http
         except ApiError as exc:
             error = exc.message
         else:
-            return redirect("console-dataset-columns", org=org, dataset_id=dataset.pk)
+            return redirect(page_path("console-dataset-columns", org=org, dataset_id=dataset.pk))
     context = {
         "error": error,
         "formats": FILE_FORMATS,
@@ -259,7 +259,7 @@ def dataset_columns(request: HttpRequest, dataset_id: int, *, org: str, access: 
                     f"Columns confirmed: {counts['valid_rows']:,} of {counts['rows']:,} rows are "
                     "valid. Next, snapshot the dataset to train on it.",
                 )
-            return redirect("console-dataset-snapshots", org=org, dataset_id=dataset.pk)
+            return redirect(page_path("console-dataset-snapshots", org=org, dataset_id=dataset.pk))
         dataset.refresh_from_db()
     summary = _summary(dataset)
     profiles = {profile["name"]: profile for profile in dataset.profiles}
@@ -337,7 +337,7 @@ def dataset_rows(request: HttpRequest, dataset_id: int, *, org: str, access: Org
     dataset = _dataset(dataset_id)
     summary = _summary(dataset)
     heads = summary["heads"]
-    grid_url = reverse("console-dataset", kwargs={"org": org, "dataset_id": dataset.pk})
+    grid_url = page_path("console-dataset", org=org, dataset_id=dataset.pk)
     if request.method == "POST":
         _require_write(access)
         labels = {
@@ -423,7 +423,7 @@ def row_relabel(
         return render(request, "dataset/_row.html", context)
     if error:
         messages.error(request, error)
-    return redirect(_back(request, reverse("console-dataset", kwargs={"org": org, "dataset_id": dataset.pk})))
+    return redirect(_back(request, page_path("console-dataset", org=org, dataset_id=dataset.pk)))
 
 
 @org_page("datasets:write")
@@ -443,7 +443,7 @@ def row_delete(
         if _htmx(request):
             return HttpResponse("")
         messages.success(request, f"Row {number} deleted.")
-    return redirect(_back(request, reverse("console-dataset", kwargs={"org": org, "dataset_id": dataset.pk})))
+    return redirect(_back(request, page_path("console-dataset", org=org, dataset_id=dataset.pk)))
 
 
 # --- snapshots ----------------------------------------------------------------------------------------------
@@ -473,7 +473,7 @@ def dataset_snapshots(request: HttpRequest, dataset_id: int, *, org: str, access
         except ApiError as exc:
             error, error_details = exc.message, exc.details or {}
         else:
-            return redirect("console-snapshot", org=org, snapshot_id=snapshot.pk)
+            return redirect(page_path("console-snapshot", org=org, snapshot_id=snapshot.pk))
     summary = _summary(dataset)
     mapping = dataset.mapping.get("columns", [])
     context = {
@@ -491,12 +491,9 @@ def dataset_snapshots(request: HttpRequest, dataset_id: int, *, org: str, access
     return render(request, "dataset/snapshots.html", context, status=400 if error else 200)
 
 
-def _train_url(org: str, snapshot: Snapshot) -> str | None:
-    """The training service's create page for this snapshot, when that service runs in this process."""
-    try:
-        return reverse("console-model-create", kwargs={"org": org}) + f"?snapshot={snapshot.pk}"
-    except NoReverseMatch:
-        return None
+def _train_url(org: str, snapshot: Snapshot) -> str:
+    """The training service's create page for this snapshot."""
+    return page_path("console-model-create", org=org) + f"?snapshot={snapshot.pk}"
 
 
 @org_page("datasets:read")

@@ -14,12 +14,12 @@ from django.conf import settings
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
 from arbiter.api.errors import ApiError
+from arbiter.config.routes import page_path
 from arbiter.console.pages import org_page
 from arbiter.tenancy.access import OrgAccess
 from arbiter.tenancy.scopes import holds
@@ -38,12 +38,9 @@ def _deployment(deployment_id: int) -> Deployment:
     return deployment
 
 
-def _version_url(org: str, model_id: int, version: int) -> str | None:
-    """The training service's page of a version, when that service runs in this process."""
-    try:
-        return reverse("console-model-version", kwargs={"org": org, "model_id": model_id, "number": version})
-    except NoReverseMatch:
-        return None
+def _version_url(org: str, model_id: int, version: int) -> str:
+    """The training service's page of a version."""
+    return page_path("console-model-version", org=org, model_id=model_id, number=version)
 
 
 @org_page("models:read")
@@ -82,7 +79,7 @@ def deployment_create(request: HttpRequest, *, org: str, access: OrgAccess) -> H
         except ApiError as exc:
             error = exc.message
         else:
-            return redirect("console-deployment", org=org, deployment_id=deployment.pk)
+            return redirect(page_path("console-deployment", org=org, deployment_id=deployment.pk))
     wanted = request.POST.get("version") or f"{request.GET.get('model', '')}:{request.GET.get('version', '')}"
     context = {
         "versions": [
@@ -182,7 +179,7 @@ def deployment_stop(request: HttpRequest, deployment_id: int, *, org: str, acces
         deployment=_deployment(deployment_id), reason=f"stopped by {access.actor}"
     )
     messages.success(request, f"“{deployment.name}” is stopped. Calls to it now answer 409.")
-    return redirect("console-deployment", org=org, deployment_id=deployment.pk)
+    return redirect(page_path("console-deployment", org=org, deployment_id=deployment.pk))
 
 
 def _usage_by_day(*, start: date, end: date, deployment_id: int | None = None) -> dict[str, Any]:

@@ -13,12 +13,12 @@ from urllib.parse import urlencode
 
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
-from django.urls import NoReverseMatch, reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
 from arbiter.api.errors import ApiError
+from arbiter.config.routes import page_path
 from arbiter.console.forms import error_message
 from arbiter.console.pages import org_page
 from arbiter.tenancy.access import OrgAccess
@@ -261,7 +261,9 @@ def model_create(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpRe
                 error = exc.message
             else:
                 return redirect(
-                    "console-model-version", org=org, model_id=version.model_id, number=version.number
+                    page_path(
+                        "console-model-version", org=org, model_id=version.model_id, number=version.number
+                    )
                 )
     form = request.POST if request.method == "POST" else QueryDict(mutable=True)
     wanted = request.GET.get("snapshot", "")
@@ -357,7 +359,9 @@ def version_create(request: HttpRequest, model_id: int, *, org: str, access: Org
             except ApiError as exc:
                 error = exc.message
             else:
-                return redirect("console-model-version", org=org, model_id=model.pk, number=version.number)
+                return redirect(
+                    page_path("console-model-version", org=org, model_id=model.pk, number=version.number)
+                )
     form = request.POST if request.method == "POST" else QueryDict(mutable=True)
     if request.method == "POST":
         selected = set(_snapshot_ids(request.POST))
@@ -442,13 +446,9 @@ def version_progress(
     return render(request, "training/_progress.html", context)
 
 
-def _deploy_url(*, org: str, model: Model, number: int) -> str | None:
-    """The inference service's deploy page for this version (with a name to suggest), when that service runs
-    in this process."""
-    try:
-        url = reverse("console-deployment-create", kwargs={"org": org})
-    except NoReverseMatch:
-        return None
+def _deploy_url(*, org: str, model: Model, number: int) -> str:
+    """The inference service's deploy page for this version, with a name to suggest."""
+    url = page_path("console-deployment-create", org=org)
     name = f"{slugify(model.name)[:80] or 'model'}-v{number}"
     return f"{url}?{urlencode({'model': model.pk, 'version': number, 'name': name})}"
 
@@ -460,4 +460,4 @@ def version_cancel(
 ) -> HttpResponse:
     version = _version(_model(model_id), number)
     logic.run_cancel(run=version.run)
-    return redirect("console-model-version", org=org, model_id=model_id, number=number)
+    return redirect(page_path("console-model-version", org=org, model_id=model_id, number=number))
