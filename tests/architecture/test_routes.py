@@ -46,7 +46,7 @@ def test_each_route_names_a_real_service_and_serves_some_url() -> None:
     urls = service_urls()
     for route in ROUTES:
         assert route.service in ALL_SERVICES
-        if route.path.startswith("/static/"):
+        if route.path.startswith(("/static/", "/api/schema/")):
             continue
         served = [
             path for service, path, _ in urls if service == route.service and re.match(route.path, path)
@@ -88,3 +88,10 @@ def test_a_page_link_quotes_what_it_is_given() -> None:
 def test_the_root_urlconf_serves_every_service_in_all_mode() -> None:
     names = {p.name for _, p in walk(get_resolver().url_patterns) if p.name}
     assert set(PAGES) <= names
+
+
+def test_each_service_serves_its_part_of_the_api_schema() -> None:
+    for service in ALL_SERVICES:
+        path = f"/api/schema/{service}/"
+        assert resolve(path).url_name == f"api-schema-{service}"
+        assert route_owner(path) == service

@@ -26,6 +26,8 @@ from urllib.parse import quote
 
 from django.urls import URLPattern, path
 
+from arbiter.config.services import ALL_SERVICES
+
 DEFAULT_SERVICE = "gateway"
 
 
@@ -52,6 +54,10 @@ ROUTES: tuple[Route, ...] = (
     Route("inference", f"{_ORG_CONSOLE}/(deployments|usage)(/|$)"),
     Route("inference", "/v1/"),
     Route("inference", "/static/inference/"),
+)
+# Each service's part of the OpenAPI schema (see arbiter.config.urls), served by that service.
+ROUTES += tuple(
+    Route(service, f"/api/schema/{service}/") for service in ALL_SERVICES if service != DEFAULT_SERVICE
 )
 
 

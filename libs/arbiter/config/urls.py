@@ -19,6 +19,15 @@ urlpatterns: list[URLPattern | URLResolver] = [
 
 for _service in settings.ARBITER_SERVICES:
     urlpatterns.append(path("", include(import_module(f"services.{_service}.urls"))))
+    # Each service's own part of the API, served by that service: in split mode `/api/schema/` holds only the
+    # services of the process that answers it (the gateway's, behind a path router).
+    urlpatterns.append(
+        path(
+            f"api/schema/{_service}/",
+            SpectacularAPIView.as_view(urlconf=f"services.{_service}.urls"),
+            name=f"api-schema-{_service}",
+        )
+    )
 
 handler400 = "arbiter.api.errors.bad_request"
 handler403 = "arbiter.api.errors.permission_denied"
