@@ -147,6 +147,16 @@ def test_a_service_can_scale_or_drop_one_background_process() -> None:
     assert deployments_of(rendered, "consumer")["dataset"]["spec"]["replicas"] == 1
 
 
+def test_the_dataset_job_recovery_runs_beside_the_dataset_service(manifests: list[Manifest]) -> None:
+    recovery = deployments_of(manifests, "jobs")
+    assert sorted(recovery) == ["dataset"]
+    container = only_container(recovery["dataset"])
+    assert container["command"] == ["arbiter", "dataset_jobs_recover", "--every", "60"]
+    assert literal_env(container)["ARBITER_SERVICES"] == "dataset"
+    assert recovery["dataset"]["spec"]["replicas"] == 1
+    assert "dataset" not in deployments_of(render({"datasetJobs": {"enabled": False}}), "jobs")
+
+
 def test_operator_may_manage_jobs_and_read_pods_in_its_namespace_only(manifests: list[Manifest]) -> None:
     operator = deployments_of(manifests, "operator")["training"]
     container = only_container(operator)
