@@ -31,10 +31,14 @@
     return { display: !!(axis && axis.label), text: axis && axis.label ? axis.label : "" };
   }
 
-  // Screen readers get the numbers as a table: a caption, a header row, then the rows.
+  // Screen readers get the numbers as a table (a caption, a header row, then the rows), visually hidden by a
+  // wrapper: a table itself ignores the 1px box of .sr-only and would lengthen the page.
   function dataTable(caption, head, rows) {
+    var box = document.createElement("div");
+    box.className = "sr-only chart-data-box";
     var table = document.createElement("table");
-    table.className = "sr-only chart-data";
+    table.className = "chart-data";
+    box.appendChild(table);
     table.createCaption().textContent = caption;
     var tr = table.createTHead().insertRow();
     head.forEach(function (h) { var th = document.createElement("th"); th.scope = "col"; th.textContent = h; tr.appendChild(th); });
@@ -43,7 +47,7 @@
       var r = body.insertRow();
       row.forEach(function (cell) { r.insertCell().textContent = typeof cell === "number" ? fmt(cell) : cell; });
     });
-    return table;
+    return box;
   }
 
   function empty(container, message) {
@@ -64,7 +68,7 @@
       chart.options = config.options;
       chart.update();
       chart.canvas.setAttribute("aria-label", label);
-      container.replaceChild(table, container.querySelector("table.chart-data"));
+      container.replaceChild(table, container.querySelector(".chart-data-box"));
       return chart;
     }
     if (chart) { chart.destroy(); }
@@ -123,7 +127,7 @@
     var mk = options.marker;
     if (mk) {
       datasets.unshift({
-        label: mk.label, data: [{ x: mk.x, y: mk.y }], showLine: false, pointStyle: "circle", pointRadius: 6,
+        label: mk.label, data: [{ x: mk.x, y: mk.y }], showLine: false, clip: false, pointStyle: "circle", pointRadius: 6,
         pointHoverRadius: 7, pointBorderWidth: 3, borderColor: BAD, backgroundColor: "#fff"
       });
       datasets.push({
