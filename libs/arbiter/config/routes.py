@@ -108,6 +108,11 @@ PAGES: dict[str, Page] = {
     "console-api-keys": Page("gateway", f"{_ORG}/api-keys"),
     "console-api-key-revoke": Page("gateway", f"{_ORG}/api-keys/<int:key_id>/revoke"),
     "console-members": Page("gateway", f"{_ORG}/members"),
+    "console-webhooks": Page("gateway", f"{_ORG}/webhooks"),
+    "console-webhook": Page("gateway", f"{_ORG}/webhooks/<int:endpoint_id>"),
+    "console-webhook-delivery": Page(
+        "gateway", f"{_ORG}/webhooks/<int:endpoint_id>/deliveries/<int:delivery_id>"
+    ),
     # dataset
     "console-datasets": Page("dataset", f"{_ORG}/datasets"),
     "console-dataset-upload": Page("dataset", f"{_ORG}/datasets/new"),

@@ -495,6 +495,184 @@ class InferenceSettings(Concern):
         return self.artifact_cache_dir or self.home / "inference" / "artifacts"
 
 
+class WebhookSettings(Concern):
+    """Webhook deliveries (the gateway's delivery worker) and the egress guard's allow-list for them."""
+
+    # CIDRs webhook URLs may reach although private, loopback or link-local (tests and local use: 127.0.0.0/8).
+    allowed_networks: CommaList = Field((), validation_alias="ARBITER_WEBHOOK_ALLOWED_NETWORKS")
+    # Seconds before each attempt: the first is the delay of the first attempt (0: at once).
+    retry_schedule: Annotated[tuple[float, ...], NoDecode] = Field(
+        (0, 5, 300, 1800, 7200, 18000, 36000, 36000), validation_alias="ARBITER_WEBHOOK_RETRY_SCHEDULE"
+    )
+    timeout_s: float = Field(10.0, gt=0, validation_alias="ARBITER_WEBHOOK_TIMEOUT_SECONDS")
+    # An endpoint failing for this long (no success since its first failure) is disabled.
+    disable_after_s: float = Field(
+        5 * 24 * 3600, gt=0, validation_alias="ARBITER_WEBHOOK_DISABLE_AFTER_SECONDS"
+    )
+    workers: int = Field(16, ge=1, validation_alias="ARBITER_WEBHOOK_WORKERS")
+    endpoint_concurrency: int = Field(4, ge=1, validation_alias="ARBITER_WEBHOOK_ENDPOINT_CONCURRENCY")
+    poll_s: float = Field(0.25, gt=0, validation_alias="ARBITER_WEBHOOK_POLL_SECONDS")
+    secret_overlap_s: float = Field(
+        24 * 3600, ge=0, validation_alias="ARBITER_WEBHOOK_SECRET_OVERLAP_SECONDS"
+    )
+
+    split_networks = field_validator("allowed_networks", mode="before")(_split_commas)
+
+    @field_validator("retry_schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: Any) -> Any:
+        parts = _split_commas(value)
+        if not parts:
+            raise ValueError("needs at least one delay (seconds), e.g. 0,5,300")
+        return parts
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _non_negative(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("delays must be 0 or more seconds")
+        return value
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a CIDR such as 127.0.0.0/8") from None
+        return value
+
+
+METERS = ("classification", "playground", "auto_label", "training_minute")
+MeterName = Literal["classification", "playground", "auto_label", "training_minute"]
+
+
+class MeterAllowance(BaseModel):
+    """What a plan includes of one meter each month (the playground: per model, for good) and what happens beyond."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # None: unlimited.
+    included: int | None = Field(0, ge=0)
+    # Beyond `included`: metered and billed (True, needs a paid plan with a payment method) or refused (False).
+    overage: bool = False
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    label: str = ""
+    # A paid plan is billed; with Stripe configured its overage needs a payment method.
+    paid: bool = False
+    meters: dict[MeterName, MeterAllowance] = Field(default_factory=dict)
+
+    def allowance(self, meter: str) -> MeterAllowance:
+        return self.meters.get(meter, MeterAllowance())  # type: ignore[call-overload]
+
+
+def _builtin_plans(playground_free: int) -> dict[str, dict[str, Any]]:
+    def meters(included: dict[str, int | None], overage: bool) -> dict[str, dict[str, Any]]:
+        return {name: {"included": amount, "overage": overage} for name, amount in included.items()}
+
+    return {
+        "free": {
+            "label": "Free",
+            "paid": False,
+            "meters": meters(
+                {
+                    "classification": 10_000,
+                    "playground": playground_free,
+                    "auto_label": 1_000,
+                    "training_minute": 60,
+                },
+                overage=False,
+            ),
+        },
+        "pro": {
+            "label": "Pro",
+            "paid": True,
+            "meters": meters(
+                {
+                    "classification": 100_000,
+                    "playground": playground_free,
+                    "auto_label": 10_000,
+                    "training_minute": 600,
+                },
+                overage=True,
+            ),
+        },
+        "enterprise": {"label": "Enterprise", "paid": True, "meters": meters(dict.fromkeys(METERS), True)},
+    }
+
+
+class BillingSettings(Concern):
+    """Plans, quotas and Stripe (see services/billing/README.md)."""
+
+    default_plan: str = Field("free", validation_alias="ARBITER_BILLING_DEFAULT_PLAN")
+    # Merged over the built-in plans: {"free": {"meters": {"playground": {"included": 3}}}, "team": {...}}.
+    plan_overrides: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict, validation_alias="ARBITER_BILLING_PLANS"
+    )
+    playground_free_queries: int = Field(500, ge=0, validation_alias="ARBITER_PLAYGROUND_FREE_QUERIES")
+    # Without news from billing for this long, a paid plan's last entitlements stop applying (see the README).
+    grace_hours: float = Field(72.0, gt=0, validation_alias="ARBITER_BILLING_GRACE_HOURS")
+    refresh_seconds: float = Field(3600.0, gt=0, validation_alias="ARBITER_BILLING_REFRESH_SECONDS")
+    payment_grace_days: float = Field(7.0, ge=0, validation_alias="ARBITER_BILLING_PAYMENT_GRACE_DAYS")
+    stripe_api_key: SecretStr | None = Field(None, validation_alias="STRIPE_API_KEY")
+    stripe_webhook_secret: SecretStr | None = Field(None, validation_alias="STRIPE_WEBHOOK_SECRET")
+    stripe_api_base: str | None = Field(None, validation_alias="ARBITER_STRIPE_API_BASE")
+    report_batch: int = Field(100, ge=1, validation_alias="ARBITER_BILLING_REPORT_BATCH")
+
+    @field_validator("plan_overrides", mode="before")
+    @classmethod
+    def _plans_json(cls, value: Any) -> Any:
+        value = _json(value)
+        if not isinstance(value, dict):
+            raise ValueError(
+                'must be a JSON object of plans, e.g. {"free": {"meters": {"playground": {"included": 3}}}}'
+            )
+        return value
+
+    @_model_validator(mode="after")
+    def _valid_plans(self) -> BillingSettings:
+        plans = self.plans
+        if self.default_plan not in plans:
+            raise ValueError(
+                f"ARBITER_BILLING_DEFAULT_PLAN={self.default_plan!r} is not a plan ({', '.join(plans)})"
+            )
+        return self
+
+    @functools.cached_property
+    def plans(self) -> dict[str, Plan]:
+        merged = _builtin_plans(self.playground_free_queries)
+        for name, override in self.plan_overrides.items():
+            if not isinstance(override, dict):
+                raise ValueError(f"ARBITER_BILLING_PLANS: {name}: must be an object")
+            base = merged.setdefault(name, {"label": name.title(), "meters": {}})
+            for key, value in override.items():
+                if key == "meters" and isinstance(value, dict):
+                    for meter, allowance in value.items():
+                        base["meters"][meter] = {**base["meters"].get(meter, {}), **(allowance or {})}
+                else:
+                    base[key] = value
+        plans: dict[str, Plan] = {}
+        for name, body in merged.items():
+            try:
+                plans[name] = Plan.model_validate(body)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in (name, *first["loc"]))
+                raise ValueError(f"ARBITER_BILLING_PLANS: {where}: {first['msg']}") from None
+        return plans
+
+    @property
+    def stripe_enabled(self) -> bool:
+        return self.stripe_api_key is not None
+
+
 class TelemetrySettings(Concern):
     """The standard OpenTelemetry variables Arbiter itself looks at; the SDK reads the rest (`OTEL_*`)."""
 
@@ -535,6 +713,7 @@ class ArbiterSettings(BaseModel):
         "dataset": DatasetSettings,
         "inference": InferenceSettings,
         "telemetry": TelemetrySettings,
+        "webhooks": WebhookSettings,
     }
 
     core: CoreSettings
@@ -548,6 +727,7 @@ class ArbiterSettings(BaseModel):
     dataset: DatasetSettings
     inference: InferenceSettings
     telemetry: TelemetrySettings
+    webhooks: WebhookSettings
 
 
 def all_variables() -> tuple[str, ...]:

@@ -27,6 +27,7 @@ NAV_SECTIONS: tuple[NavSection, ...] = (
     NavSection("Models", "console-models", "models"),
     NavSection("Deployments", "console-deployments", "deployments"),
     NavSection("Usage", "console-usage", "usage"),
+    NavSection("Webhooks", "console-webhooks", "webhooks"),
     NavSection("API keys", "console-api-keys", "keys"),
     NavSection("Members", "console-members", "members"),
 )

@@ -77,6 +77,7 @@ TRAINING = "arbiter.training"
 INFERENCE = "arbiter.inference"
 ANNOTATION = "arbiter.annotation"
 USAGE = "arbiter.usage"
+WEBHOOKS = "arbiter.webhooks"
 
 EVENT_TYPES: dict[str, EventType] = {
     et.type: et
@@ -85,7 +86,7 @@ EVENT_TYPES: dict[str, EventType] = {
             "snapshot.created",
             DATASET,
             "dataset",
-            ("training",),
+            ("training", "gateway"),
             "A dataset snapshot was frozen and validated; carries its manifest.",
         ),
         EventType(
@@ -100,10 +101,12 @@ EVENT_TYPES: dict[str, EventType] = {
             "training.completed",
             TRAINING,
             "training",
-            ("inference",),
+            ("inference", "gateway"),
             "A training run succeeded; the version has metrics.",
         ),
-        EventType("training.failed", TRAINING, "training", (), "A training run failed or was cancelled."),
+        EventType(
+            "training.failed", TRAINING, "training", ("gateway",), "A training run failed or was cancelled."
+        ),
         EventType(
             "deployment.requested",
             INFERENCE,
@@ -111,13 +114,28 @@ EVENT_TYPES: dict[str, EventType] = {
             ("inference",),
             "A deployment was created and should be loaded.",
         ),
-        EventType("deployment.live", INFERENCE, "inference", (), "A deployment is loaded and serving."),
         EventType(
-            "deployment.failed", INFERENCE, "inference", (), "A deployment could not be loaded; says why."
+            "deployment.live", INFERENCE, "inference", ("gateway",), "A deployment is loaded and serving."
         ),
-        EventType("deployment.stopped", INFERENCE, "inference", (), "A deployment was stopped."),
-        EventType("annotation.completed", ANNOTATION, "annotation", (), "An auto-labeling job finished."),
+        EventType(
+            "deployment.failed",
+            INFERENCE,
+            "inference",
+            ("gateway",),
+            "A deployment could not be loaded; says why.",
+        ),
+        EventType("deployment.stopped", INFERENCE, "inference", ("gateway",), "A deployment was stopped."),
+        EventType(
+            "annotation.completed", ANNOTATION, "annotation", ("gateway",), "An auto-labeling job finished."
+        ),
         EventType("usage.recorded", USAGE, "inference", (), "Billable usage: units of a meter for an org."),
+        EventType(
+            "webhook.disabled",
+            WEBHOOKS,
+            "gateway",
+            ("gateway",),
+            "A webhook endpoint was disabled: it answered 410 Gone or kept failing; says why.",
+        ),
     ]
 }
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from arbiter.config.routes import page
-from services.gateway.console import views
+from services.gateway.console import views, webhooks
 
 urlpatterns = [
     page("home", views.home),
@@ -15,4 +15,7 @@ urlpatterns = [
     page("console-api-keys", views.api_keys),
     page("console-api-key-revoke", views.api_key_revoke),
     page("console-members", views.members),
+    page("console-webhooks", webhooks.webhooks),
+    page("console-webhook", webhooks.webhook),
+    page("console-webhook-delivery", webhooks.webhook_delivery),
 ]

@@ -144,6 +144,9 @@ ARBITER = [sys.executable, "-m", "arbiter.cli"]
 def _service_workers(services: tuple[str, ...], env: dict[str, str] | None = None) -> list[Child]:
     """The long-running helpers some services have besides web, relay and consumers."""
     children = []
+    if "gateway" in services:
+        # Webhook deliveries: due attempts are read from the gateway's database, so a restart resumes them.
+        children.append(Child("webhooks", [*ARBITER, "webhooks", "deliver"], dict(env or {})))
     if "dataset" in services:
         # Dataset jobs run in the web process that accepted them; this settles those a stopped process left.
         children.append(Child("jobs", [*ARBITER, "dataset_jobs_recover", "--every", "60"], dict(env or {})))
