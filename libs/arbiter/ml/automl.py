@@ -179,25 +179,16 @@ def _tfidf_candidate(
         if scores[specs[0].name] and time.monotonic() > deadline:
             break
         for spec in specs:
-            labels = fit.heads[spec.name]
-            fold_scores = []
-            predicted = np.zeros((len(fit), len(spec.labels)))
-            for train, test in folds[spec.name]:
-                cancel_check(should_cancel)
-                weight, bias = logistic_fit(
-                    features=x_fit[train],
-                    labels=labels.subset(train),
-                    c=c,
-                    class_weighting=options.class_weighting,
-                    seed=options.seed,
-                )
-                probabilities = _logistic_probabilities(x_fit[test], LinearComponent("", weight, bias), spec)
-                predicted[test] = probabilities
-                score = head_score(
-                    probabilities=probabilities, labels=labels.subset(test), rule=options.selection_rule
-                )
-                fold_scores.append(-np.inf if score is None else score)
-            scores[spec.name][c] = float(np.mean(fold_scores)) if fold_scores else 0.0
+            score, predicted = _cross_validate(
+                spec,
+                features=x_fit,
+                labels=fit.heads[spec.name],
+                folds=folds[spec.name],
+                c=c,
+                options=options,
+                should_cancel=should_cancel,
+            )
+            scores[spec.name][c] = score
             out_of_fold[spec.name][c] = predicted
     heads, valid_probabilities, chosen = [], {}, {}
     for spec in specs:
@@ -221,6 +212,37 @@ def _tfidf_candidate(
         out_of_fold={name: out_of_fold[name][c] for name, c in chosen.items()},
         detail={"c": chosen, "features": features.dim},
     )
+
+
+def _cross_validate(
+    spec: HeadSpec,
+    *,
+    features: sp.csr_matrix,
+    labels: HeadLabels,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    c: float,
+    options: TrainOptions,
+    should_cancel: CancelCheck | None,
+) -> tuple[float, np.ndarray]:
+    """One head's mean score over the folds with regularisation `c`, and its out-of-fold probabilities."""
+    fold_scores = []
+    predicted = np.zeros((len(labels.mask), len(spec.labels)))
+    for train, test in folds:
+        cancel_check(should_cancel)
+        weight, bias = logistic_fit(
+            features=features[train],
+            labels=labels.subset(train),
+            c=c,
+            class_weighting=options.class_weighting,
+            seed=options.seed,
+        )
+        probabilities = _logistic_probabilities(features[test], LinearComponent("", weight, bias), spec)
+        predicted[test] = probabilities
+        score = head_score(
+            probabilities=probabilities, labels=labels.subset(test), rule=options.selection_rule
+        )
+        fold_scores.append(-np.inf if score is None else score)
+    return (float(np.mean(fold_scores)) if fold_scores else 0.0), predicted
 
 
 def _embeddings_fit(

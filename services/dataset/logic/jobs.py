@@ -251,8 +251,19 @@ def import_run(job: DatasetJob, *, reader: TableReader, batches: Iterable[RowBat
     except Exception:
         logger.exception("import failed", extra={"job_id": job.pk})
         return _job_fail(job, None, "the import failed because of an internal error; it has been logged")
+    _import_complete(
+        job, dataset_id=dataset.pk, columns=columns, reader=reader, imported=imported, rejected=rejected
+    )
+    job.refresh_from_db()
+    return job
+
+
+def _import_complete(
+    job: DatasetJob, *, dataset_id: int, columns: list[str], reader: TableReader, imported: int, rejected: int
+) -> None:
+    """The job completes, its new columns join the dataset's (and its mapping), and the import is recorded."""
     with transaction.atomic(using=DB):
-        locked = Dataset.objects.select_for_update().get(pk=dataset.pk)
+        locked = Dataset.objects.select_for_update().get(pk=dataset_id)
         if columns != locked.columns:
             locked.columns = columns
             locked.mapping = dataset_mapping(locked).with_new_columns(columns).as_dict()
@@ -266,7 +277,7 @@ def import_run(job: DatasetJob, *, reader: TableReader, batches: Iterable[RowBat
             source={**job.source, "detected": reader.details},
         )
         DatasetChange.objects.create(
-            dataset_id=dataset.pk,
+            dataset_id=dataset_id,
             action=DatasetChange.IMPORT,
             actor=job.created_by,
             after={
@@ -276,8 +287,6 @@ def import_run(job: DatasetJob, *, reader: TableReader, batches: Iterable[RowBat
                 "rejected": rejected,
             },
         )
-    job.refresh_from_db()
-    return job
 
 
 def remap_run(job: DatasetJob) -> DatasetJob:
