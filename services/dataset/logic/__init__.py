@@ -10,7 +10,6 @@ from services.dataset.logic.datasets import (
     dataset_upload,
 )
 from services.dataset.logic.jobs import dataset_jobs_recover
-from services.dataset.logic.mapping import dataset_mapping
 from services.dataset.logic.rows import row_create, row_delete, row_update
 from services.dataset.logic.snapshots import snapshot_create, snapshot_test_set_check
 
@@ -20,7 +19,6 @@ __all__ = [
     "dataset_create_from_rows",
     "dataset_delete",
     "dataset_jobs_recover",
-    "dataset_mapping",
     "dataset_update",
     "dataset_upload",
     "row_create",
