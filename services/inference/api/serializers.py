@@ -3,6 +3,7 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
+from arbiter.api.fields import IdField
 from services.inference.models import Deployment, DeploymentStatus, ModelVersion, RequestLogEntry
 
 
@@ -39,9 +40,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
 class DeploymentCreateSerializer(serializers.Serializer):
     model = serializers.CharField(max_length=200, help_text="The model's id (or its name).")
-    version = serializers.IntegerField(
-        min_value=1, required=False, help_text="Default: the newest trained one."
-    )
+    version = IdField(required=False, help_text="Default: the newest trained one.")
     name = serializers.CharField(max_length=100, required=False, help_text="Unique among active deployments.")
     thresholds = serializers.JSONField(
         required=False, help_text="{head: {label: threshold}} overriding the version's."
@@ -52,7 +51,7 @@ class DeploymentCreateSerializer(serializers.Serializer):
 
 class DeploymentListQuerySerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=DeploymentStatus.choices, required=False)
-    model = serializers.IntegerField(required=False, min_value=1)
+    model = IdField(required=False)
 
 
 @extend_schema_field(

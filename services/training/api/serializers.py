@@ -5,6 +5,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from arbiter.api.fields import MAX_ID, IdField
 from services.training import selectors
 from services.training.logic import VersionRef
 from services.training.models import Model, ModelVersion, TrainingRun
@@ -37,7 +38,7 @@ class OptionsSerializer(serializers.Serializer):
 
 
 class TestDataSerializer(serializers.Serializer):
-    snapshot = serializers.IntegerField(min_value=1, required=False)
+    snapshot = IdField(required=False)
     split_percent = serializers.FloatField(min_value=1, max_value=90, required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -55,8 +56,8 @@ class TestDataSerializer(serializers.Serializer):
             {
                 "type": "object",
                 "properties": {
-                    "model": {"type": "integer", "minimum": 1},
-                    "version": {"type": "integer", "minimum": 1},
+                    "model": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                    "version": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
                 },
                 "required": ["model", "version"],
                 "description": "a trained version to train from",
@@ -78,7 +79,12 @@ class BaseModelField(serializers.Field):
             return data.strip()
         if isinstance(data, dict) and set(data) == {"model", "version"}:
             model, version = data["model"], data["version"]
-            if isinstance(model, int) and isinstance(version, int) and model > 0 and version > 0:
+            if (
+                isinstance(model, int)
+                and isinstance(version, int)
+                and 0 < model <= MAX_ID
+                and 0 < version <= MAX_ID
+            ):
                 return VersionRef(model_id=model, number=version)
         self.fail("invalid")
 
@@ -90,21 +96,17 @@ class ModelCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     type = serializers.ChoiceField(choices=[t for t, _ in Model.TYPES], default="text_classification")
     base_model = BaseModelField(default=DEFAULT_BASE_MODEL)
-    snapshots = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), min_length=1, max_length=50
-    )
+    snapshots = serializers.ListField(child=IdField(), min_length=1, max_length=50)
     test = TestDataSerializer(required=False)
     options = OptionsSerializer(required=False)
 
 
 class VersionCreateSerializer(serializers.Serializer):
     # DRF takes declared fields off the class, so `parent` does not shadow Field.parent (mypy cannot tell).
-    parent = serializers.IntegerField(  # type: ignore[assignment]
-        min_value=1, required=False, help_text="Version number to train from."
+    parent = IdField(  # type: ignore[assignment]
+        required=False, help_text="Version number to train from."
     )
-    snapshots = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), min_length=1, max_length=50, required=False
-    )
+    snapshots = serializers.ListField(child=IdField(), min_length=1, max_length=50, required=False)
     test = TestDataSerializer(required=False)
     options = OptionsSerializer(required=False)
 
