@@ -303,7 +303,8 @@ class DatasetSummarySerializer(serializers.Serializer):
     columns = serializers.ListField(child=serializers.CharField())
     mapping = DatasetMappingSerializer()
     heads = DatasetHeadSerializer(many=True)
-    source = FileInfoSerializer()
+    # DRF takes declared fields off the class, so `source` does not shadow Field.source (mypy cannot tell).
+    source = FileInfoSerializer()  # type: ignore[assignment]
     created_by = serializers.CharField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
