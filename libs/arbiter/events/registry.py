@@ -105,7 +105,11 @@ EVENT_TYPES: dict[str, EventType] = {
             "A training run succeeded; the version has metrics.",
         ),
         EventType(
-            "training.failed", TRAINING, "training", ("gateway",), "A training run failed or was cancelled."
+            "training.failed",
+            TRAINING,
+            "training",
+            ("inference", "gateway"),
+            "A training run failed or was cancelled; deployments waiting for its version fail with it.",
         ),
         EventType(
             "deployment.requested",
