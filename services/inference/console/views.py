@@ -67,6 +67,8 @@ def deployment_create(request: HttpRequest, *, org: str, access: OrgAccess) -> H
         try:
             if not (model_id.isdigit() and number.isdigit()):
                 raise ApiError(status=400, code="invalid", message="Choose the model version to deploy.")
+            # The form offers the versions this service knows; unlike the API, it never waits for another.
+            logic.version_resolve(model=int(model_id), version=int(number))
             deployment, _ = logic.deployment_create(
                 org_id=access.org_id,
                 model=int(model_id),
