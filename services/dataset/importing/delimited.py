@@ -62,6 +62,17 @@ def _parse_sample(
     return rows[:-1] if truncated and len(rows) > 1 else rows
 
 
+def _quotes_balanced(lines: list[str], delimiter: str, truncated: bool) -> bool:
+    """Whether every quoted field closes right before a delimiter or a line end (`csv`'s strict mode)."""
+    try:
+        for _ in csv.reader(lines, delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as exc:
+        # A sample cut inside a quoted field ends in unclosed quotes without any fault of the file.
+        return truncated and "unexpected end of data" in str(exc)
+    return True
+
+
 def _consistency(rows: list[list[str]]) -> tuple[float, int]:
     if not rows:
         return 0.0, 0
@@ -72,8 +83,9 @@ def _consistency(rows: list[list[str]]) -> tuple[float, int]:
 def sniff_dialect(sample: str, *, truncated: bool, delimiter: str | None, preferred: str | None) -> Dialect:
     """Pick the delimiter, and whether quotes are quoting, that split the sample into the most regular rows.
 
-    Quoting is switched off only when plain lines split just as regularly while quotes would join lines:
-    files with stray opening quotes (`"Great movie`) would otherwise swallow the lines that follow.
+    Quoting is switched off only when plain lines split just as regularly while quotes would join lines and
+    are not balanced: files with stray opening quotes (`"Great movie`) would otherwise swallow the lines that
+    follow, while a well-quoted field that holds a line break (what `csv.writer` produces) stays one field.
     """
     lines = io.StringIO(sample, newline="").readlines()
     candidates = (delimiter,) if delimiter else DELIMITERS
@@ -83,7 +95,11 @@ def sniff_dialect(sample: str, *, truncated: bool, delimiter: str | None, prefer
         plain = _parse_sample(lines, candidate, csv.QUOTE_NONE, truncated)
         quoted_score, quoted_width = _consistency(quoted or [])
         plain_score, plain_width = _consistency(plain or [])
-        joins_lines = quoted is not None and any("\n" in f or "\r" in f for row in quoted for f in row)
+        joins_lines = (
+            quoted is not None
+            and any("\n" in f or "\r" in f for row in quoted for f in row)
+            and not _quotes_balanced(lines, candidate, truncated)
+        )
         if plain is not None and (
             plain_score > quoted_score or (plain_score == quoted_score and joins_lines)
         ):

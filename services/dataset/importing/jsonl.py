@@ -7,6 +7,8 @@ Every object becomes a row and its keys become columns (in order of first appear
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
@@ -15,6 +17,58 @@ from services.dataset.importing.table import BATCH_ROWS, MAX_COLUMNS, RowBatch, 
 
 LABELS_KEY = "labels"
 MAX_JSON_DOCUMENT_BYTES = 64 * 1024 * 1024
+MAX_NOTES = 100
+MAX_INT_DIGITS = 308
+# What PostgreSQL cannot store in text: NUL, and UTF-16 surrogates that JSON's \ud800 escapes can leave alone.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPAIRED = "text that cannot be stored (NUL or a lone surrogate) was replaced with U+FFFD"
+
+
+class NotStorable(ValueError):
+    """Valid to Python's json module, but not JSON a database can keep (NaN, Infinity, 1e999)."""
+
+
+def _no_constants(name: str) -> Any:
+    raise NotStorable(f"{name} is not a JSON number (JSON has no NaN or Infinity)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NotStorable(f"the number {text[:30]} is too large")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    # Beyond a float's range a number is no label, score or feature; Python refuses over 4300 digits anyway.
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise NotStorable(f"the number {text[:30]}... is too large")
+    return int(text)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite, parse_int=_bounded_int)
+
+
+def json_parse(text: str) -> Any:
+    """Strict JSON: NaN, Infinity and numbers beyond a float's range raise `NotStorable` (a ValueError),
+    deep nesting `RecursionError`."""
+    return _DECODER.decode(text)
+
+
+def _repaired(value: Any) -> tuple[Any, bool]:
+    """The value with unstorable characters in its text replaced by U+FFFD, and whether any were."""
+    if isinstance(value, str):
+        if _UNSTORABLE.search(value) is None:
+            return value, False
+        return _UNSTORABLE.sub("\ufffd", value), True
+    if isinstance(value, list):
+        items = [_repaired(item) for item in value]
+        return [item for item, _ in items], any(changed for _, changed in items)
+    if isinstance(value, dict):
+        pairs = [(_repaired(key), _repaired(item)) for key, item in value.items()]
+        repaired = {key: item for (key, _), (item, _) in pairs}
+        return repaired, any(key_changed or changed for (_, key_changed), (_, changed) in pairs)
+    return value, False
 
 
 class _ObjectRows(TableReader):
@@ -27,6 +81,11 @@ class _ObjectRows(TableReader):
         self.columns = []
         self._positions: dict[str, int] = {}
         self._max_columns = max_columns
+        self._notes: list[str] = []
+
+    @property
+    def notes(self) -> list[str]:
+        return self._notes
 
     def _position(self, name: str, number: int) -> int:
         position = self._positions.get(name)
@@ -47,6 +106,9 @@ class _ObjectRows(TableReader):
         """The row for one object, or why it is not one."""
         if not isinstance(item, dict):
             return f"expected a JSON object, got {_json_type(item)}"
+        item, repaired = _repaired(item)
+        if repaired and len(self._notes) < MAX_NOTES:
+            self._notes.append(f"{self.unit} {number}: {REPAIRED}")
         row: list[Any] = [None] * len(self.columns)
         labels = item.get(LABELS_KEY)
         for key, value in item.items():
@@ -109,12 +171,16 @@ class JsonLinesReader(_ObjectRows):
             if not line.strip():
                 continue
             try:
-                yield number, json.loads(line)
+                yield number, json_parse(line.decode("utf-8-sig" if number == 1 else "utf-8"))
             except json.JSONDecodeError as exc:
                 yield (
                     number,
                     RowRejection(line=number, message=f"column {exc.pos + 1}: not valid JSON: {exc.msg}"),
                 )
+            except NotStorable as exc:
+                yield number, RowRejection(line=number, message=f"not valid JSON: {exc}")
+            except RecursionError:
+                yield number, RowRejection(line=number, message="not valid JSON: nested too deeply")
             except UnicodeDecodeError as exc:
                 yield (
                     number,
@@ -156,7 +222,13 @@ def read_json_document(
             code="too_large",
         )
     try:
-        document = json.loads(data)
+        document = json_parse(data.decode("utf-8-sig"))
+    except NotStorable as exc:
+        raise ImportFileError(f"not valid JSON: {exc}", file_name=file_name, code="unparseable") from None
+    except RecursionError:
+        raise ImportFileError(
+            "not valid JSON: nested too deeply", file_name=file_name, code="unparseable"
+        ) from None
     except json.JSONDecodeError as exc:
         raise ImportFileError(
             f"not valid JSON: {exc.msg}",

@@ -12,11 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from services.dataset.importing.jsonl import NotStorable, json_parse
+
 LabelFormat = Literal["single", "multi", "code", "score"]
 LABEL_FORMATS: tuple[LabelFormat, ...] = ("single", "multi", "code", "score")
 NULL_TOKENS = frozenset({"", "null", "none", "n/a", "nan"})
 DEFAULT_SEPARATOR = "|"
 DEFAULT_THRESHOLD = 0.5
+# A label is a name or a small code; Python will not even print an int of over 4300 digits.
+MAX_LABEL_DIGITS = 100
 
 
 class LabelError(ValueError):
@@ -67,12 +71,12 @@ class LabelSpec:
 def _scalar_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
     if isinstance(value, str):
         return value.strip()
     if isinstance(value, int | float):
-        return str(value)
+        if isinstance(value, int) and abs(value) >= 10**MAX_LABEL_DIGITS:
+            raise LabelError("expected a label, got a number too large to be one", code="malformed_label")
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
     raise LabelError(f"expected a label, got a JSON {type(value).__name__}", code="malformed_label")
 
 
@@ -80,14 +84,27 @@ def _number(value: Any) -> float:
     if isinstance(value, bool):
         raise LabelError(f"expected a number, got {value!r}", code="malformed_label")
     if isinstance(value, int | float):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise LabelError("expected a number, got one too large", code="malformed_label") from None
     if isinstance(value, str):
         try:
             # Decimal commas (0,75) come from European spreadsheets, often in semicolon-separated files.
             return float(value.strip().replace(",", "."))
         except ValueError:
             pass
-    raise LabelError(f"expected a number, got {value!r}", code="malformed_label")
+    raise LabelError(f"expected a number, got {_shown(value)}", code="malformed_label")
+
+
+def _shown(value: Any) -> str:
+    """A cell as a message quotes it: short, and never failing (Python will not print huge ints)."""
+    if isinstance(value, list | dict):
+        return "a JSON list" if isinstance(value, list) else "a JSON object"
+    if isinstance(value, int) and abs(value) >= 10**MAX_LABEL_DIGITS:
+        return "a very large number"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def label_parser(spec: LabelSpec) -> Callable[[Any], list[str] | None]:
@@ -137,10 +154,15 @@ def label_parser(spec: LabelSpec) -> Callable[[Any], list[str] | None]:
                     return None
                 if text.startswith("["):
                     try:
-                        value = json.loads(text)
+                        value = json_parse(text)
                     except json.JSONDecodeError as exc:
                         raise LabelError(
                             f"malformed JSON label list: {exc.msg}", code="malformed_json"
+                        ) from None
+                    except (NotStorable, RecursionError) as exc:
+                        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+                        raise LabelError(
+                            f"malformed JSON label list: {reason}", code="malformed_json"
                         ) from None
                     if not isinstance(value, list):
                         raise LabelError("malformed JSON label list: not an array", code="malformed_json")
@@ -167,7 +189,7 @@ def label_parser(spec: LabelSpec) -> Callable[[Any], list[str] | None]:
                 return None
             number = _number(value)
             if not number.is_integer():
-                raise LabelError(f"label code {value!r} is not a whole number", code="malformed_label")
+                raise LabelError(f"label code {_shown(value)} is not a whole number", code="malformed_label")
             code = int(number)
             if names is None:
                 return [str(code)]
@@ -188,7 +210,7 @@ def label_parser(spec: LabelSpec) -> Callable[[Any], list[str] | None]:
             return None
         score = _number(value)
         if not 0.0 <= score <= 1.0:
-            raise LabelError(f"score {value!r} is outside 0..1", code="score_out_of_range")
+            raise LabelError(f"score {_shown(value)} is outside 0..1", code="score_out_of_range")
         return [above if score >= threshold else below]
 
     return parse_score

@@ -1,9 +1,11 @@
 """Turning an uploaded byte stream into lines of text, whatever its encoding and line ends.
 
-The encoding is decided from a sample at the start of the file by charset-normalizer: a BOM wins (UTF-8,
-UTF-16), then valid UTF-8, then the legacy code page whose text reads best (Cyrillic, Greek, Japanese...).
-Western text reads equally well in several Latin code pages; then Windows-1252, the superset of Latin-1 that
-spreadsheet programs write, is chosen. Two surprises later in the file are handled without starting over:
+The encoding is decided from a sample at the start of the file: a UTF-8 BOM, or text that decodes as UTF-8
+(a few broken sequences are tolerated: real exports truncate emoji), means UTF-8; anything else goes to
+charset-normalizer, which recognises UTF-16 and UTF-32 and picks the legacy code page whose text reads best
+(Cyrillic, Greek, Japanese...). Western text reads equally well in several Latin code pages; then
+Windows-1252, the superset of Latin-1 that spreadsheet programs write, is chosen. Two surprises later in the
+file are handled without starting over:
 - an invalid UTF-8 byte after nothing but ASCII means the guess was wrong; ASCII reads the same in both
   encodings, so decoding switches to Windows-1252 from there and the text read so far stays correct;
 - invalid bytes in a file that is otherwise UTF-8 are replaced with U+FFFD and each affected line is noted.
@@ -25,6 +27,11 @@ from services.dataset.importing.errors import ImportFileError
 SAMPLE_BYTES = 64 * 1024
 CHUNK_BYTES = 1024 * 1024
 MAX_NOTES = 100
+# How much more chaotic (charset-normalizer's measure) Windows-1252 may read than the library's pick of
+# another script and still be chosen.
+WESTERN_MARGIN = 0.1
+# Fewer non-ASCII bytes than this are too little to tell code pages apart: Windows-1252 is assumed.
+MIN_EVIDENCE_BYTES = 16
 
 UTF8 = "utf-8"
 UTF8_BOM = "utf-8-sig"
@@ -37,42 +44,54 @@ _CP1252_TABLE = "".join(
     for byte, ch in enumerate(bytes(range(256)).decode(CP1252, errors="replace").replace("\ufffd", "\ufffe"))
 )
 _UNDECODED = re.compile("[\udc80-\udcff]+")
+# Unicode blocks (as charset-normalizer names them) that every script uses.
+_SCRIPT_NEUTRAL = frozenset(
+    {"Control character", "General Punctuation", "Currency Symbols", "Letterlike Symbols"}
+)
 
 
 def detect_encoding(sample: bytes) -> str:
-    if _mostly_utf8(sample):
+    if sample.startswith(codecs.BOM_UTF8):
+        return UTF8_BOM
+    broken, non_ascii = _utf8_damage(sample)
+    # Kept by hand: charset-normalizer guesses on short or damaged samples (four ASCII bytes can read as
+    # UTF-16, and UTF-8 whose exports truncated an emoji as some legacy code page, garbling every character).
+    # Text that decodes as UTF-8, or nearly (a few broken sequences among many good ones), is UTF-8; NUL
+    # bytes are left to the library, which recognises UTF-16 and UTF-32 by them.
+    if b"\x00" not in sample and (broken == 0 or non_ascii >= 4 * broken):
         return UTF8
-    matches = charset_normalizer.from_bytes(sample)
-    best = matches.best()
-    if best is None:
+    # The library may read a few bytes without NULs as UTF-16: only a BOM or NULs say UTF-16 or UTF-32.
+    candidates = [
+        match
+        for match in charset_normalizer.from_bytes(sample)
+        if match.bom or b"\x00" in sample or not match.encoding.startswith(("utf_16", "utf_32"))
+    ]
+    if not candidates:
         return CP1252  # every byte decodes in it; the NUL check then refuses binary files
+    best = candidates[0]
     encoding = codecs.lookup(best.encoding).name
-    if encoding == UTF8:
-        return UTF8_BOM if best.bom else UTF8
-    if encoding == "ascii" or encoding.startswith(("utf-16", "utf-32")):
+    if encoding in ("ascii", UTF8) or encoding.startswith(("utf-16", "utf-32")):
         return UTF8 if encoding == "ascii" else encoding
-    western = any(
-        CP1252 in match.could_be_from_charset
-        and match.chaos <= best.chaos
-        and match.coherence >= best.coherence
-        for match in matches
-    )
-    return CP1252 if western else encoding
+    # Latin-script code pages cannot be told apart on ordinary text (the library reads French as Baltic):
+    # Western spreadsheets write Windows-1252. Another script (Cyrillic, Greek, CJK...) is believed when
+    # there is enough of it and Windows-1252 reads clearly worse; short Western text can pass for Big5.
+    if all("Latin" in alphabet or alphabet in _SCRIPT_NEUTRAL for alphabet in best.alphabets):
+        return CP1252
+    if sum(byte > 127 for byte in sample) < MIN_EVIDENCE_BYTES:
+        return CP1252
+    western = charset_normalizer.from_bytes(sample, cp_isolation=[CP1252], threshold=1.0).best()
+    if western is not None and western.chaos <= best.chaos + WESTERN_MARGIN:
+        return CP1252
+    return encoding
 
 
-def _mostly_utf8(sample: bytes) -> bool:
-    # Kept by hand: charset-normalizer reads UTF-8 with a few broken sequences (real exports truncate emoji)
-    # as some legacy code page and garbles every character; this keeps UTF-8 and repairs the broken ones.
-    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return False
+def _utf8_damage(sample: bytes) -> tuple[int, int]:
+    """(broken sequences, well-formed non-ASCII characters) when the sample is read as UTF-8."""
     decoder = codecs.getincrementaldecoder(UTF8)(errors="replace")
     # final=False: a character cut by the sample's end is not an error.
     text = decoder.decode(sample, final=False)
     broken = text.count("\ufffd")
-    if broken == 0:
-        return False  # valid UTF-8 (or ASCII): the library says so, and notices a BOM
-    non_ascii = sum(1 for ch in text if ord(ch) > 127) - broken
-    return non_ascii >= 4 * broken
+    return broken, sum(1 for ch in text if ord(ch) > 127) - broken
 
 
 def normalise_encoding_name(name: str, *, file_name: str) -> str:
