@@ -97,10 +97,6 @@ class Deployment(OrgScopedModel):
     def __str__(self) -> str:
         return self.name
 
-    @property
-    def is_live(self) -> bool:
-        return self.status == DeploymentStatus.LIVE
-
 
 class PlaygroundCounter(OrgScopedModel):
     """Playground queries an org has made against one model (all its versions), for the free allowance."""

@@ -39,12 +39,3 @@ def handlers_for(service: str) -> dict[str, Handler]:
     import_module(f"services.{service}.events")
     return dict(_handlers.get(service, {}))
 
-
-def register_handler(consumer: str, type_name: str, func: Handler) -> None:
-    """Register a handler under an explicit consumer name (tests and tools)."""
-    get_event_type(type_name)
-    _handlers.setdefault(consumer, {})[type_name] = func
-
-
-def unregister_handlers(consumer: str) -> None:
-    _handlers.pop(consumer, None)

@@ -162,6 +162,3 @@ def get_event_type(type_name: str) -> EventType:
             f"unknown event type {type_name!r}; register it in arbiter.events.registry"
         ) from None
 
-
-def consumed_types(service: str) -> tuple[EventType, ...]:
-    return tuple(et for et in EVENT_TYPES.values() if service in et.consumers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from arbiter.tenancy.models import ApiKey, Membership, Org
+from arbiter.tenancy.models import ApiKey, Membership
 
 
 def orgs_for_user(*, user_id: int) -> QuerySet[Membership]:
@@ -18,6 +18,3 @@ def org_members(*, org_id: int) -> QuerySet[Membership]:
 def org_api_keys(*, org_id: int) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(org_id=org_id).order_by("-created_at", "-pk")
 
-
-def org_by_slug(*, slug: str) -> Org | None:
-    return Org.objects.filter(slug=slug).first()

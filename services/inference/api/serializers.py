@@ -4,7 +4,7 @@ from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 from arbiter.api.fields import IdField
-from services.inference.models import Deployment, DeploymentStatus, ModelVersion, RequestLogEntry
+from services.inference.models import Deployment, DeploymentStatus, RequestLogEntry
 
 
 class DeploymentSerializer(serializers.ModelSerializer):
@@ -105,15 +105,6 @@ class RequestLogEntrySerializer(serializers.ModelSerializer):
     class Meta:
         model = RequestLogEntry
         fields = ["id", "created_at", "endpoint", "api_key_id", "text", "prediction"]
-        read_only_fields = fields
-
-
-class ModelVersionSerializer(serializers.ModelSerializer):
-    model = serializers.IntegerField(source="model_id", read_only=True)
-
-    class Meta:
-        model = ModelVersion
-        fields = ["model", "model_name", "version", "heads", "thresholds", "metrics", "completed_at"]
         read_only_fields = fields
 
 
