@@ -45,7 +45,7 @@ class UploadOptionsSerializer(serializers.Serializer):
         )
 
 
-class FileUploadSerializer(UploadOptionsSerializer):
+class DatasetFileSerializer(UploadOptionsSerializer):
     """A file to import (CSV, TSV, XLSX, JSONL or JSON), with the options that go with it."""
 
     file = serializers.FileField()

@@ -108,7 +108,7 @@ class DatasetViewSet(DatasetScopedViewSet):
 
     @extend_schema(
         request={
-            "multipart/form-data": s.FileUploadSerializer,
+            "multipart/form-data": s.DatasetFileSerializer,
             "application/json": s.DatasetFromJsonSerializer,
         },
         responses={201: s.DatasetSerializer, 202: s.DatasetSerializer, **error_responses(409, 413)},
@@ -197,7 +197,7 @@ class DatasetViewSet(DatasetScopedViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
-        request={"multipart/form-data": s.FileUploadSerializer, "application/json": s.RowsSerializer},
+        request={"multipart/form-data": s.DatasetFileSerializer, "application/json": s.RowsSerializer},
         responses={201: s.DatasetJobSerializer, 202: s.DatasetJobSerializer, **error_responses(409, 413)},
         description="Add the rows of another file (or JSON `rows`) to the dataset; columns match by name.",
     )
