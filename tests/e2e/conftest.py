@@ -108,6 +108,8 @@ def split_arbiter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningA
         ARBITER_PUBLIC_URL=base,
         DATABASE_URL=f"{POSTGRES}/{prefix}",
         ARBITER_OPERATOR_INTERVAL_SECONDS="1",
+        # Webhook receivers of the tests listen on loopback, which the egress guard refuses by default.
+        ARBITER_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
         HF_HUB_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
     )
