@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
-import re
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,15 +65,39 @@ def _org_scoped_url_names(patterns: list[URLPattern | URLResolver], prefix: str 
     return names
 
 
+def _cross_tenant_markers(tree: ast.AST) -> list[ast.Call]:
+    """`pytest.mark.cross_tenant(...)` calls used as decorators or in `pytestmark` (comments and strings that
+    merely mention the marker do not count)."""
+    calls = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "cross_tenant"
+            and isinstance(node.func.value, ast.Attribute)
+            and node.func.value.attr == "mark"
+        ):
+            calls.append(node)
+    return calls
+
+
 def _cross_tenant_covered() -> set[str]:
+    """URL names claimed by cross-tenant markers. A claim is checked where it is made: the `cross_tenant_requests`
+    fixture (arbiter.testing.cross_tenant) fails a marked test that never requests a URL its marker names."""
     covered: set[str] = set()
     for path in (REPO / "tests").rglob("test_*.py"):
-        for match in re.finditer(r"cross_tenant\(([^)]*)\)", path.read_text()):
-            covered.update(re.findall(r"[\"']([\w:.-]+)[\"']", match.group(1)))
+        for call in _cross_tenant_markers(ast.parse(path.read_text(), filename=str(path))):
+            for argument in call.args:
+                assert isinstance(argument, ast.Constant) and isinstance(argument.value, str), (
+                    f"{path.relative_to(REPO)}:{call.lineno}: cross_tenant takes URL names as string literals"
+                )
+                covered.add(argument.value)
     return covered
 
 
-def test_every_org_scoped_url_has_a_cross_tenant_test() -> None:
+def test_every_org_scoped_url_has_a_cross_tenant_test(pytestconfig: pytest.Config) -> None:
+    # Naming a URL in a marker counts only because marked tests must request it.
+    assert pytestconfig.pluginmanager.has_plugin("arbiter.testing.cross_tenant")
     urls = _org_scoped_url_names(get_resolver().url_patterns)
     assert "member-list" in urls  # the walk itself works
     missing = {name: route for name, route in urls.items() if name not in _cross_tenant_covered()}
@@ -79,6 +105,40 @@ def test_every_org_scoped_url_has_a_cross_tenant_test() -> None:
         "these org-scoped URLs have no @pytest.mark.cross_tenant(...) test proving a victim org gets 404:\n"
         + "\n".join(f"  {name}: /{route}" for name, route in sorted(missing.items()))
     )
+
+
+def test_a_cross_tenant_test_that_does_not_request_its_url_fails(tmp_path: Path) -> None:
+    claims = tmp_path / "test_claims.py"
+    claims.write_text(
+        "import pytest\n\n"
+        "@pytest.mark.cross_tenant('member-list')\n"
+        "def test_claims_without_requesting():\n"
+        "    pass\n"
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(claims),
+            "-p",
+            "arbiter.testing.plugin",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            "-c",
+            os.devnull,
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "arbiter.config.settings"},
+        timeout=300,
+    )
+    assert run.returncode != 0, run.stdout
+    assert "marked cross_tenant for member-list but never requests it" in run.stdout, run.stdout
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "services").glob("*/")))

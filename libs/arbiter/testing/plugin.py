@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 
+# Every `cross_tenant` test must request the URLs its marker names.
+pytest_plugins = ["arbiter.testing.cross_tenant"]
+
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/arbiter")
 os.environ.setdefault("ARBITER_ENV", "test")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
