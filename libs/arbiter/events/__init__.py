@@ -9,8 +9,9 @@ Types, topics, schemas, producers and consumers are listed once, in `arbiter.eve
 
 Modules: `envelope` (the CloudEvent), `registry` and `schemas/`, `publishing` (`publish`), `handlers`
 (`@handles`), `models` (outbox, processed ids), `relay` (outbox -> Kafka), `consumer` (Kafka -> handlers,
-retries, dead letters), `clients` (kafka-python settings), `broker` (the embedded tansu broker), `tools`
-(`arbiter events`), `conf` (environment), `testing` (pytest fixtures). Commands: `arbiter relay`,
+retries, dead letters), `retrying` (the workers' backoff, on tenacity), `clients` (kafka-python settings),
+`broker` (the embedded tansu broker), `tools` (`arbiter events`), `conf` (environment), `testing` (pytest
+fixtures). Commands: `arbiter relay`,
 `arbiter consume`, `arbiter events tail|dlq|outbox|topics|broker`.
 """
 
