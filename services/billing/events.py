@@ -1,1 +1,29 @@
-"""Event handlers this service consumes, declared with `@handles("<type>")`."""
+"""Event handlers this service consumes, declared with `@handles("<type>")`.
+
+The runner calls each inside a transaction on the billing database, with the event's org in scope, once per
+event id; the ledger is keyed by the event id too, so a replayed event is never counted twice.
+"""
+
+from __future__ import annotations
+
+from arbiter.events import Event, handles
+from services.billing.logic import training_minutes_record, usage_record
+
+
+@handles("usage.recorded")
+def on_usage_recorded(event: Event) -> None:
+    """Classifications and playground queries (and any other meter a service reports) enter the ledger."""
+    usage_record(
+        org_id=event.org_id,
+        event_id=event.id,
+        meter=str(event.data["meter"]),
+        units=int(event.data["units"]),
+        occurred_at=event.time,
+        model_id=event.data.get("model_id"),
+    )
+
+
+@handles("training.completed")
+def on_training_completed(event: Event) -> None:
+    """A finished run's training time enters the ledger as training minutes."""
+    training_minutes_record(org_id=event.org_id, event_id=event.id, data=event.data, occurred_at=event.time)

@@ -1,5 +1,8 @@
-"""URLs of the billing service, included by the root urlconf when the service is enabled."""
+"""URLs of the billing service: the billing API and the console's Billing page."""
 
-from django.urls import URLPattern, URLResolver
+from django.urls import include, path
 
-urlpatterns: list[URLPattern | URLResolver] = []
+urlpatterns = [
+    path("", include("services.billing.api.urls")),
+    path("", include("services.billing.console.urls")),
+]

@@ -5,8 +5,16 @@ The runner calls each inside a transaction on the inference database, with the e
 
 from __future__ import annotations
 
+from arbiter.entitlements import entitlements_apply
 from arbiter.events import Event, handles
-from services.inference.logic import deployment_load, deployments_waiting_fail, model_version_record
+from services.inference.logic import (
+    ALIAS,
+    deployment_create,
+    deployment_load,
+    deployments_waiting_fail,
+    model_version_record,
+)
+from services.inference.models import Entitlement
 
 
 @handles("training.completed")
@@ -30,4 +38,23 @@ def on_training_failed(event: Event) -> None:
         version=int(data["version"]),
         message=f"Version {data['version']} of model {data['model_id']} did not train ({data['state']}): "
         f"{data['message']}",
+    )
+
+
+@handles("entitlements.changed")
+def on_entitlements_changed(event: Event) -> None:
+    """Keep the org's newest entitlements: classify and the playground enforce them without asking billing."""
+    entitlements_apply(model=Entitlement, alias=ALIAS, org_id=event.org_id, data=event.data)
+
+
+@handles("fine_tuning.succeeded")
+def on_fine_tuning_succeeded(event: Event) -> None:
+    """Deploy a fine-tuning job's version at once, so its `fine_tuned_model` answers the classify APIs."""
+    data = event.data
+    deployment_create(
+        org_id=event.org_id,
+        model=int(data["model_id"]),
+        version=int(data["version"]),
+        actor="fine-tuning",
+        idempotency_key=f"fine-tuning:{data['job_id']}",
     )

@@ -21,6 +21,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from arbiter.api.errors import ApiError
+from arbiter.entitlements import entitlements_check, quota_error
 from arbiter.events import publish
 from arbiter.ml.errors import ArtifactError, MLError
 from arbiter.ml.specs import HeadSpec
@@ -31,6 +32,7 @@ from services.inference.models import (
     ACTIVE_STATUSES,
     Deployment,
     DeploymentStatus,
+    Entitlement,
     Meter,
     ModelVersion,
     PlaygroundCounter,
@@ -579,6 +581,10 @@ def deployment_classify(
             + (" (still loading; retry in a few seconds)." if deployment.status == "pending" else "."),
             details={"status": deployment.status},
         )
+    # The org's plan, as billing last announced it: a cached read, never a call to billing.
+    entitlements_check(
+        model=Entitlement, org_id=caller.org_id, meter=Meter.CLASSIFICATION.value, units=len(texts)
+    )
     loaded = _loaded_or_unavailable(deployment.artifact)
     results = loaded.classify(texts, deployment.thresholds)
     usage_record(
@@ -599,30 +605,47 @@ class PlaygroundAnswer:
     classification: Classification
     model_name: str
     used: int
-    free: int
+    # What the org's plan includes per model; None: unlimited.
+    free: int | None
 
 
 def playground_query(
     *, model_id: int, version: int, texts: Sequence[str], caller: Caller
 ) -> PlaygroundAnswer:
-    """Classify with a trained version, deployed or not, within the org's free queries for the model."""
-    free = inference_settings().playground_free_queries
+    """Classify with a trained version, deployed or not, within what the org's plan allows per model.
+
+    The plan (from billing's entitlements) says how many queries per model are free and whether more are
+    billed or refused; this service counts each model's queries itself, so the allowance is exact.
+    """
     trained = version_resolve(model=model_id, version=version)
     counter = PlaygroundCounter.objects.filter(model_id=model_id).first()
     used = counter.queries if counter else 0
-    if used + len(texts) > free:
-        raise _quota_exceeded(used=used, free=free)
+    entitlements = entitlements_check(
+        model=Entitlement, org_id=caller.org_id, meter=Meter.PLAYGROUND.value, units=len(texts), used=used
+    )
+    allowance = entitlements.meters[Meter.PLAYGROUND.value]
+    # Refused beyond the free queries (rather than billed): the limit is enforced where the queries are spent.
+    hard_limit = (
+        allowance.included
+        if allowance.included is not None and not (allowance.overage and entitlements.payment_ok)
+        else None
+    )
     loaded = _loaded_or_unavailable(trained.artifact)
     results = loaded.classify(texts)
     with transaction.atomic(using=ALIAS):
-        # The allowance is checked again where it is spent: concurrent queries cannot overdraw it.
+        # Checked again where it is spent: concurrent queries cannot overdraw a hard limit.
         if counter is None:
             PlaygroundCounter.objects.get_or_create(model_id=model_id)
-        spent = PlaygroundCounter.objects.filter(model_id=model_id, queries__lte=free - len(texts)).update(
-            queries=F("queries") + len(texts), updated_at=timezone.now()
-        )
-        if not spent:
-            raise _quota_exceeded(used=PlaygroundCounter.objects.get(model_id=model_id).queries, free=free)
+        counters = PlaygroundCounter.objects.filter(model_id=model_id)
+        if hard_limit is not None:
+            counters = counters.filter(queries__lte=hard_limit - len(texts))
+        if not counters.update(queries=F("queries") + len(texts), updated_at=timezone.now()):
+            raise quota_error(
+                entitlements=entitlements,
+                meter=Meter.PLAYGROUND.value,
+                used=PlaygroundCounter.objects.get(model_id=model_id).queries,
+                now=timezone.now(),
+            )
         usage_record(
             meter=Meter.PLAYGROUND,
             caller=caller,
@@ -638,17 +661,7 @@ def playground_query(
         classification=Classification(results=results, heads=[head.spec for head in loaded.heads]),
         model_name=trained.model_name,
         used=used,
-        free=free,
-    )
-
-
-def _quota_exceeded(*, used: int, free: int) -> ApiError:
-    return ApiError(
-        status=402,
-        code="quota_exceeded",
-        message=f"This model's {free} free playground queries are used up ({used} made). Deploy the model "
-        "and call its classify endpoint, or ask for a larger playground allowance.",
-        details={"used": used, "free": free},
+        free=allowance.included,
     )
 
 

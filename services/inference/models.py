@@ -1,5 +1,5 @@
 """Tables owned by the inference service: the read model of trained versions, deployments, the playground
-allowance, the opt-in request log and daily usage.
+queries per model, the opt-in request log, daily usage and the read model of billing's entitlements.
 
 Models and versions belong to the training service; this service knows them only through
 `training.completed` (`ModelVersion` here is that event's read model) and refers to them by id.
@@ -12,6 +12,7 @@ from typing import Any
 from django.db import models
 from django.utils import timezone
 
+from arbiter.entitlements import EntitlementRecord
 from arbiter.tenancy.scoping import OrgScopedModel
 
 
@@ -96,6 +97,13 @@ class Deployment(OrgScopedModel):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Entitlement(EntitlementRecord):
+    """An org's plan, allowances and usage as billing last announced them (`entitlements.changed`)."""
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["org_id"], name="inference_entitlement_once")]
 
 
 class PlaygroundCounter(OrgScopedModel):

@@ -18,8 +18,9 @@ from django.db.models import Max
 from django.utils import timezone
 
 from arbiter.api.errors import ApiError
+from arbiter.entitlements import entitlements_check
 from arbiter.events import publish
-from services.training.models import Model, ModelVersion, RunState, Snapshot, TrainingRun
+from services.training.models import Entitlement, Model, ModelVersion, RunState, Snapshot, TrainingRun
 from services.training.operator.conditions import JobObservation, JobPhase, condition_set
 from services.training.options import OPTION_DEFAULTS
 
@@ -235,6 +236,8 @@ def _version_create(
     """Create the version and its run. When a snapshot is not known here yet (its `snapshot.created` is on its
     way), the run waits for it instead of the request failing: a client that creates a snapshot and then a
     model at once must not have to know that services learn of each other's objects by events."""
+    # Training minutes of the org's plan, as billing last announced them: refused once they are used up.
+    entitlements_check(model=Entitlement, org_id=model.org_id, meter="training_minute", units=1)
     snapshot_ids = list(dict.fromkeys(int(i) for i in snapshot_ids))
     test_snapshot = (test or {}).get("snapshot")
     if test_snapshot is not None and int(test_snapshot) in snapshot_ids:
@@ -676,6 +679,10 @@ def run_succeed(
                 "version": version.number,
                 "artifact": artifact_key,
                 "metrics_summary": dict(metrics_summary),
+                # Billed as training minutes.
+                "duration_seconds": (
+                    (run.finished_at - run.started_at).total_seconds() if run.started_at else 0.0
+                ),
             },
         )
         return True

@@ -16,7 +16,6 @@ from arbiter.config.typed_settings import SettingsError, arbiter_settings, load_
 from arbiter.storage import LocalBlobStore, get_blob_store
 from arbiter.testing.plugin import REPO_ROOT
 from services.dataset import conf as dataset_conf
-from services.inference.conf import inference_settings
 
 
 def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -102,19 +101,19 @@ def test_database_urls_become_one_database_per_service() -> None:
 
 
 def test_the_override_fixture_reaches_every_reader(override_arbiter_settings: Any, tmp_path: Path) -> None:
-    before = inference_settings().playground_free_queries
+    before = arbiter_settings().billing.playground_free_queries
     typed = override_arbiter_settings(
         ARBITER_PLAYGROUND_FREE_QUERIES=before + 1, ARBITER_IMPORT_MAX_ROWS=7, ARBITER_HOME=str(tmp_path)
     )
     assert arbiter_settings() is typed
-    assert inference_settings().playground_free_queries == before + 1
+    assert arbiter_settings().billing.playground_free_queries == before + 1
     assert dataset_conf.setting("ARBITER_IMPORT_MAX_ROWS") == 7
     store = get_blob_store()
     assert isinstance(store, LocalBlobStore) and store.root == tmp_path / "blobs"
     repeated = django_settings.ARBITER_HOME  # the Django setting that repeats it follows
     assert repeated == tmp_path
     override_arbiter_settings(ARBITER_IMPORT_MAX_ROWS=8)  # calls add up
-    assert inference_settings().playground_free_queries == before + 1
+    assert arbiter_settings().billing.playground_free_queries == before + 1
     assert dataset_conf.setting("ARBITER_IMPORT_MAX_ROWS") == 8
     with pytest.raises(SettingsError, match="ARBITER_IMPORT_MAX_ROWS"):
         override_arbiter_settings(ARBITER_IMPORT_MAX_ROWS="many")

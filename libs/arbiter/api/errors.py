@@ -18,12 +18,22 @@ logger = logging.getLogger(__name__)
 class ApiError(exceptions.APIException):
     """An error with a stable machine-readable code; raise it from logic or views."""
 
-    def __init__(self, *, status: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail=message, code=code)
         self.status_code = status
         self.error_code = code
         self.message = message
         self.details = details
+        # Sent with the answer, e.g. `Retry-After` on a 429.
+        self.headers = dict(headers or {})
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -62,7 +72,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, IdempotentReplay):
         return replay_response(exc.record)
     if isinstance(exc, ApiError):
-        return Response(error_body(exc.error_code, exc.message, exc.details), status=exc.status_code)
+        return Response(
+            error_body(exc.error_code, exc.message, exc.details), status=exc.status_code, headers=exc.headers
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

@@ -54,6 +54,8 @@ ROUTES: tuple[Route, ...] = (
     Route("inference", f"{_ORG_CONSOLE}/(deployments|usage)(/|$)"),
     Route("inference", "/v1/"),
     Route("inference", "/static/inference/"),
+    Route("billing", f"{_ORG_API}/billing(/|$)"),
+    Route("billing", f"{_ORG_CONSOLE}/billing(/|$)"),
 )
 # Each service's part of the OpenAPI schema (see arbiter.config.urls), served by that service.
 ROUTES += tuple(
@@ -135,6 +137,9 @@ PAGES: dict[str, Page] = {
     "console-deployment": Page("inference", _DEPLOYMENT),
     "console-deployment-stop": Page("inference", f"{_DEPLOYMENT}/stop"),
     "console-usage": Page("inference", f"{_ORG}/usage"),
+    # billing
+    "console-billing": Page("billing", f"{_ORG}/billing"),
+    "console-billing-plan": Page("billing", f"{_ORG}/billing/plan"),
 }
 
 _PARAMETER = re.compile(r"<(?:(?P<converter>[^>:]+):)?(?P<name>[^>]+)>")

@@ -546,6 +546,42 @@ class WebhookSettings(Concern):
         return value
 
 
+class LlmSettings(Concern):
+    """Calls to OpenAI-compatible endpoints (`arbiter.llm`), through the egress guard."""
+
+    # CIDRs LLM endpoints may reach although private or loopback (a self-hosted model; tests: 127.0.0.0/8).
+    allowed_networks: CommaList = Field((), validation_alias="ARBITER_LLM_ALLOWED_NETWORKS")
+    timeout_s: float = Field(60.0, gt=0, validation_alias="ARBITER_LLM_TIMEOUT_SECONDS")
+    # Attempts per call: timeouts, 429 (after its Retry-After) and 5xx are tried again, with backoff.
+    max_attempts: int = Field(4, ge=1, validation_alias="ARBITER_LLM_MAX_ATTEMPTS")
+    retry_max_s: float = Field(60.0, gt=0, validation_alias="ARBITER_LLM_RETRY_MAX_SECONDS")
+    # Calls in flight at once per endpoint and process.
+    concurrency: int = Field(4, ge=1, validation_alias="ARBITER_LLM_CONCURRENCY")
+
+    split_networks = field_validator("allowed_networks", mode="before")(_split_commas)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a CIDR such as 127.0.0.0/8") from None
+        return value
+
+
+class AnnotationSettings(Concern):
+    """Auto-labeling jobs of the annotation service."""
+
+    # Similarity jobs of at most this many rows run within the request ("try 10 first"); others in the background.
+    inline_rows: int = Field(100, ge=0, validation_alias="ARBITER_ANNOTATION_INLINE_ROWS")
+    # A job whose first this many rows all fail stops there and says why.
+    fail_fast_rows: int = Field(10, ge=1, validation_alias="ARBITER_ANNOTATION_FAIL_FAST_ROWS")
+
+
 class TelemetrySettings(Concern):
     """The standard OpenTelemetry variables Arbiter itself looks at; the SDK reads the rest (`OTEL_*`)."""
 
@@ -587,6 +623,8 @@ class ArbiterSettings(BaseModel):
         "inference": InferenceSettings,
         "telemetry": TelemetrySettings,
         "webhooks": WebhookSettings,
+        "llm": LlmSettings,
+        "annotation": AnnotationSettings,
     }
 
     core: CoreSettings
@@ -601,6 +639,8 @@ class ArbiterSettings(BaseModel):
     inference: InferenceSettings
     telemetry: TelemetrySettings
     webhooks: WebhookSettings
+    llm: LlmSettings
+    annotation: AnnotationSettings
 
 
 def all_variables() -> tuple[str, ...]:

@@ -24,9 +24,11 @@ class NavSection:
 NAV_SECTIONS: tuple[NavSection, ...] = (
     NavSection("Overview", "console-org", "home"),
     NavSection("Datasets", "console-datasets", "datasets"),
+    NavSection("Labeling", "console-labeling", "labeling"),
     NavSection("Models", "console-models", "models"),
     NavSection("Deployments", "console-deployments", "deployments"),
     NavSection("Usage", "console-usage", "usage"),
+    NavSection("Billing", "console-billing", "billing"),
     NavSection("Webhooks", "console-webhooks", "webhooks"),
     NavSection("API keys", "console-api-keys", "keys"),
     NavSection("Members", "console-members", "members"),

@@ -77,6 +77,7 @@ TRAINING = "arbiter.training"
 INFERENCE = "arbiter.inference"
 ANNOTATION = "arbiter.annotation"
 USAGE = "arbiter.usage"
+BILLING = "arbiter.billing"
 WEBHOOKS = "arbiter.webhooks"
 
 EVENT_TYPES: dict[str, EventType] = {
@@ -101,7 +102,7 @@ EVENT_TYPES: dict[str, EventType] = {
             "training.completed",
             TRAINING,
             "training",
-            ("inference", "gateway"),
+            ("inference", "gateway", "billing"),
             "A training run succeeded; the version has metrics.",
         ),
         EventType(
@@ -132,7 +133,16 @@ EVENT_TYPES: dict[str, EventType] = {
         EventType(
             "annotation.completed", ANNOTATION, "annotation", ("gateway",), "An auto-labeling job finished."
         ),
-        EventType("usage.recorded", USAGE, "inference", (), "Billable usage: units of a meter for an org."),
+        EventType(
+            "usage.recorded", USAGE, "inference", ("billing",), "Billable usage: units of a meter for an org."
+        ),
+        EventType(
+            "entitlements.changed",
+            BILLING,
+            "billing",
+            ("inference", "training"),
+            "An org's plan, allowances and usage this period, as billing counts them: what the edge enforces.",
+        ),
         EventType(
             "webhook.disabled",
             WEBHOOKS,

@@ -92,9 +92,13 @@ class PlaygroundRequestSerializer(serializers.Serializer):
 
 
 class PlaygroundQuotaSerializer(serializers.Serializer):
-    used = serializers.IntegerField()
-    free = serializers.IntegerField()
-    remaining = serializers.IntegerField()
+    used = serializers.IntegerField(help_text="Playground queries made with this model.")
+    free = serializers.IntegerField(
+        allow_null=True, help_text="What the org's plan includes per model; null: unlimited."
+    )
+    remaining = serializers.IntegerField(
+        allow_null=True, help_text="Free queries left (beyond them, a paid plan bills each); null: unlimited."
+    )
 
 
 class PlaygroundResponseSerializer(ClassifyResponseSerializer):

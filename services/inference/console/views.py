@@ -21,11 +21,12 @@ from django_htmx.http import HttpResponseClientRefresh
 from arbiter.api.errors import ApiError
 from arbiter.config.routes import page_path
 from arbiter.console.pages import org_page
+from arbiter.entitlements import entitlements_for
 from arbiter.tenancy.access import OrgAccess
 from arbiter.tenancy.scopes import holds
 from services.inference import logic, selectors
 from services.inference.conf import inference_settings
-from services.inference.models import ACTIVE_STATUSES, Deployment, DeploymentStatus, Meter
+from services.inference.models import ACTIVE_STATUSES, Deployment, DeploymentStatus, Entitlement, Meter
 
 USAGE_PERIODS = (7, 30, 90)
 EXAMPLE_INPUTS = ["you are an idiot", "thanks, have a great day"]
@@ -228,6 +229,9 @@ def usage(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpResponse:
         "totals": totals,
         "period": period,
         "periods": USAGE_PERIODS,
-        "free_playground": inference_settings().playground_free_queries,
+        # The org's plan, as billing last announced it.
+        "free_playground": entitlements_for(model=Entitlement, org_id=access.org_id)
+        .meters["playground"]
+        .included,
     }
     return render(request, "inference/usage.html", context)

@@ -152,6 +152,10 @@ def _service_workers(services: tuple[str, ...], env: dict[str, str] | None = Non
         children.append(Child("jobs", [*ARBITER, "dataset_jobs_recover", "--every", "60"], dict(env or {})))
     if "training" in services:
         children.append(Child("operator", [*ARBITER, "operator"], dict(env or {})))
+    if "billing" in services:
+        # The heartbeat that keeps paid plans valid at the edge and starts each period afresh.
+        every = str(int(arbiter_settings().billing.refresh_seconds))
+        children.append(Child("billing", [*ARBITER, "billing", "refresh", "--every", every], dict(env or {})))
     if "inference" in services:
         children.append(
             Child("purge", [*ARBITER, "inference_purge_request_logs", "--every", "60"], dict(env or {}))

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
+
+from arbiter.api.errors import ApiError
+from arbiter.tenancy.models import Org
+from arbiter.tenancy.scoping import org_scope
+from services.billing import logic
+
+
+class Command(BaseCommand):
+    help = (
+        "Billing: `plan ORG PLAN` puts an org on a plan (at once); `refresh [--every SECONDS]` announces every "
+        "org's entitlements (the heartbeat `arbiter up` keeps running, every ARBITER_BILLING_REFRESH_SECONDS)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        commands = parser.add_subparsers(dest="command", required=True)
+        plan = commands.add_parser("plan", help="put an org on a plan")
+        plan.add_argument("org", help="the org's slug")
+        plan.add_argument("plan", help="one of the configured plans")
+        refresh = commands.add_parser("refresh", help="announce every org's entitlements")
+        refresh.add_argument("--every", type=float, default=0, help="again every N seconds until stopped")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["command"] == "plan":
+            self._plan(options["org"], options["plan"])
+        else:
+            self._refresh(options["every"])
+
+    def _plan(self, slug: str, plan: str) -> None:
+        org = Org.objects.filter(slug=slug).first()
+        if org is None:
+            raise CommandError(f"no org with the slug '{slug}'")
+        try:
+            with org_scope(org.pk):
+                account = logic.plan_set(org_id=org.pk, plan=plan)
+        except ApiError as error:
+            raise CommandError(error.message) from None
+        self.stdout.write(f"{slug} is on the {account.plan} plan.")
+
+    def _refresh(self, every: float) -> None:
+        stop = threading.Event()
+        if every > 0:
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+        while True:
+            count = logic.entitlements_refresh()
+            self.stdout.write(f"Announced the entitlements of {count} orgs.")
+            connections.close_all()
+            if every <= 0 or stop.wait(every):
+                return
