@@ -1,5 +1,8 @@
-"""URLs of the annotation service, included by the root urlconf when the service is enabled."""
+"""URLs of the annotation service: its API and the console's Labeling pages."""
 
-from django.urls import URLPattern, URLResolver
+from django.urls import include, path
 
-urlpatterns: list[URLPattern | URLResolver] = []
+urlpatterns = [
+    path("", include("services.annotation.api.urls")),
+    path("", include("services.annotation.console.urls")),
+]

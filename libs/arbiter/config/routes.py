@@ -49,6 +49,9 @@ ROUTES: tuple[Route, ...] = (
     Route("training", f"{_ORG_API}/(models|runs)(/|$)"),
     Route("training", f"{_ORG_CONSOLE}/models(/|$)"),
     Route("training", "/static/training/"),
+    Route("annotation", f"{_ORG_API}/(label-schemas|annotation-jobs|llm-providers)(/|$)"),
+    Route("annotation", f"{_ORG_API}/datasets/[^/]+/(review|agreement)(/|$)"),
+    Route("annotation", f"{_ORG_CONSOLE}/labeling(/|$)"),
     Route("inference", f"{_ORG_API}/models/[^/]+/versions/[^/]+/playground(/|$)"),
     Route("inference", f"{_ORG_API}/(deployments|usage)(/|$)"),
     Route("inference", f"{_ORG_CONSOLE}/(deployments|usage)(/|$)"),
@@ -131,6 +134,10 @@ PAGES: dict[str, Page] = {
     "console-model-version-create": Page("training", f"{_MODEL}/versions/new"),
     "console-model-version": Page("training", _VERSION),
     "console-model-version-cancel": Page("training", f"{_VERSION}/cancel"),
+    # annotation
+    "console-labeling": Page("annotation", f"{_ORG}/labeling"),
+    "console-labeling-dataset": Page("annotation", f"{_ORG}/labeling/<int:dataset_id>"),
+    "console-labeling-review": Page("annotation", f"{_ORG}/labeling/<int:dataset_id>/review"),
     # inference
     "console-deployments": Page("inference", f"{_ORG}/deployments"),
     "console-deployment-create": Page("inference", f"{_ORG}/deployments/new"),

@@ -91,6 +91,13 @@ EVENT_TYPES: dict[str, EventType] = {
             "A dataset snapshot was frozen and validated; carries its manifest.",
         ),
         EventType(
+            "dataset.rows_changed",
+            DATASET,
+            "dataset",
+            ("annotation",),
+            "A dataset's rows changed (all of them, as a JSONL export in the blob store, or a few, inline).",
+        ),
+        EventType(
             "training.requested",
             TRAINING,
             "training",
@@ -132,6 +139,13 @@ EVENT_TYPES: dict[str, EventType] = {
         EventType("deployment.stopped", INFERENCE, "inference", ("gateway",), "A deployment was stopped."),
         EventType(
             "annotation.completed", ANNOTATION, "annotation", ("gateway",), "An auto-labeling job finished."
+        ),
+        EventType(
+            "labels.accepted",
+            ANNOTATION,
+            "annotation",
+            ("dataset",),
+            "Labels a person accepted (suggestions or reviews); the dataset applies them to its rows.",
         ),
         EventType(
             "usage.recorded", USAGE, "inference", ("billing",), "Billable usage: units of a meter for an org."

@@ -10,6 +10,7 @@ from services.dataset.logic.datasets import (
     dataset_upload,
 )
 from services.dataset.logic.jobs import dataset_jobs_recover
+from services.dataset.logic.rowfeed import labels_apply
 from services.dataset.logic.rows import row_create, row_delete, row_update
 from services.dataset.logic.snapshots import snapshot_create, snapshot_test_set_check
 
@@ -21,6 +22,7 @@ __all__ = [
     "dataset_jobs_recover",
     "dataset_update",
     "dataset_upload",
+    "labels_apply",
     "row_create",
     "row_delete",
     "row_update",

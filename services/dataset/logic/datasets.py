@@ -37,6 +37,7 @@ from services.dataset.logic.jobs import (
     remap_run,
 )
 from services.dataset.logic.mapping import dataset_mapping
+from services.dataset.logic.rowfeed import dataset_deleted_publish
 from services.dataset.logic.rowstore import encode_json
 from services.dataset.models import Dataset, DatasetChange, DatasetJob, Row, Snapshot
 
@@ -311,5 +312,6 @@ def dataset_delete(*, dataset: Dataset) -> None:
         )
     _check_not_busy(dataset)
     with transaction.atomic(using=DB):
+        dataset_deleted_publish(dataset=dataset)
         Row.objects.filter(dataset=dataset).delete()
         dataset.delete()

@@ -33,6 +33,7 @@ from services.dataset.importing import (
     open_table,
 )
 from services.dataset.logic.mapping import dataset_mapping, row_derived, row_plan
+from services.dataset.logic.rowfeed import dataset_rows_publish_all
 from services.dataset.logic.rowstore import bulk_session, reserve_numbers, row_records, rows_insert
 from services.dataset.models import Dataset, DatasetChange, DatasetJob, Row
 
@@ -287,6 +288,7 @@ def _import_complete(
                 "rejected": rejected,
             },
         )
+        dataset_rows_publish_all(dataset=locked)
 
 
 def remap_run(job: DatasetJob) -> DatasetJob:
@@ -325,7 +327,9 @@ def remap_run(job: DatasetJob) -> DatasetJob:
             error={"code": "internal_error", "message": "re-reading the rows failed; it has been logged"},
         )
     else:
-        DatasetJob.objects.filter(pk=job.pk).update(state=DatasetJob.COMPLETED, finished_at=Now())
+        with transaction.atomic(using=DB):
+            DatasetJob.objects.filter(pk=job.pk).update(state=DatasetJob.COMPLETED, finished_at=Now())
+            dataset_rows_publish_all(dataset=dataset)
     job.refresh_from_db()
     return job
 

@@ -15,6 +15,7 @@ from services.dataset.importing import (
 )
 from services.dataset.importing.mapping import DatasetMapping
 from services.dataset.logic.mapping import dataset_mapping, row_derived, row_plan
+from services.dataset.logic.rowfeed import dataset_rows_publish
 from services.dataset.logic.rowstore import reserve_numbers
 from services.dataset.models import Dataset, DatasetChange, DatasetJob, Row
 from services.dataset.validation import cell_for_labels
@@ -102,6 +103,7 @@ def row_create(
             actor=actor,
             after=_named(dataset, values),
         )
+        dataset_rows_publish(dataset=dataset, rows=[row])
     row.refresh_from_db()
     return row
 
@@ -113,7 +115,9 @@ def row_update(
     text: str | None = None,
     cells: Mapping[str, Any] | None = None,
     labels: Mapping[str, Any] | None = None,
+    announce: bool = True,
 ) -> Row:
+    """Change a row's cells; `announce=False` leaves announcing it (`dataset_rows_publish`) to the caller."""
     dataset = row.dataset
     _check_rows_editable(dataset)
     mapping = dataset_mapping(dataset)
@@ -141,6 +145,8 @@ def row_update(
             before={name: before.get(name) for name in changed},
             after=changed,
         )
+        if announce:
+            dataset_rows_publish(dataset=dataset, rows=[row])
     return row
 
 
@@ -155,4 +161,5 @@ def row_delete(*, row: Row, actor: str) -> None:
             actor=actor,
             before=_named(dataset, row.cells),
         )
+        dataset_rows_publish(dataset=dataset, deleted=[row.number])
         row.delete()

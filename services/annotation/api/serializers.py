@@ -1,0 +1,266 @@
+"""What the annotation API takes and answers. An LLM provider's API key is write-only: only its last four
+characters come back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from services.annotation.models import AnnotationJob, LabelSchema, LlmProvider, RowCopy, Suggestion
+
+
+class ProviderSerializer(serializers.ModelSerializer[LlmProvider]):
+    has_api_key = serializers.SerializerMethodField()
+
+    class Meta:
+        model = LlmProvider
+        fields = [
+            "id",
+            "name",
+            "base_url",
+            "model",
+            "has_api_key",
+            "api_key_hint",
+            "created_by",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_has_api_key(self, provider: LlmProvider) -> bool:
+        return bool(provider.api_key_encrypted)
+
+
+class ProviderCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    base_url = serializers.CharField(
+        max_length=500, help_text="The OpenAI-compatible API's base, e.g. https://api.openai.com/v1"
+    )
+    model = serializers.CharField(max_length=200)
+    api_key = serializers.CharField(
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        write_only=True,
+        trim_whitespace=True,
+        help_text="Stored encrypted; never returned.",
+    )
+
+
+class ProviderUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, required=False)
+    base_url = serializers.CharField(max_length=500, required=False)
+    model = serializers.CharField(max_length=200, required=False)
+    api_key = serializers.CharField(max_length=500, required=False, allow_blank=True, write_only=True)
+
+
+class LabelSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    code = serializers.IntegerField(
+        required=False, allow_null=True, help_text="The number an upload may use for it"
+    )
+    description = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+class LabelSchemaSerializer(serializers.ModelSerializer[LabelSchema]):
+    dataset = serializers.IntegerField(source="dataset_id", read_only=True)
+    labels = LabelSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = LabelSchema
+        fields = ["id", "dataset", "head", "version", "multi_label", "labels", "created_by", "created_at"]
+        read_only_fields = fields
+
+
+class LabelSchemaCreateSerializer(serializers.Serializer):
+    dataset = serializers.IntegerField(min_value=1)
+    head = serializers.CharField(max_length=200)
+    multi_label = serializers.BooleanField(default=False)
+    labels = LabelSerializer(many=True)
+
+
+class JobCreateSerializer(serializers.Serializer):
+    dataset = serializers.IntegerField(min_value=1)
+    head = serializers.CharField(max_length=200)
+    provider = serializers.JSONField(
+        required=False,
+        help_text='"similarity" (offline), {"id": <LLM provider id>}, or {"model": <id>, "version": <n>}',
+    )
+    rows = serializers.JSONField(
+        required=False,
+        help_text='"unlabeled", "all", "labeled", {"sample": N, "from": "unlabeled"|"all"|"labeled", "seed": S} '
+        'or {"filter": {"q": "words"}, "from": ...}',
+    )
+    schema_version = serializers.IntegerField(min_value=1, required=False, help_text="Default: the newest")
+    few_shot = serializers.IntegerField(
+        min_value=0,
+        max_value=20,
+        default=0,
+        help_text="Examples drawn from rows people labeled, shown to an LLM",
+    )
+
+
+class JobSerializer(serializers.ModelSerializer[AnnotationJob]):
+    dataset = serializers.IntegerField(source="dataset_id", read_only=True)
+    schema = serializers.SerializerMethodField()
+    provider = serializers.SerializerMethodField()
+    rows = serializers.SerializerMethodField()
+    progress = serializers.SerializerMethodField()
+    tokens = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AnnotationJob
+        fields = [
+            "id",
+            "dataset",
+            "head",
+            "schema",
+            "provider",
+            "agent",
+            "rows",
+            "state",
+            "progress",
+            "tokens",
+            "prompt",
+            "agreement",
+            "error",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(
+        {"type": "object", "properties": {"id": {"type": "integer"}, "version": {"type": "integer"}}}
+    )
+    def get_schema(self, job: AnnotationJob) -> dict[str, int]:
+        return {"id": job.schema_id, "version": job.schema.version}
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "properties": {"kind": {"type": "string"}, "id": {"type": "integer", "nullable": True}},
+        }
+    )
+    def get_provider(self, job: AnnotationJob) -> dict[str, Any]:
+        return {"kind": job.provider_kind, "id": job.provider_id}
+
+    @extend_schema_field(OpenApiTypes.ANY)
+    def get_rows(self, job: AnnotationJob) -> Any:
+        return job.rows_spec.get("rows")
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "properties": {
+                name: {"type": "integer"} for name in ("total", "done", "failed", "labeled", "percent")
+            },
+        }
+    )
+    def get_progress(self, job: AnnotationJob) -> dict[str, int]:
+        percent = (
+            100 if job.total == 0 and job.finished else (100 * job.done // job.total if job.total else 0)
+        )
+        return {
+            "total": job.total,
+            "done": job.done,
+            "failed": job.failed,
+            "labeled": job.done - job.failed,
+            "percent": percent,
+        }
+
+    @extend_schema_field(
+        {"type": "object", "properties": {"prompt": {"type": "integer"}, "completion": {"type": "integer"}}}
+    )
+    def get_tokens(self, job: AnnotationJob) -> dict[str, int]:
+        return {"prompt": job.prompt_tokens, "completion": job.completion_tokens}
+
+
+class SuggestionSerializer(serializers.ModelSerializer[Suggestion]):
+    row = serializers.IntegerField(source="row_number", read_only=True)
+
+    class Meta:
+        model = Suggestion
+        fields = [
+            "row",
+            "labels",
+            "score",
+            "scores",
+            "agent",
+            "state",
+            "reason",
+            "message",
+            "raw",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class AcceptSerializer(serializers.Serializer):
+    min_score = serializers.FloatField(
+        min_value=0,
+        max_value=1,
+        required=False,
+        help_text="Accept every pending suggestion scoring at least this",
+    )
+    rows = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        required=False,
+        max_length=10_000,
+        help_text="Accept these rows' suggestions",
+    )
+
+
+class AcceptedSerializer(serializers.Serializer):
+    accepted = serializers.IntegerField()
+    kept_labels = serializers.IntegerField(help_text="Rows that had labels already: kept, not overwritten")
+
+
+class FlipSerializer(serializers.Serializer):
+    row = serializers.IntegerField()
+    labels = serializers.ListField(child=serializers.CharField())
+    other_labels = serializers.ListField(child=serializers.CharField())
+
+
+class RowSerializer(serializers.ModelSerializer[RowCopy]):
+    class Meta:
+        model = RowCopy
+        fields = ["number", "text", "labels"]
+        read_only_fields = fields
+
+
+class ReviewSuggestionSerializer(serializers.Serializer):
+    # The API's field is called `label`, which DRF's `Field.label` attribute shadows for type checkers only.
+    label = serializers.CharField(allow_null=True)  # type: ignore[assignment]
+    labels = serializers.ListField(child=serializers.CharField())
+    score = serializers.FloatField(allow_null=True)
+    scores = serializers.DictField(child=serializers.FloatField())
+    agent = serializers.CharField()
+
+
+class ReviewProgressSerializer(serializers.Serializer):
+    labeled = serializers.IntegerField()
+    total = serializers.IntegerField()
+
+
+class ReviewNextSerializer(serializers.Serializer):
+    row = RowSerializer(allow_null=True)
+    suggestion = ReviewSuggestionSerializer(allow_null=True)
+    progress = ReviewProgressSerializer()
+
+
+class ReviewSaveSerializer(serializers.Serializer):
+    head = serializers.CharField(max_length=200)
+    labels = serializers.ListField(child=serializers.CharField(max_length=200), min_length=1, max_length=100)
+
+
+class AgreementSerializer(serializers.Serializer):
+    head = serializers.CharField()
+    job = serializers.IntegerField(allow_null=True)
+    agent = serializers.CharField(allow_null=True)
+    agreement = serializers.JSONField(
+        allow_null=True, help_text="accuracy, Cohen's kappa, per-label P/R/F1, confusion"
+    )

@@ -1,0 +1,213 @@
+"""The console's Labeling pages: the datasets to label and the org's LLM providers; one dataset's label
+descriptions, auto-labeling jobs (try 10 first), agreement and accepting; and the keyboard-first review queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+
+from arbiter.api.errors import ApiError
+from arbiter.config.routes import page_path
+from arbiter.console.pages import org_page
+from arbiter.tenancy.access import OrgAccess
+from arbiter.tenancy.scopes import holds
+from services.annotation import logic, selectors
+from services.annotation.models import AnnotationJob, DatasetCopy
+
+
+def _dataset(dataset_id: int) -> DatasetCopy:
+    dataset = selectors.dataset_copy(dataset_id=dataset_id)
+    if dataset is None:
+        raise Http404
+    return dataset
+
+
+@org_page("datasets:read")
+@require_http_methods(["GET", "POST"])
+def labeling(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpResponse:
+    if request.method == "POST":
+        if not holds(access.scopes, "admin"):
+            raise Http404
+        try:
+            provider = logic.provider_create(
+                org_id=access.org_id,
+                actor=access.actor,
+                name=request.POST.get("name", "").strip(),
+                base_url=request.POST.get("base_url", "").strip(),
+                model=request.POST.get("model", "").strip(),
+                api_key=request.POST.get("api_key", "").strip(),
+            )
+        except ApiError as error:
+            messages.error(request, error.message)
+        else:
+            messages.success(request, f"LLM provider {provider.name!r} added; its key is stored encrypted.")
+        return redirect(page_path("console-labeling", org=org))
+    context = {
+        "datasets": list(selectors.dataset_copies()),
+        "providers": list(selectors.provider_list()),
+        "is_admin": holds(access.scopes, "admin"),
+    }
+    return render(request, "annotation/labeling.html", context)
+
+
+def _labels_from(post: Any) -> list[dict[str, Any]]:
+    labels = []
+    for name, code, description in zip(
+        post.getlist("label_name"),
+        post.getlist("label_code"),
+        post.getlist("label_description"),
+        strict=False,
+    ):
+        if name.strip():
+            labels.append(
+                {
+                    "name": name,
+                    "code": int(code) if code.strip().isdigit() else None,
+                    "description": description,
+                }
+            )
+    return labels
+
+
+@org_page("datasets:read")
+@require_http_methods(["GET", "POST"])
+def labeling_dataset(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess) -> HttpResponse:
+    dataset = _dataset(dataset_id)
+    heads = [head["name"] for head in dataset.heads]
+    head = request.GET.get("head") or request.POST.get("head") or (heads[0] if heads else "")
+    here = page_path("console-labeling-dataset", org=org, dataset_id=dataset_id) + f"?head={head}"
+    if request.method == "POST":
+        if not holds(access.scopes, "datasets:write"):
+            raise Http404
+        action = request.POST.get("action")
+        try:
+            if action == "schema":
+                saved = logic.label_schema_create(
+                    org_id=access.org_id,
+                    actor=access.actor,
+                    dataset_id=dataset_id,
+                    head=request.POST.get("head", "").strip(),
+                    labels=_labels_from(request.POST),
+                    multi_label=bool(request.POST.get("multi_label")),
+                )
+                here = (
+                    page_path("console-labeling-dataset", org=org, dataset_id=dataset_id)
+                    + f"?head={saved.head}"
+                )
+                messages.success(request, f"Labels of {saved.head!r} saved as version {saved.version}.")
+            elif action == "run":
+                provider: Any = request.POST.get("provider", "similarity")
+                if provider != "similarity":
+                    provider = {"id": int(provider)}
+                rows: Any = request.POST.get("rows", "unlabeled")
+                if rows == "sample":
+                    rows = {"sample": int(request.POST.get("sample") or 10)}
+                job = logic.job_create(
+                    org_id=access.org_id,
+                    actor=access.actor,
+                    dataset_id=dataset_id,
+                    head=head,
+                    provider=provider,
+                    rows=rows,
+                )
+                messages.success(
+                    request, f"Job {job.pk} is {job.state}: {job.done} of {job.total} rows labeled."
+                )
+            elif action == "accept":
+                job = selectors.job_list(dataset_id=dataset_id).get(pk=int(request.POST.get("job", "0")))
+                result = logic.suggestions_accept(
+                    job=job, actor=access.actor, min_score=float(request.POST.get("min_score") or 0)
+                )
+                messages.success(
+                    request,
+                    f"{result['accepted']} suggestions accepted; {result['kept_labels']} rows kept the labels they had.",
+                )
+            elif action == "cancel":
+                logic.job_cancel(
+                    job=selectors.job_list(dataset_id=dataset_id).get(pk=int(request.POST.get("job", "0")))
+                )
+        except ApiError as error:
+            messages.error(request, error.message)
+        except (AnnotationJob.DoesNotExist, ValueError):
+            messages.error(request, "That job or number is not valid.")
+        return redirect(here)
+    schema = selectors.label_schema_current(dataset_id=dataset_id, head=head) if head else None
+    jobs = list(selectors.job_list(dataset_id=dataset_id).filter(head=head)[:20])
+    context = {
+        "dataset": dataset,
+        "heads": heads,
+        "head": head,
+        "schema": schema,
+        "labels": (schema.labels if schema else []) + [{"name": "", "code": None, "description": ""}],
+        "versions": list(selectors.label_schema_list(dataset_id=dataset_id, head=head)) if head else [],
+        "jobs": jobs,
+        "providers": list(selectors.provider_list()),
+        "can_write": holds(access.scopes, "datasets:write"),
+    }
+    return render(request, "annotation/dataset.html", context)
+
+
+@org_page("datasets:read")
+@require_http_methods(["GET", "POST"])
+def review(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess) -> HttpResponse:
+    dataset = _dataset(dataset_id)
+    head = request.GET.get("head") or request.POST.get("head") or ""
+    after = int(request.GET.get("after") or 0) if (request.GET.get("after") or "0").isdigit() else 0
+    base = page_path("console-labeling-review", org=org, dataset_id=dataset_id)
+    if request.method == "POST":
+        if not holds(access.scopes, "datasets:write"):
+            raise Http404
+        number = int(request.POST.get("row", "0") or 0)
+        try:
+            logic.review_save(
+                org_id=access.org_id,
+                actor=access.actor,
+                user_source=f"human:user:{access.user_id}",
+                dataset_id=dataset_id,
+                row_number=number,
+                head=head,
+                labels=request.POST.getlist("labels"),
+            )
+        except ApiError as error:
+            messages.error(request, error.message)
+            return redirect(f"{base}?head={head}&after={max(number - 1, 0)}")
+        return redirect(f"{base}?head={head}&after={number}")
+    schema = selectors.label_schema_current(dataset_id=dataset_id, head=head) if head else None
+    item = selectors.review_next(dataset_id=dataset_id, head=head, after=after) if schema else None
+    suggestion: dict[str, Any] | None = None
+    if item is not None and schema is not None:
+        if item.suggestion is not None:
+            found = item.suggestion
+            suggestion = {
+                "labels": found.labels,
+                "score": found.score,
+                "scores": found.scores,
+                "agent": found.agent,
+            }
+        elif item.row.text:
+            suggestion = selectors.similarity_suggest(schema=schema, text=item.row.text)
+    choices = [
+        {
+            "index": i + 1,
+            "name": label["name"],
+            "description": label["description"],
+            "score": (suggestion or {}).get("scores", {}).get(label["name"]),
+            "suggested": bool(suggestion and label["name"] in suggestion["labels"]),
+        }
+        for i, label in enumerate(schema.labels if schema else [])
+    ]
+    context = {
+        "dataset": dataset,
+        "head": head,
+        "schema": schema,
+        "item": item,
+        "suggestion": suggestion,
+        "choices": choices,
+        "percent": (100 * item.labeled // item.total) if item and item.total else 100,
+        "can_write": holds(access.scopes, "datasets:write"),
+    }
+    return render(request, "annotation/review.html", context)

@@ -1,0 +1,723 @@
+"""Writes of the annotation service: LLM providers, label schemas, the copy of the datasets' rows (from the
+dataset service's events), auto-labeling jobs, accepting suggestions and reviews (as `labels.accepted`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from django.db import IntegrityError, close_old_connections, connections, transaction
+from django.utils import timezone
+
+from arbiter.api.errors import ApiError
+from arbiter.config.typed_settings import arbiter_settings
+from arbiter.egress import EgressRefused, check_url
+from arbiter.events import publish
+from arbiter.llm import (
+    Example,
+    LabelChoice,
+    LlmClient,
+    LlmEndpoint,
+    LlmError,
+    SecretUnreadable,
+    label_answer_read,
+    label_answer_schema,
+    label_messages,
+    label_system_prompt,
+    secret_decrypt,
+    secret_encrypt,
+    secret_hint,
+)
+from arbiter.llm.transport import llm_policy
+from arbiter.storage import get_blob_store
+from arbiter.tenancy.scoping import org_scope
+from services.annotation import selectors
+from services.annotation.models import (
+    AnnotationJob,
+    DatasetCopy,
+    LabelSchema,
+    LlmProvider,
+    RowCopy,
+    Suggestion,
+)
+
+logger = logging.getLogger(__name__)
+
+ALIAS = "annotation"
+SIMILARITY_BATCH = 256
+ACCEPT_BATCH = 500  # rows per `labels.accepted` event
+MAX_LABELS = 100
+
+
+# --- LLM providers -------------------------------------------------------------------------------------------
+
+
+def _checked_base_url(base_url: str) -> str:
+    try:
+        check_url(base_url, llm_policy())
+    except EgressRefused as exc:
+        raise ApiError(status=400, code="invalid_base_url", message=f"base_url: {exc}") from None
+    return base_url.rstrip("/")
+
+
+def provider_create(
+    *, org_id: int, actor: str, name: str, base_url: str, model: str, api_key: str
+) -> LlmProvider:
+    provider = LlmProvider(
+        org_id=org_id,
+        name=name,
+        base_url=_checked_base_url(base_url),
+        model=model,
+        api_key_encrypted=secret_encrypt(api_key) if api_key else "",
+        api_key_hint=secret_hint(api_key),
+        created_by=actor,
+    )
+    try:
+        with transaction.atomic(using=ALIAS):
+            provider.save()
+    except IntegrityError:
+        raise ApiError(
+            status=409, code="name_taken", message=f"name: a provider named {name!r} exists"
+        ) from None
+    return provider
+
+
+def provider_update(
+    *,
+    provider: LlmProvider,
+    name: str | None = None,
+    base_url: str | None = None,
+    model: str | None = None,
+    api_key: str | None = None,
+) -> LlmProvider:
+    if name is not None:
+        provider.name = name
+    if base_url is not None:
+        provider.base_url = _checked_base_url(base_url)
+    if model is not None:
+        provider.model = model
+    if api_key is not None:
+        provider.api_key_encrypted = secret_encrypt(api_key) if api_key else ""
+        provider.api_key_hint = secret_hint(api_key)
+    try:
+        with transaction.atomic(using=ALIAS):
+            provider.save()
+    except IntegrityError:
+        raise ApiError(
+            status=409, code="name_taken", message=f"name: a provider named {name!r} exists"
+        ) from None
+    return provider
+
+
+def provider_delete(*, provider: LlmProvider) -> None:
+    provider.delete()
+
+
+def provider_endpoint(provider: LlmProvider) -> LlmEndpoint:
+    key = secret_decrypt(provider.api_key_encrypted) if provider.api_key_encrypted else ""
+    return LlmEndpoint(base_url=provider.base_url, model=provider.model, api_key=key)
+
+
+# --- label schemas -------------------------------------------------------------------------------------------
+
+
+def _clean_labels(labels: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    if not labels:
+        raise ApiError(status=400, code="invalid", message="labels: at least one label")
+    if len(labels) > MAX_LABELS:
+        raise ApiError(status=400, code="invalid", message=f"labels: at most {MAX_LABELS}")
+    names: set[str] = set()
+    codes: set[int] = set()
+    cleaned = []
+    for i, label in enumerate(labels):
+        name = str(label["name"]).strip()
+        if not name or name in names:
+            raise ApiError(
+                status=400, code="invalid", message=f"labels[{i}].name: empty or repeated ({name!r})"
+            )
+        code = label.get("code")
+        if code is not None and code in codes:
+            raise ApiError(status=400, code="invalid", message=f"labels[{i}].code: {code} is used twice")
+        names.add(name)
+        if code is not None:
+            codes.add(code)
+        cleaned.append(
+            {"name": name, "code": code, "description": str(label.get("description") or "").strip()}
+        )
+    return cleaned
+
+
+def label_schema_create(
+    *,
+    org_id: int,
+    actor: str,
+    dataset_id: int,
+    head: str,
+    labels: Sequence[Mapping[str, Any]],
+    multi_label: bool = False,
+) -> LabelSchema:
+    """A head's labels; when the head has a schema already, its next version (an unchanged one is returned)."""
+    cleaned = _clean_labels(labels)
+    with transaction.atomic(using=ALIAS):
+        current = (
+            LabelSchema.objects.select_for_update()
+            .filter(dataset_id=dataset_id, head=head)
+            .order_by("-version")
+            .first()
+        )
+        if current is not None and current.labels == cleaned and current.multi_label == multi_label:
+            return current
+        return LabelSchema.objects.create(
+            org_id=org_id,
+            dataset_id=dataset_id,
+            head=head,
+            version=(current.version + 1) if current else 1,
+            multi_label=multi_label,
+            labels=cleaned,
+            created_by=actor,
+        )
+
+
+def _choices(schema: LabelSchema) -> list[LabelChoice]:
+    return [LabelChoice(name=label["name"], description=label["description"]) for label in schema.labels]
+
+
+# --- the copy of the datasets' rows ------------------------------------------------------------------------
+
+
+def _rows_read(blob: str) -> Iterator[dict[str, Any]]:
+    with get_blob_store().open(blob) as stream:
+        for line in stream:
+            if line.strip():
+                yield json.loads(line)
+
+
+def dataset_rows_apply(*, org_id: int, data: Mapping[str, Any]) -> None:
+    """Apply `dataset.rows_changed` to the copy (idempotent: the same event twice leaves the same rows)."""
+    dataset_id = int(data["dataset_id"])
+    if data.get("deleted"):
+        RowCopy.objects.filter(dataset_id=dataset_id).delete()
+        DatasetCopy.objects.filter(dataset_id=dataset_id).delete()
+        return
+    DatasetCopy.objects.update_or_create(
+        dataset_id=dataset_id,
+        defaults={
+            "org_id": org_id,
+            "name": data["name"],
+            "input_column": data.get("input_column") or "",
+            "heads": data.get("heads", []),
+            "updated_at": timezone.now(),
+        },
+    )
+    if data["full"]:
+        RowCopy.objects.filter(dataset_id=dataset_id).delete()
+        batch: list[RowCopy] = []
+        for row in _rows_read(data["blob"]) if data.get("blob") else iter(()):
+            batch.append(
+                RowCopy(
+                    org_id=org_id,
+                    dataset_id=dataset_id,
+                    number=row["number"],
+                    text=row["text"],
+                    labels=row["labels"],
+                )
+            )
+            if len(batch) >= 5000:
+                RowCopy.objects.bulk_create(batch)
+                batch = []
+        RowCopy.objects.bulk_create(batch)
+        return
+    if data.get("deleted_rows"):
+        RowCopy.objects.filter(dataset_id=dataset_id, number__in=data["deleted_rows"]).delete()
+    for row in data.get("rows", []):
+        RowCopy.objects.update_or_create(
+            dataset_id=dataset_id,
+            number=row["number"],
+            defaults={"org_id": org_id, "text": row["text"], "labels": row["labels"]},
+        )
+
+
+# --- auto-labeling jobs ------------------------------------------------------------------------------------
+
+
+def _agent(kind: str, model: str, schema: LabelSchema) -> str:
+    return f"{kind}:{model}@v{schema.version}"[:64]
+
+
+def job_create(
+    *,
+    org_id: int,
+    actor: str,
+    dataset_id: int,
+    head: str,
+    provider: Any,
+    rows: Any,
+    schema_version: int | None = None,
+    few_shot: int = 0,
+) -> AnnotationJob:
+    """Create an auto-labeling job and start it: at once for a small similarity job, else in the background.
+
+    A dataset whose rows have not reached this service yet (they travel by event) is waited for.
+    """
+    schemas = selectors.label_schema_list(dataset_id=dataset_id, head=head)
+    schema = (
+        schemas.filter(version=schema_version) if schema_version else schemas.order_by("-version")
+    ).first()
+    if schema is None:
+        raise ApiError(
+            status=400,
+            code="no_label_schema",
+            message=f"head: dataset {dataset_id} has no label schema for {head!r}"
+            + (
+                f" in version {schema_version}"
+                if schema_version
+                else "; create one under /label-schemas first"
+            ),
+        )
+    llm: LlmProvider | None = None
+    if provider == AnnotationJob.SIMILARITY:
+        kind, agent = AnnotationJob.SIMILARITY, _agent("similarity", "all-MiniLM-L6-v2", schema)
+    elif isinstance(provider, Mapping) and "id" in provider:
+        llm = selectors.provider_list().filter(pk=provider["id"]).first()
+        if llm is None:
+            raise ApiError(
+                status=400, code="unknown_provider", message=f"provider.id: no LLM provider {provider['id']}"
+            )
+        kind, agent = AnnotationJob.OPENAI, _agent(llm.name, llm.model, schema)
+    elif isinstance(provider, Mapping) and "model" in provider:
+        raise ApiError(
+            status=400,
+            code="provider_unavailable",
+            message="provider.model: labeling with a trained model version is not available yet; use "
+            '"similarity" or an LLM provider',
+        )
+    else:
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message='provider: "similarity", {"id": <LLM provider>} or {"model": ..}',
+        )
+    known = selectors.dataset_copy(dataset_id=dataset_id) is not None
+    numbers = selectors.rows_selected(dataset_id=dataset_id, head=head, spec=rows) if known else []
+    with transaction.atomic(using=ALIAS):
+        job = AnnotationJob.objects.create(
+            org_id=org_id,
+            dataset_id=dataset_id,
+            head=head,
+            schema=schema,
+            provider_kind=kind,
+            provider=llm,
+            agent=agent,
+            rows_spec={"rows": rows, "few_shot": few_shot},
+            row_numbers=numbers,
+            total=len(numbers),
+            prompt=label_system_prompt(head=head, labels=_choices(schema), multi_label=schema.multi_label)
+            if kind == AnnotationJob.OPENAI
+            else "",
+            created_by=actor,
+        )
+    inline = (
+        known
+        and kind == AnnotationJob.SIMILARITY
+        and len(numbers) <= arbiter_settings().annotation.inline_rows
+    )
+    if inline:
+        job_run(job=job)
+        job.refresh_from_db()
+    else:
+        job_start_in_background(job_id=job.pk, org_id=org_id)
+    return job
+
+
+def job_start_in_background(*, job_id: int, org_id: int) -> None:
+    threading.Thread(
+        target=_job_thread, args=(job_id, org_id), name=f"annotation-job-{job_id}", daemon=True
+    ).start()
+
+
+def _job_thread(job_id: int, org_id: int) -> None:
+    close_old_connections()
+    try:
+        with org_scope(org_id):
+            job_run(job=AnnotationJob.objects.get(pk=job_id))
+    except Exception:
+        logger.exception("annotation job failed unexpectedly", extra={"job_id": job_id})
+    finally:
+        connections.close_all()
+
+
+def job_cancel(*, job: AnnotationJob) -> AnnotationJob:
+    if job.finished:
+        raise ApiError(status=409, code="job_finished", message=f"the job is {job.state} already")
+    AnnotationJob.objects.filter(pk=job.pk).update(cancel_requested=True)
+    if job.state == AnnotationJob.QUEUED:
+        _job_finish(job, AnnotationJob.CANCELLED)
+    job.refresh_from_db()
+    return job
+
+
+def _cancelled(job: AnnotationJob) -> bool:
+    return bool(AnnotationJob.objects.filter(pk=job.pk).values_list("cancel_requested", flat=True).first())
+
+
+def _wait_for_rows(job: AnnotationJob) -> bool:
+    deadline = time.monotonic() + arbiter_settings().training.wait_for_events_s
+    while selectors.dataset_copy(dataset_id=job.dataset_id) is None:
+        if time.monotonic() > deadline or _cancelled(job):
+            return False
+        time.sleep(0.5)
+    job.row_numbers = selectors.rows_selected(
+        dataset_id=job.dataset_id, head=job.head, spec=job.rows_spec.get("rows", "unlabeled")
+    )
+    job.total = len(job.row_numbers)
+    job.save(update_fields=["row_numbers", "total"])
+    return True
+
+
+def _job_finish(job: AnnotationJob, state: str, error: dict[str, Any] | None = None) -> None:
+    job.refresh_from_db()
+    job.state = state
+    job.error = error
+    job.finished_at = timezone.now()
+    if state != AnnotationJob.CANCELLED:
+        job.agreement = selectors.job_agreement(job=job)
+    with transaction.atomic(using=ALIAS):
+        job.save(update_fields=["state", "error", "finished_at", "agreement"])
+        publish(
+            type="annotation.completed",
+            org_id=job.org_id,
+            subject=f"annotation-jobs/{job.pk}",
+            data={
+                "job_id": job.pk,
+                "dataset_id": job.dataset_id,
+                "head": job.head,
+                "labeled": job.done - job.failed,
+                "failed": job.failed,
+                "state": state,
+                "provider": job.agent,
+            },
+        )
+
+
+class _Progress:
+    """Counts a job's rows as they finish and stops it early when its first rows all fail."""
+
+    def __init__(self, job: AnnotationJob) -> None:
+        self.job = job
+        self.fail_fast = arbiter_settings().annotation.fail_fast_rows
+        self.reasons: Counter[str] = Counter()
+        self.messages: dict[str, str] = {}
+
+    def record(
+        self, suggestions: Sequence[Suggestion], *, prompt_tokens: int = 0, completion_tokens: int = 0
+    ) -> None:
+        failed = [s for s in suggestions if s.state == Suggestion.FAILED]
+        for s in failed:
+            self.reasons[s.reason] += 1
+            self.messages.setdefault(s.reason, s.message)
+        with transaction.atomic(using=ALIAS):
+            Suggestion.objects.bulk_create(suggestions, ignore_conflicts=True)
+            self.job.done += len(suggestions)
+            self.job.failed += len(failed)
+            self.job.prompt_tokens += prompt_tokens
+            self.job.completion_tokens += completion_tokens
+            self.job.save(update_fields=["done", "failed", "prompt_tokens", "completion_tokens"])
+
+    def hopeless(self) -> dict[str, Any] | None:
+        """Why the job should stop: its first rows (at least `fail_fast`) all failed."""
+        if self.job.done < min(self.fail_fast, self.job.total) or self.job.failed < self.job.done:
+            return None
+        reason, count = self.reasons.most_common(1)[0]
+        return {
+            "code": "all_rows_failed",
+            "message": f"the first {self.job.done} rows all failed, so the job stopped; most often "
+            f"({count}): {self.messages[reason]}",
+            "details": {"reasons": dict(self.reasons)},
+        }
+
+
+def _suggestion(job: AnnotationJob, number: int, **fields: Any) -> Suggestion:
+    return Suggestion(
+        org_id=job.org_id,
+        job=job,
+        dataset_id=job.dataset_id,
+        head=job.head,
+        row_number=number,
+        agent=job.agent,
+        **fields,
+    )
+
+
+def job_run(*, job: AnnotationJob) -> None:
+    """Label the job's rows with its provider, a batch at a time; checks for cancellation between batches."""
+    if job.finished:
+        return
+    if selectors.dataset_copy(dataset_id=job.dataset_id) is None and not _wait_for_rows(job):
+        if _cancelled(job):
+            _job_finish(job, AnnotationJob.CANCELLED)
+        else:
+            _job_finish(
+                job,
+                AnnotationJob.FAILED,
+                {
+                    "code": "dataset_not_found",
+                    "message": f"dataset {job.dataset_id} never reached the annotation service",
+                },
+            )
+        return
+    job.state = AnnotationJob.RUNNING
+    job.started_at = timezone.now()
+    job.save(update_fields=["state", "started_at"])
+    progress = _Progress(job)
+    rows = {
+        number: text
+        for number, text in RowCopy.objects.filter(
+            dataset_id=job.dataset_id, number__in=job.row_numbers
+        ).values_list("number", "text")
+    }
+    try:
+        runner = _run_similarity if job.provider_kind == AnnotationJob.SIMILARITY else _run_llm
+        stopped = runner(job, [(n, rows.get(n)) for n in job.row_numbers], progress)
+    except Exception:
+        logger.exception("annotation job failed", extra={"job_id": job.pk})
+        _job_finish(
+            job,
+            AnnotationJob.FAILED,
+            {"code": "internal_error", "message": "the job failed; it has been logged"},
+        )
+        return
+    if stopped == "cancelled":
+        _job_finish(job, AnnotationJob.CANCELLED)
+    elif isinstance(stopped, dict):
+        _job_finish(job, AnnotationJob.FAILED, stopped)
+    else:
+        _job_finish(job, AnnotationJob.COMPLETED)
+
+
+def _no_text(job: AnnotationJob, number: int) -> Suggestion:
+    return _suggestion(
+        job, number, state=Suggestion.FAILED, reason="no_text", message="the row has no text to label"
+    )
+
+
+def _run_similarity(
+    job: AnnotationJob, rows: list[tuple[int, str | None]], progress: _Progress
+) -> str | dict[str, Any] | None:
+    from arbiter.llm.similarity import SimilarityLabeler
+
+    schema = job.schema
+    labeler = SimilarityLabeler(_choices(schema))
+    # People's labels on this head calibrate the scores (see arbiter.llm.similarity).
+    known = [
+        (text, labels[job.head][0])
+        for text, labels in RowCopy.objects.filter(dataset_id=job.dataset_id, labels__has_key=job.head)
+        .exclude(text=None)
+        .values_list("text", "labels")[:2000]
+        if labels.get(job.head)
+    ]
+    if known:
+        labeler.calibrate([text for text, _ in known], [label for _, label in known])
+    for start in range(0, len(rows), SIMILARITY_BATCH):
+        if _cancelled(job):
+            return "cancelled"
+        batch = rows[start : start + SIMILARITY_BATCH]
+        with_text = [(n, t) for n, t in batch if t is not None]
+        ranked = labeler.rank([t for _, t in with_text], multi_label=schema.multi_label)
+        suggestions = [_no_text(job, n) for n, t in batch if t is None] + [
+            _suggestion(job, n, labels=r.labels, score=r.score, scores=r.scores)
+            for (n, _), r in zip(with_text, ranked, strict=True)
+        ]
+        progress.record(suggestions)
+        if (why := progress.hopeless()) is not None:
+            return why
+    return None
+
+
+def _examples(job: AnnotationJob, count: int) -> list[Example]:
+    if count <= 0:
+        return []
+    rows = (
+        RowCopy.objects.filter(dataset_id=job.dataset_id, labels__has_key=job.head)
+        .exclude(text=None)
+        .exclude(number__in=job.row_numbers)
+        .order_by("number")
+        .values_list("text", "labels")[: count * 10]
+    )
+    allowed = set(job.schema.label_names)
+    examples: list[Example] = []
+    for text, labels in rows:
+        chosen = tuple(label for label in labels[job.head] if label in allowed)
+        if chosen and len(examples) < count:
+            examples.append(Example(text=str(text), labels=chosen))
+    return examples
+
+
+def _run_llm(
+    job: AnnotationJob, rows: list[tuple[int, str | None]], progress: _Progress
+) -> str | dict[str, Any] | None:
+    schema = job.schema
+    if job.provider is None:
+        return {"code": "provider_deleted", "message": "the job's LLM provider was deleted"}
+    try:
+        client = LlmClient(provider_endpoint(job.provider))
+    except SecretUnreadable as exc:
+        return {"code": "provider_key_unreadable", "message": str(exc)}
+    except EgressRefused as exc:
+        return {"code": "refused", "message": str(exc)}
+    choices = _choices(schema)
+    answer_schema = label_answer_schema(labels=choices, multi_label=schema.multi_label)
+    examples = _examples(job, int(job.rows_spec.get("few_shot", 0) or 0))
+
+    def label_one(item: tuple[int, str | None]) -> tuple[Suggestion, int, int]:
+        number, text = item
+        if text is None:
+            return _no_text(job, number), 0, 0
+        messages = label_messages(
+            head=job.head, labels=choices, multi_label=schema.multi_label, text=text, examples=examples
+        )
+        try:
+            answer = client.complete_json(messages=messages, schema=answer_schema, name="label")
+        except LlmError as exc:
+            failed = _suggestion(
+                job, number, state=Suggestion.FAILED, reason=exc.reason, message=str(exc), raw=exc.raw or ""
+            )
+            return failed, exc.prompt_tokens, exc.completion_tokens
+        labels, confidence = label_answer_read(answer.data, multi_label=schema.multi_label)
+        scores = {name: (round(confidence, 4) if name in labels else 0.0) for name in schema.label_names}
+        made = _suggestion(
+            job, number, labels=labels, score=round(confidence, 4), scores=scores, raw=answer.raw
+        )
+        return made, answer.prompt_tokens, answer.completion_tokens
+
+    workers = client.settings.concurrency
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"annotation-job-{job.pk}") as pool:
+            # Batches of a few rows per worker: progress and cancellation are seen between them, and the first
+            # batch is small so a job that cannot work stops after a few calls.
+            step = max(workers, min(progress.fail_fast, workers * 4))
+            for start in range(0, len(rows), step):
+                if _cancelled(job):
+                    return "cancelled"
+                results = list(pool.map(label_one, rows[start : start + step]))
+                progress.record(
+                    [s for s, _, _ in results],
+                    prompt_tokens=sum(p for _, p, _ in results),
+                    completion_tokens=sum(c for _, _, c in results),
+                )
+                if (why := progress.hopeless()) is not None:
+                    return why
+    finally:
+        client.close()
+    return None
+
+
+# --- accepting: suggestions and reviews become labels of the dataset's rows ------------------------------------
+
+
+def _publish_accepted(*, schema: LabelSchema, decided: Sequence[tuple[int, list[str], str]]) -> None:
+    """Send accepted labels to the dataset service, and update the copy now (the echo confirms it later)."""
+    for start in range(0, len(decided), ACCEPT_BATCH):
+        chunk = decided[start : start + ACCEPT_BATCH]
+        publish(
+            type="labels.accepted",
+            org_id=schema.org_id,
+            subject=f"datasets/{schema.dataset_id}",
+            data={
+                "dataset_id": schema.dataset_id,
+                "head": schema.head,
+                "schema_labels": schema.label_names,
+                "multi_label": schema.multi_label,
+                "rows": [{"number": n, "labels": labels, "source": source} for n, labels, source in chunk],
+            },
+        )
+    by_number = {number: labels for number, labels, _ in decided}
+    for row in RowCopy.objects.filter(dataset_id=schema.dataset_id, number__in=list(by_number)):
+        row.labels = {**row.labels, schema.head: by_number[row.number]}
+        row.save(update_fields=["labels"])
+
+
+def suggestions_accept(
+    *, job: AnnotationJob, actor: str, min_score: float | None = None, rows: Sequence[int] | None = None
+) -> dict[str, int]:
+    """Accept the job's pending suggestions with a score of at least `min_score`, or those of `rows`.
+
+    A row that has labels on the head already (a person's, or an earlier acceptance) keeps them: suggestions
+    never overwrite labels."""
+    if min_score is None and rows is None:
+        raise ApiError(
+            status=400, code="invalid", message="min_score or rows: say which suggestions to accept"
+        )
+    pending = selectors.job_suggestions(job=job, state=Suggestion.PENDING)
+    if rows is not None:
+        pending = pending.filter(row_number__in=list(rows))
+    if min_score is not None:
+        pending = pending.filter(score__gte=min_score)
+    chosen = list(pending.order_by("row_number"))
+    labeled = set(
+        RowCopy.objects.filter(dataset_id=job.dataset_id, number__in=[s.row_number for s in chosen])
+        .filter(labels__has_key=job.head)
+        .values_list("number", flat=True)
+    )
+    accepted = [s for s in chosen if s.row_number not in labeled]
+    with transaction.atomic(using=ALIAS):
+        now = timezone.now()
+        Suggestion.objects.filter(pk__in=[s.pk for s in accepted]).update(
+            state=Suggestion.ACCEPTED, decided_at=now, decided_by=actor
+        )
+        if accepted:
+            _publish_accepted(
+                schema=job.schema,
+                decided=[(s.row_number, list(s.labels), f"llm:{s.agent}"[:64]) for s in accepted],
+            )
+    return {"accepted": len(accepted), "kept_labels": len(chosen) - len(accepted)}
+
+
+def review_save(
+    *,
+    org_id: int,
+    actor: str,
+    user_source: str,
+    dataset_id: int,
+    row_number: int,
+    head: str,
+    labels: Sequence[str],
+) -> RowCopy:
+    """A person's labels for one row: sent to the dataset; the row's pending suggestions are decided."""
+    schema = selectors.label_schema_current(dataset_id=dataset_id, head=head)
+    if schema is None:
+        raise ApiError(status=400, code="no_label_schema", message=f"head: no label schema for {head!r}")
+    unknown = [label for label in labels if label not in schema.label_names]
+    if unknown:
+        raise ApiError(
+            status=400,
+            code="unknown_label",
+            message=f"labels: {unknown[0]!r} is not a label of {head!r} ({', '.join(schema.label_names)})",
+        )
+    if not labels or (len(labels) > 1 and not schema.multi_label):
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message=f"labels: {'one or more labels' if schema.multi_label else 'exactly one label'}",
+        )
+    row = RowCopy.objects.filter(dataset_id=dataset_id, number=row_number).first()
+    if row is None:
+        raise ApiError(status=404, code="not_found", message=f"row {row_number} not found")
+    chosen = list(dict.fromkeys(labels))
+    with transaction.atomic(using=ALIAS):
+        pending = Suggestion.objects.filter(
+            dataset_id=dataset_id, head=head, row_number=row_number, state=Suggestion.PENDING
+        )
+        now = timezone.now()
+        for suggestion in pending:
+            suggestion.state = Suggestion.ACCEPTED if suggestion.labels == chosen else Suggestion.REJECTED
+            suggestion.decided_at, suggestion.decided_by = now, actor
+            suggestion.save(update_fields=["state", "decided_at", "decided_by"])
+        _publish_accepted(schema=schema, decided=[(row_number, chosen, user_source)])
+    row.refresh_from_db()
+    return row

@@ -1,0 +1,231 @@
+"""Reads of the annotation service. Every query goes through the org-scoped managers."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Q, QuerySet
+
+from arbiter.api.errors import ApiError
+from services.annotation.models import (
+    AnnotationJob,
+    DatasetCopy,
+    LabelSchema,
+    LlmProvider,
+    RowCopy,
+    Suggestion,
+)
+
+
+def provider_list() -> QuerySet[LlmProvider]:
+    return LlmProvider.objects.all()
+
+
+def label_schema_list(*, dataset_id: int | None = None, head: str | None = None) -> QuerySet[LabelSchema]:
+    schemas = LabelSchema.objects.all()
+    if dataset_id is not None:
+        schemas = schemas.filter(dataset_id=dataset_id)
+    if head is not None:
+        schemas = schemas.filter(head=head)
+    return schemas
+
+
+def label_schema_current(*, dataset_id: int, head: str) -> LabelSchema | None:
+    return label_schema_list(dataset_id=dataset_id, head=head).order_by("-version").first()
+
+
+def dataset_copy(*, dataset_id: int) -> DatasetCopy | None:
+    return DatasetCopy.objects.filter(dataset_id=dataset_id).first()
+
+
+def dataset_copies() -> QuerySet[DatasetCopy]:
+    return DatasetCopy.objects.all()
+
+
+def job_list(*, dataset_id: int | None = None) -> QuerySet[AnnotationJob]:
+    jobs = AnnotationJob.objects.select_related("schema", "provider")
+    return jobs.filter(dataset_id=dataset_id) if dataset_id is not None else jobs
+
+
+def job_suggestions(*, job: AnnotationJob, state: str | None = None) -> QuerySet[Suggestion]:
+    suggestions = Suggestion.objects.filter(job=job)
+    return suggestions.filter(state=state) if state else suggestions
+
+
+def _labeled(head: str) -> Q:
+    return Q(labels__has_key=head)
+
+
+def rows_unlabeled(*, dataset_id: int, head: str) -> QuerySet[RowCopy]:
+    return RowCopy.objects.filter(dataset_id=dataset_id).exclude(_labeled(head))
+
+
+ROW_SETS = ("unlabeled", "labeled", "all")
+
+
+def rows_selected(*, dataset_id: int, head: str, spec: Any) -> list[int]:
+    """The row numbers a job's `rows` names (see `AnnotationJob.rows_spec`); raises ApiError on a bad spec."""
+    rows = RowCopy.objects.filter(dataset_id=dataset_id)
+    if isinstance(spec, str):
+        spec = {"set": spec}
+    if not isinstance(spec, Mapping):
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message='rows: "unlabeled", "all", "labeled", {"sample": N} or {"filter": {...}}',
+        )
+    chosen = spec.get("set", spec.get("from", "unlabeled"))
+    if chosen not in ROW_SETS:
+        raise ApiError(
+            status=400, code="invalid", message=f"rows: choose one of {', '.join(ROW_SETS)}, not {chosen!r}"
+        )
+    if chosen == "unlabeled":
+        rows = rows.exclude(_labeled(head))
+    elif chosen == "labeled":
+        rows = rows.filter(_labeled(head))
+    if "filter" in spec:
+        wanted = spec["filter"]
+        if not isinstance(wanted, Mapping) or not isinstance(wanted.get("q", ""), str):
+            raise ApiError(
+                status=400, code="invalid", message='rows.filter: {"q": "words the text contains"}'
+            )
+        if wanted.get("q"):
+            rows = rows.filter(text__icontains=wanted["q"])
+    numbers = list(rows.order_by("number").values_list("number", flat=True))
+    if "sample" in spec:
+        size = spec["sample"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ApiError(status=400, code="invalid", message="rows.sample: a number of rows, 1 or more")
+        seed = spec.get("seed", 0)
+        numbers = sorted(random.Random(seed).sample(numbers, min(size, len(numbers))))  # noqa: S311 - sampling
+    return numbers
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    row: RowCopy
+    suggestion: Suggestion | None
+    labeled: int
+    total: int
+
+
+def review_next(*, dataset_id: int, head: str, after: int = 0) -> ReviewItem | None:
+    """The next row to review: the first unlabeled row after `after`, with its newest suggestion."""
+    row = rows_unlabeled(dataset_id=dataset_id, head=head).filter(number__gt=after).order_by("number").first()
+    total = RowCopy.objects.filter(dataset_id=dataset_id).count()
+    labeled = RowCopy.objects.filter(dataset_id=dataset_id).filter(_labeled(head)).count()
+    if row is None:
+        return None
+    suggestion = (
+        Suggestion.objects.filter(
+            dataset_id=dataset_id, head=head, row_number=row.number, state=Suggestion.PENDING
+        )
+        .order_by("-id")
+        .first()
+    )
+    return ReviewItem(row=row, suggestion=suggestion, labeled=labeled, total=total)
+
+
+def agreement(*, truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, Cohen's kappa, per-label precision/recall/F1 and the confusion matrix of `predicted` against
+    `truth` (one label per row)."""
+    from sklearn.metrics import (
+        accuracy_score,
+        cohen_kappa_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
+    names = list(labels)
+    if not truth:
+        return {
+            "rows": 0,
+            "accuracy": None,
+            "kappa": None,
+            "per_label": {},
+            "confusion": {"labels": names, "matrix": []},
+        }
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=names, zero_division=0
+    )
+    kappa = cohen_kappa_score(truth, predicted, labels=names) if len(set(truth) | set(predicted)) > 1 else 1.0
+    return {
+        "rows": len(truth),
+        "accuracy": round(float(accuracy_score(truth, predicted)), 4),
+        "kappa": round(float(kappa), 4),
+        "per_label": {
+            name: {
+                "precision": round(float(p), 4),
+                "recall": round(float(r), 4),
+                "f1": round(float(f), 4),
+                "support": int(s),
+            }
+            for name, p, r, f, s in zip(names, precision, recall, f1, support, strict=True)
+        },
+        "confusion": {"labels": names, "matrix": confusion_matrix(truth, predicted, labels=names).tolist()},
+    }
+
+
+def job_agreement(*, job: AnnotationJob) -> dict[str, Any]:
+    """How the job's suggestions agree with the human labels of its rows that have them."""
+    head = job.head
+    human = {
+        number: labels[head]
+        for number, labels in RowCopy.objects.filter(dataset_id=job.dataset_id, number__in=job.row_numbers)
+        .filter(_labeled(head))
+        .values_list("number", "labels")
+        if labels.get(head)
+    }
+    truth: list[str] = []
+    predicted: list[str] = []
+    for number, labels in (
+        job_suggestions(job=job).exclude(state=Suggestion.FAILED).values_list("row_number", "labels")
+    ):
+        if number in human and labels:
+            truth.append(human[number][0])
+            predicted.append(labels[0])
+    return agreement(truth=truth, predicted=predicted, labels=job.schema.label_names)
+
+
+def jobs_compare(*, job: AnnotationJob, other: AnnotationJob) -> list[dict[str, Any]]:
+    """Rows both jobs labeled whose labels differ ("flips"), by row number."""
+    mine = dict(job_suggestions(job=job).exclude(state=Suggestion.FAILED).values_list("row_number", "labels"))
+    theirs = dict(
+        job_suggestions(job=other).exclude(state=Suggestion.FAILED).values_list("row_number", "labels")
+    )
+    return [
+        {"row": number, "labels": mine[number], "other_labels": theirs[number]}
+        for number in sorted(set(mine) & set(theirs))
+        if mine[number] != theirs[number]
+    ]
+
+
+def head_agreement(*, dataset_id: int, head: str) -> dict[str, Any]:
+    """Agreement per head between people's labels and the newest completed job's suggestions (Cohen's kappa)."""
+    job = (
+        job_list(dataset_id=dataset_id)
+        .filter(head=head, state=AnnotationJob.COMPLETED)
+        .order_by("-id")
+        .first()
+    )
+    if job is None:
+        return {"head": head, "job": None, "agent": None, "agreement": None}
+    return {"head": head, "job": job.pk, "agent": job.agent, "agreement": job_agreement(job=job)}
+
+
+def similarity_suggest(*, schema: LabelSchema, text: str) -> dict[str, Any]:
+    """A suggestion computed now by the similarity labeler (the review queue's default without a job's)."""
+    from arbiter.llm import LabelChoice
+    from arbiter.llm.similarity import SimilarityLabeler
+
+    labeler = SimilarityLabeler([LabelChoice(label["name"], label["description"]) for label in schema.labels])
+    ranked = labeler.rank([text], multi_label=schema.multi_label)[0]
+    return {
+        "labels": ranked.labels,
+        "score": ranked.score,
+        "scores": ranked.scores,
+        "agent": f"similarity:all-MiniLM-L6-v2@v{schema.version}",
+    }
