@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 from django.db import close_old_connections, connections, transaction
 from django.utils import timezone
@@ -307,11 +309,34 @@ class DeliveryWorker:
     ) -> None:
         self.settings = settings or arbiter_settings().webhooks
         self.policy = policy or logic.webhook_policy()
-        self.pool = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="webhook")
+        self._threads_connections: list[Any] = []
+        self.pool = self._pool()
         self._busy: Counter[int] = Counter()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self.lease_s = self.settings.timeout_s + LEASE_MARGIN_S
+
+    def _pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(
+            max_workers=self.settings.workers, thread_name_prefix="webhook", initializer=self._thread_started
+        )
+
+    def _thread_started(self) -> None:
+        # Each pool thread keeps its database connection across attempts; `close()` closes them from here.
+        for connection in connections.all():
+            connection.inc_thread_sharing()
+            with self._lock:
+                self._threads_connections.append(connection)
+
+    def close(self) -> None:
+        """Wait for the attempts in flight, then close the pool threads' database connections."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            opened, self._threads_connections = self._threads_connections, []
+        for connection in opened:
+            connection.close()
+            connection.dec_thread_sharing()
+        self.pool = self._pool()
 
     def run(self, stop: threading.Event) -> None:
         log.info("webhook delivery worker started", extra={"workers": self.settings.workers})
@@ -328,7 +353,7 @@ class DeliveryWorker:
                     self._wake.wait(self.settings.poll_s)
                     self._wake.clear()
         finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.close()
             connections.close_all()
             log.info("webhook delivery worker stopped")
 
@@ -352,8 +377,7 @@ class DeliveryWorker:
         except Exception:  # noqa: BLE001 - the lease runs out and the delivery is attempted again
             log.exception("a webhook attempt failed unexpectedly", extra={"delivery_id": delivery_id})
         finally:
-            # Pool threads outlive a drain; their connections must not (a dropped test database, idle servers).
-            connections.close_all()
+            close_old_connections()
             with self._lock:
                 self._busy[endpoint_id] -= 1
                 if self._busy[endpoint_id] <= 0:
@@ -362,14 +386,15 @@ class DeliveryWorker:
 
     def drain(self, *, timeout_s: float = 30.0) -> None:
         """Attempt everything due now and wait for those attempts (tests and `--once`)."""
-        import time
-
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            claimed = self.tick()
-            with self._lock:
-                idle = not self._busy
-            if not claimed and idle:
-                return
-            self._wake.wait(0.05)
-            self._wake.clear()
+        try:
+            while time.monotonic() < deadline:
+                claimed = self.tick()
+                with self._lock:
+                    idle = not self._busy
+                if not claimed and idle:
+                    return
+                self._wake.wait(0.05)
+                self._wake.clear()
+        finally:
+            self.close()

@@ -25,7 +25,6 @@ class Command(BaseCommand):
         worker = DeliveryWorker()
         if options["once"]:
             worker.drain()
-            worker.pool.shutdown(wait=True)
             return
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
