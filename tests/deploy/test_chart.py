@@ -147,14 +147,29 @@ def test_a_service_can_scale_or_drop_one_background_process() -> None:
     assert deployments_of(rendered, "consumer")["dataset"]["spec"]["replicas"] == 1
 
 
-def test_the_dataset_job_recovery_runs_beside_the_dataset_service(manifests: list[Manifest]) -> None:
-    recovery = deployments_of(manifests, "jobs")
-    assert sorted(recovery) == ["dataset"]
-    container = only_container(recovery["dataset"])
-    assert container["command"] == ["arbiter", "dataset_jobs_recover", "--every", "60"]
-    assert literal_env(container)["ARBITER_SERVICES"] == "dataset"
-    assert recovery["dataset"]["spec"]["replicas"] == 1
-    assert "dataset" not in deployments_of(render({"datasetJobs": {"enabled": False}}), "jobs")
+def test_each_service_runs_the_same_helpers_as_arbiter_up(manifests: list[Manifest]) -> None:
+    """What `arbiter up --split` runs beside each service (besides web, relay, consumer and the operator) is
+    what the chart deploys, each alone with its service, one replica."""
+    from arbiter.config.management.commands.up import _service_workers
+    from arbiter.config.services import ALL_SERVICES
+
+    wanted = {
+        (service, tuple(child.argv[3:5]))
+        for service in ALL_SERVICES
+        for child in _service_workers((service,))
+        if child.name != "operator"
+    }
+    workers = load_values(CHART / "values.yaml")["serviceWorkers"]
+    deployed = set()
+    for name, worker in workers.items():
+        deployment = deployments_of(manifests, name)[worker["service"]]
+        container = only_container(deployment)
+        assert container["command"] == ["arbiter", *worker["command"]]
+        assert literal_env(container)["ARBITER_SERVICES"] == worker["service"]
+        assert deployment["spec"]["replicas"] == 1
+        deployed.add((worker["service"], tuple(worker["command"][:2])))
+    assert deployed == wanted
+    assert "dataset" not in deployments_of(render({"serviceWorkers": {"jobs": {"enabled": False}}}), "jobs")
 
 
 def test_operator_may_manage_jobs_and_read_pods_in_its_namespace_only(manifests: list[Manifest]) -> None:
@@ -203,7 +218,9 @@ def test_trainer_jobs_the_operator_builds_from_chart_settings_are_valid(
     operator = only_container(deployments_of(production, "operator")["training"])
     config = named(production, "ConfigMap", "arbiter-config")["data"]
     environment = {**config, **literal_env(operator)}
-    settings = KubernetesSettings(**{k: v for k, v in environment.items() if k in KubernetesSettings.variables()})
+    settings = KubernetesSettings(
+        **{k: v for k, v in environment.items() if k in KubernetesSettings.variables()}
+    )
 
     job = job_manifest_build(run_id=41, org_id=7, owner="install", settings=settings.checked())
     for version in KUBERNETES_VERSIONS:
