@@ -184,3 +184,34 @@ class Snapshot(OrgScopedModel):
             "sha256": self.sha256,
             "blob": self.blob,
         }
+
+
+class File(OrgScopedModel):
+    """A file uploaded through the OpenAI- and Mistral-compatible files API (`/v1/files`).
+
+    A training file (purpose `fine-tune`) is a JSONL of `{"text", "labels": {<head>: [..]}}` that becomes a
+    dataset and its snapshot at once: the file is immutable, so it is one snapshot forever. Batch input and
+    output files are kept as they are, in the blob store.
+    """
+
+    FINE_TUNE, BATCH = "fine-tune", "batch"
+
+    public_id = models.CharField(max_length=64, unique=True)
+    filename = models.CharField(max_length=300)
+    purpose = models.CharField(max_length=40)
+    bytes = models.BigIntegerField()
+    num_lines = models.BigIntegerField(null=True, blank=True)
+    blob = models.CharField(max_length=500)
+    # "upload" for a caller's file; "mistral" for one Arbiter wrote (a batch's output), as Mistral names it.
+    source = models.CharField(max_length=20, default="upload")
+    dataset = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    snapshot = models.ForeignKey(Snapshot, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.CharField(max_length=64)
+    created_at = models.DateTimeField(db_default=Now())
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"file {self.public_id} ({self.purpose})"

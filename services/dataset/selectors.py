@@ -12,7 +12,7 @@ from typing import Any
 from django.db.models import Count, Max, Q, QuerySet
 from django.db.models.fields.json import HasKey, KeyTransform
 
-from services.dataset.models import Dataset, DatasetChange, DatasetJob, Row, Snapshot
+from services.dataset.models import Dataset, DatasetChange, DatasetJob, File, Row, Snapshot
 
 EXPORT_BATCH = 2000
 # Cells starting with these make spreadsheet programs evaluate a formula (CSV injection).
@@ -172,3 +172,14 @@ def dataset_export_csv(*, dataset: Dataset) -> Iterator[str]:
         buffer.seek(0)
         buffer.truncate()
     yield buffer.getvalue()
+
+
+def file_list(*, purpose: str | None = None) -> QuerySet[File]:
+    """The org's files of the compatibility files API, newest first (deleted ones are gone)."""
+    files = File.objects.filter(deleted_at__isnull=True)
+    return files.filter(purpose=purpose) if purpose else files
+
+
+def file_get(*, file_id: str) -> File:
+    """The file, or File.DoesNotExist: another org's answers like a missing one."""
+    return File.objects.get(public_id=file_id, deleted_at__isnull=True)

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from arbiter.entitlements import entitlements_apply
 from arbiter.events import Event, handles
-from services.inference.logic import ALIAS, deployment_load, deployments_waiting_fail, model_version_record
+from services.inference.logic import (
+    ALIAS,
+    deployment_create,
+    deployment_load,
+    deployments_waiting_fail,
+    model_version_record,
+)
 from services.inference.models import Entitlement
 
 
@@ -39,3 +45,16 @@ def on_training_failed(event: Event) -> None:
 def on_entitlements_changed(event: Event) -> None:
     """Keep the org's newest entitlements: classify and the playground enforce them without asking billing."""
     entitlements_apply(model=Entitlement, alias=ALIAS, org_id=event.org_id, data=event.data)
+
+
+@handles("fine_tuning.succeeded")
+def on_fine_tuning_succeeded(event: Event) -> None:
+    """Deploy a fine-tuning job's version at once, so its `fine_tuned_model` answers the classify APIs."""
+    data = event.data
+    deployment_create(
+        org_id=event.org_id,
+        model=int(data["model_id"]),
+        version=int(data["version"]),
+        actor="fine-tuning",
+        idempotency_key=f"fine-tuning:{data['job_id']}",
+    )

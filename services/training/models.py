@@ -132,3 +132,59 @@ class Entitlement(EntitlementRecord):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["org_id"], name="training_entitlement_once")]
+
+
+class TrainingFile(OrgScopedModel):
+    """What the training service knows of a file of the compatibility files API (`file.created`)."""
+
+    file_id = models.CharField(max_length=64)
+    purpose = models.CharField(max_length=40)
+    filename = models.CharField(max_length=300)
+    num_lines = models.BigIntegerField(null=True, blank=True)
+    snapshot_id = models.BigIntegerField(null=True, blank=True)
+    deleted = models.BooleanField(default=False)
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["file_id"], name="training_file_once")]
+
+
+class FineTuningJob(OrgScopedModel):
+    """A job of Mistral's fine-tuning API (`job_type: "classifier"`): validated at once against its files'
+    snapshots, then, when started, the model version it trains (`version`), deployed when it succeeds.
+
+    Before it starts, its status is stored here (VALIDATED, FAILED_VALIDATION, CANCELLED); from then on it
+    is read from the version's run (QUEUED, RUNNING, FAILED, CANCELLED) and the deployment (SUCCESS once
+    `fine_tuned_model` answers).
+    """
+
+    public_id = models.CharField(max_length=64, unique=True)
+    # The `model` the caller named (a Mistral base model name or an Arbiter encoder) and what it maps onto.
+    model = models.CharField(max_length=200)
+    base_model = models.CharField(max_length=300)
+    hyperparameters = models.JSONField(default=dict)
+    # [{"file_id", "weight"}]; validation files are ids.
+    training_files = models.JSONField(default=list)
+    validation_files = models.JSONField(default=list)
+    suffix = models.CharField(max_length=100, blank=True, default="")
+    auto_start = models.BooleanField(default=False)
+    invalid_sample_skip_percentage = models.FloatField(default=0.0)
+    # [{"name", "labels", "weight", "loss_function"}], from the data.
+    classifier_targets = models.JSONField(default=list)
+    status = models.CharField(max_length=30)
+    # [{"name", "created_at", "data"}]: what happened before the run took over (validation, cancelling).
+    events = models.JSONField(default=list)
+    # Optimizer steps in one epoch over the training rows: a checkpoint is written every epoch.
+    steps_per_epoch = models.PositiveIntegerField(default=1)
+    fine_tuned_model = models.CharField(max_length=200, blank=True, default="")
+    version = models.OneToOneField(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="fine_tuning_job"
+    )
+    deployed_at = models.DateTimeField(null=True, blank=True)
+    deploy_error = models.TextField(blank=True, default="")
+    archived = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    modified_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]

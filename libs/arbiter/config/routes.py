@@ -56,6 +56,9 @@ ROUTES: tuple[Route, ...] = (
     Route("inference", f"{_ORG_API}/(deployments|usage)(/|$)"),
     Route("inference", f"{_ORG_CONSOLE}/(deployments|usage)(/|$)"),
     Route("inference", "/v1/"),
+    # The compatibility files and fine-tuning APIs: a file becomes a dataset, a job a model version.
+    Route("dataset", "/v1/files(/|$)"),
+    Route("training", "/v1/(fine_tuning|models)(/|$)"),
     Route("inference", "/static/inference/"),
     Route("billing", f"{_ORG_API}/billing(/|$)"),
     Route("billing", f"{_ORG_CONSOLE}/billing(/|$)"),

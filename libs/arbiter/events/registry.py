@@ -91,6 +91,27 @@ EVENT_TYPES: dict[str, EventType] = {
             "A dataset snapshot was frozen and validated; carries its manifest.",
         ),
         EventType(
+            "file.created",
+            DATASET,
+            "dataset",
+            ("training",),
+            "A file was uploaded through the compatibility files API; a training file names its snapshot.",
+        ),
+        EventType(
+            "file.deleted",
+            DATASET,
+            "dataset",
+            ("training",),
+            "A file of the compatibility files API was deleted.",
+        ),
+        EventType(
+            "dataset.imported",
+            DATASET,
+            "dataset",
+            ("gateway",),
+            "An upload finished: its rows joined the dataset.",
+        ),
+        EventType(
             "dataset.rows_changed",
             DATASET,
             "dataset",
@@ -109,8 +130,15 @@ EVENT_TYPES: dict[str, EventType] = {
             "training.completed",
             TRAINING,
             "training",
-            ("inference", "gateway", "billing"),
+            ("inference", "gateway", "billing", "training"),
             "A training run succeeded; the version has metrics.",
+        ),
+        EventType(
+            "fine_tuning.succeeded",
+            TRAINING,
+            "training",
+            ("inference",),
+            "A fine-tuning job trained its version; the inference service deploys it under its model name.",
         ),
         EventType(
             "training.failed",
@@ -127,13 +155,13 @@ EVENT_TYPES: dict[str, EventType] = {
             "A deployment was created and should be loaded.",
         ),
         EventType(
-            "deployment.live", INFERENCE, "inference", ("gateway",), "A deployment is loaded and serving."
+            "deployment.live", INFERENCE, "inference", ("gateway", "training"), "A deployment is loaded and serving."
         ),
         EventType(
             "deployment.failed",
             INFERENCE,
             "inference",
-            ("gateway",),
+            ("gateway", "training"),
             "A deployment could not be loaded; says why.",
         ),
         EventType("deployment.stopped", INFERENCE, "inference", ("gateway",), "A deployment was stopped."),

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from services.dataset.api import views
+from services.dataset.api import files, views
 
 DATASET = "api/v1/orgs/<slug:org>/datasets/<int:dataset>"
 SNAPSHOT = "api/v1/orgs/<slug:org>/snapshots/<int:snapshot>"
@@ -59,4 +59,7 @@ urlpatterns = [
     path(
         f"{SNAPSHOT}/download", views.SnapshotViewSet.as_view({"get": "download"}), name="snapshot-download"
     ),
+    path("v1/files", files.FilesView.as_view(), name="compat-files"),
+    path("v1/files/<str:file_id>", files.FileView.as_view(), name="compat-file"),
+    path("v1/files/<str:file_id>/content", files.FileContentView.as_view(), name="compat-file-content"),
 ]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from services.training.api import views
+from services.training.api import fine_tuning, views
 
 ORG = "api/v1/orgs/<slug:org>"
 
@@ -22,4 +22,18 @@ urlpatterns = [
     path(f"{ORG}/runs", views.RunViewSet.as_view({"get": "list"}), name="run-list"),
     path(f"{ORG}/runs/<int:pk>", views.RunViewSet.as_view({"get": "retrieve"}), name="run-detail"),
     path(f"{ORG}/runs/<int:pk>/cancel", views.RunViewSet.as_view({"post": "cancel"}), name="run-cancel"),
+    path("v1/fine_tuning/jobs", fine_tuning.JobsView.as_view(), name="compat-fine-tuning-jobs"),
+    path("v1/fine_tuning/jobs/<str:job_id>", fine_tuning.JobView.as_view(), name="compat-fine-tuning-job"),
+    path(
+        "v1/fine_tuning/jobs/<str:job_id>/start",
+        fine_tuning.JobStartView.as_view(),
+        name="compat-fine-tuning-job-start",
+    ),
+    path(
+        "v1/fine_tuning/jobs/<str:job_id>/cancel",
+        fine_tuning.JobCancelView.as_view(),
+        name="compat-fine-tuning-job-cancel",
+    ),
+    path("v1/models", fine_tuning.ModelsView.as_view(), name="compat-models"),
+    path("v1/models/<str:model_id>", fine_tuning.ModelView.as_view(), name="compat-model"),
 ]
