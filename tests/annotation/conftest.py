@@ -24,7 +24,13 @@ from arbiter.testing.tenants import Tenant
 from tests.annotation import fake_llm
 
 TOXIC = ["you are an idiot", "shut up you moron", "i hate you, loser", "you stupid fool", "get lost, jerk"]
-SAFE = ["have a nice day", "thanks for the help", "the weather is lovely", "see you tomorrow", "great article"]
+SAFE = [
+    "have a nice day",
+    "thanks for the help",
+    "the weather is lovely",
+    "see you tomorrow",
+    "great article",
+]
 LABELS = [
     {"name": "toxic", "code": 1, "description": "insults, name-calling or hostility towards a person"},
     {"name": "safe", "code": 0, "description": "friendly, polite or neutral everyday conversation"},
@@ -88,8 +94,12 @@ class AnnotationApi:
         rows_to_annotation()
         return dict(response.json())
 
-    def schema(self, dataset_id: int, head: str = "toxicity", labels: list[dict[str, Any]] | None = None) -> Any:
-        response = self.post("/label-schemas", {"dataset": dataset_id, "head": head, "labels": labels or LABELS})
+    def schema(
+        self, dataset_id: int, head: str = "toxicity", labels: list[dict[str, Any]] | None = None
+    ) -> Any:
+        response = self.post(
+            "/label-schemas", {"dataset": dataset_id, "head": head, "labels": labels or LABELS}
+        )
         assert response.status_code == 201, response.content
         return response.json()
 

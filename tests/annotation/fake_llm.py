@@ -107,7 +107,13 @@ def serve() -> Iterator[FakeLlm]:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
             with fake._lock:
-                fake.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                fake.requests.append(
+                    {
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": body,
+                    }
+                )
             code, headers, payload = fake.next_answer()(body)
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
