@@ -436,3 +436,27 @@ def test_large_datasets_are_remapped_in_the_background(
         time.sleep(0.2)
     assert api.get(f"/datasets/{created['id']}/rows", head="grade", label="high").json()["count"] == 100
     assert api.get(f"/datasets/{created['id']}").json()["state"] == "ready"
+
+
+def test_a_finished_upload_is_announced_as_dataset_imported(api: DatasetApi) -> None:
+    """Automation (webhooks) hears of every finished upload: the first file and one appended to it."""
+    from arbiter.events.models import OutboxEvent
+    from arbiter.events.registry import get_event_type
+
+    created = api.create(b"text,label\nhello,a\nbye,b\n", "first.csv")
+    appended = api.upload(
+        b"text,label\nmore,a\nagain,b\nonce more,a\n", "more.csv", f"/datasets/{created['id']}/uploads"
+    )
+    assert appended.status_code in (200, 201, 202), appended.content
+
+    events = [
+        row.body
+        for row in OutboxEvent.objects.using("dataset").filter(type="dataset.imported").order_by("id")
+    ]
+    for event in events:
+        get_event_type("dataset.imported").validate(event["data"])
+    assert [(e["data"]["file_name"], e["data"]["imported"], e["data"]["rows"]) for e in events] == [
+        ("first.csv", 2, 2),
+        ("more.csv", 3, 5),
+    ]
+    assert events[0]["subject"] == f"datasets/{created['id']}"

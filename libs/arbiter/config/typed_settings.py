@@ -9,6 +9,7 @@ change it through the `override_arbiter_settings` fixture (`arbiter.testing.plug
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -477,7 +478,6 @@ class InferenceSettings(Concern):
     artifact_cache_dir: Path | None = Field(None, validation_alias="ARBITER_INFERENCE_ARTIFACT_CACHE")
     # None (`auto`): warm live deployments in web servers only (gunicorn); True/False forces it on or off.
     preload: bool | None = Field(None, validation_alias="ARBITER_INFERENCE_PRELOAD")
-    playground_free_queries: int = Field(500, ge=0, validation_alias="ARBITER_PLAYGROUND_FREE_QUERIES")
     log_retention_days: int = Field(30, ge=1, validation_alias="ARBITER_INFERENCE_LOG_RETENTION_DAYS")
     max_log_retention_days: int = Field(
         365, ge=1, validation_alias="ARBITER_INFERENCE_MAX_LOG_RETENTION_DAYS"
@@ -582,6 +582,136 @@ class AnnotationSettings(Concern):
     fail_fast_rows: int = Field(10, ge=1, validation_alias="ARBITER_ANNOTATION_FAIL_FAST_ROWS")
 
 
+METERS = ("classification", "playground", "auto_label", "training_minute")
+MeterName = Literal["classification", "playground", "auto_label", "training_minute"]
+
+
+class MeterAllowance(BaseModel):
+    """What a plan includes of one meter each month (the playground: per model, for good) and what happens beyond."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # None: unlimited.
+    included: int | None = Field(0, ge=0)
+    # Beyond `included`: metered and billed (True, needs a paid plan with a payment method) or refused (False).
+    overage: bool = False
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    label: str = ""
+    # A paid plan is billed; with Stripe configured its overage needs a payment method.
+    paid: bool = False
+    meters: dict[MeterName, MeterAllowance] = Field(default_factory=dict)
+
+    def allowance(self, meter: str) -> MeterAllowance:
+        found = self.meters.get(meter)  # type: ignore[call-overload]
+        return found if isinstance(found, MeterAllowance) else MeterAllowance(included=0, overage=False)
+
+
+def _builtin_plans(playground_free: int) -> dict[str, dict[str, Any]]:
+    def meters(included: dict[str, int | None], overage: bool) -> dict[str, dict[str, Any]]:
+        return {name: {"included": amount, "overage": overage} for name, amount in included.items()}
+
+    return {
+        "free": {
+            "label": "Free",
+            "paid": False,
+            "meters": meters(
+                {
+                    "classification": 10_000,
+                    "playground": playground_free,
+                    "auto_label": 1_000,
+                    "training_minute": 60,
+                },
+                overage=False,
+            ),
+        },
+        "pro": {
+            "label": "Pro",
+            "paid": True,
+            "meters": meters(
+                {
+                    "classification": 100_000,
+                    "playground": playground_free,
+                    "auto_label": 10_000,
+                    "training_minute": 600,
+                },
+                overage=True,
+            ),
+        },
+        "enterprise": {"label": "Enterprise", "paid": True, "meters": meters(dict.fromkeys(METERS), True)},
+    }
+
+
+class BillingSettings(Concern):
+    """Plans, quotas and Stripe (see services/billing/README.md)."""
+
+    default_plan: str = Field("free", validation_alias="ARBITER_BILLING_DEFAULT_PLAN")
+    # Merged over the built-in plans: {"free": {"meters": {"playground": {"included": 3}}}, "team": {...}}.
+    plan_overrides: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict, validation_alias="ARBITER_BILLING_PLANS"
+    )
+    playground_free_queries: int = Field(500, ge=0, validation_alias="ARBITER_PLAYGROUND_FREE_QUERIES")
+    # Without news from billing for this long, a paid plan's last entitlements stop applying (see the README).
+    grace_hours: float = Field(72.0, gt=0, validation_alias="ARBITER_BILLING_GRACE_HOURS")
+    refresh_seconds: float = Field(3600.0, gt=0, validation_alias="ARBITER_BILLING_REFRESH_SECONDS")
+    payment_grace_days: float = Field(7.0, ge=0, validation_alias="ARBITER_BILLING_PAYMENT_GRACE_DAYS")
+    stripe_api_key: SecretStr | None = Field(None, validation_alias="STRIPE_API_KEY")
+    stripe_webhook_secret: SecretStr | None = Field(None, validation_alias="STRIPE_WEBHOOK_SECRET")
+    stripe_api_base: str | None = Field(None, validation_alias="ARBITER_STRIPE_API_BASE")
+    report_batch: int = Field(100, ge=1, validation_alias="ARBITER_BILLING_REPORT_BATCH")
+
+    @field_validator("plan_overrides", mode="before")
+    @classmethod
+    def _plans_json(cls, value: Any) -> Any:
+        value = _json(value)
+        if not isinstance(value, dict):
+            raise ValueError(
+                'must be a JSON object of plans, e.g. {"free": {"meters": {"playground": {"included": 3}}}}'
+            )
+        return value
+
+    @_model_validator(mode="after")
+    def _valid_plans(self) -> BillingSettings:
+        plans = self.plans
+        if self.default_plan not in plans:
+            raise ValueError(
+                f"ARBITER_BILLING_DEFAULT_PLAN={self.default_plan!r} is not a plan ({', '.join(plans)})"
+            )
+        return self
+
+    @functools.cached_property
+    def plans(self) -> dict[str, Plan]:
+        merged = _builtin_plans(self.playground_free_queries)
+        for name, override in self.plan_overrides.items():
+            if not isinstance(override, dict):
+                raise ValueError(f"ARBITER_BILLING_PLANS: {name}: must be an object")
+            # A new plan starts from the free plan's allowances: it names only what differs.
+            free_meters = {meter: dict(allowance) for meter, allowance in merged["free"]["meters"].items()}
+            base = merged.setdefault(name, {"label": name.title(), "meters": free_meters})
+            for key, value in override.items():
+                if key == "meters" and isinstance(value, dict):
+                    for meter, allowance in value.items():
+                        base["meters"][meter] = {**base["meters"].get(meter, {}), **(allowance or {})}
+                else:
+                    base[key] = value
+        plans: dict[str, Plan] = {}
+        for name, body in merged.items():
+            try:
+                plans[name] = Plan.model_validate(body)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in (name, *first["loc"]))
+                raise ValueError(f"ARBITER_BILLING_PLANS: {where}: {first['msg']}") from None
+        return plans
+
+    @property
+    def stripe_enabled(self) -> bool:
+        return self.stripe_api_key is not None
+
+
 class TelemetrySettings(Concern):
     """The standard OpenTelemetry variables Arbiter itself looks at; the SDK reads the rest (`OTEL_*`)."""
 
@@ -621,6 +751,7 @@ class ArbiterSettings(BaseModel):
         "kubernetes": KubernetesSettings,
         "dataset": DatasetSettings,
         "inference": InferenceSettings,
+        "billing": BillingSettings,
         "telemetry": TelemetrySettings,
         "webhooks": WebhookSettings,
         "llm": LlmSettings,
@@ -637,6 +768,7 @@ class ArbiterSettings(BaseModel):
     kubernetes: KubernetesSettings
     dataset: DatasetSettings
     inference: InferenceSettings
+    billing: BillingSettings
     telemetry: TelemetrySettings
     webhooks: WebhookSettings
     llm: LlmSettings
@@ -652,7 +784,7 @@ def all_variables() -> tuple[str, ...]:
 
 
 # Values never repeated in an error message: they may hold credentials.
-_SECRET = ("DATABASE_URL", "PASSWORD", "SECRET")
+_SECRET = ("DATABASE_URL", "PASSWORD", "SECRET", "API_KEY")
 
 
 def _problem(error: Mapping[str, Any]) -> str:

@@ -105,6 +105,13 @@ EVENT_TYPES: dict[str, EventType] = {
             "A file of the compatibility files API was deleted.",
         ),
         EventType(
+            "dataset.imported",
+            DATASET,
+            "dataset",
+            ("gateway",),
+            "An upload finished: its rows joined the dataset.",
+        ),
+        EventType(
             "dataset.rows_changed",
             DATASET,
             "dataset",

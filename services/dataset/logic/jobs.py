@@ -21,6 +21,7 @@ from django.db.models import QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from arbiter.events import publish
 from arbiter.tenancy.scoping import org_scope
 from services.dataset import conf
 from services.dataset.conf import DB
@@ -289,6 +290,20 @@ def _import_complete(
             },
         )
         dataset_rows_publish_all(dataset=locked)
+        publish(
+            type="dataset.imported",
+            org_id=locked.org_id,
+            subject=f"datasets/{dataset_id}",
+            data={
+                "dataset_id": dataset_id,
+                "job_id": job.pk,
+                "name": locked.name,
+                "file_name": job.source.get("file_name"),
+                "rows": Row.objects.filter(dataset_id=dataset_id).count(),
+                "imported": imported,
+                "rejected": rejected,
+            },
+        )
 
 
 def remap_run(job: DatasetJob) -> DatasetJob:
