@@ -81,7 +81,7 @@ class LabelSchemaCreateSerializer(serializers.Serializer):
     labels = LabelSerializer(many=True)
 
 
-class JobCreateSerializer(serializers.Serializer):
+class AnnotationJobCreateSerializer(serializers.Serializer):
     dataset = serializers.IntegerField(min_value=1)
     head = serializers.CharField(max_length=200)
     provider = serializers.JSONField(
@@ -102,7 +102,7 @@ class JobCreateSerializer(serializers.Serializer):
     )
 
 
-class JobSerializer(serializers.ModelSerializer[AnnotationJob]):
+class AnnotationJobSerializer(serializers.ModelSerializer[AnnotationJob]):
     dataset = serializers.IntegerField(source="dataset_id", read_only=True)
     schema = serializers.SerializerMethodField()
     provider = serializers.SerializerMethodField()
@@ -225,7 +225,7 @@ class FlipSerializer(serializers.Serializer):
     other_labels = serializers.ListField(child=serializers.CharField())
 
 
-class RowSerializer(serializers.ModelSerializer[RowCopy]):
+class ReviewRowSerializer(serializers.ModelSerializer[RowCopy]):
     class Meta:
         model = RowCopy
         fields = ["number", "text", "labels"]
@@ -247,7 +247,7 @@ class ReviewProgressSerializer(serializers.Serializer):
 
 
 class ReviewNextSerializer(serializers.Serializer):
-    row = RowSerializer(allow_null=True)
+    row = ReviewRowSerializer(allow_null=True)
     suggestion = ReviewSuggestionSerializer(allow_null=True)
     progress = ReviewProgressSerializer()
 

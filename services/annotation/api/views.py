@@ -115,7 +115,7 @@ class LabelSchemaViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.Retriev
 
 
 class JobViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
-    serializer_class = s.JobSerializer
+    serializer_class = s.AnnotationJobSerializer
 
     def safely_get_queryset(self) -> Any:
         dataset = self.request.query_params.get("dataset")
@@ -127,9 +127,9 @@ class JobViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMi
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
-    @extend_schema(request=s.JobCreateSerializer, responses={201: s.JobSerializer})
+    @extend_schema(request=s.AnnotationJobCreateSerializer, responses={201: s.AnnotationJobSerializer})
     def create(self, request: Request, org: str) -> Response:
-        payload = s.JobCreateSerializer(data=request.data)
+        payload = s.AnnotationJobCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
         job = logic.job_create(
@@ -142,11 +142,11 @@ class JobViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMi
             schema_version=data.get("schema_version"),
             few_shot=data["few_shot"],
         )
-        return Response(s.JobSerializer(job).data, status=status.HTTP_201_CREATED)
+        return Response(s.AnnotationJobSerializer(job).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses={200: s.JobSerializer, **error_responses(409)})
+    @extend_schema(request=None, responses={200: s.AnnotationJobSerializer, **error_responses(409)})
     def cancel(self, request: Request, org: str, pk: str) -> Response:
-        return Response(s.JobSerializer(logic.job_cancel(job=self.get_object())).data)
+        return Response(s.AnnotationJobSerializer(logic.job_cancel(job=self.get_object())).data)
 
     @extend_schema(
         parameters=[
@@ -256,7 +256,7 @@ class ReviewViewSet(OrgScopedViewSet):
         }
         return Response(s.ReviewNextSerializer(body).data)
 
-    @extend_schema(request=s.ReviewSaveSerializer, responses=s.RowSerializer)
+    @extend_schema(request=s.ReviewSaveSerializer, responses=s.ReviewRowSerializer)
     def save(self, request: Request, org: str, dataset_id: str, row: str) -> Response:
         dataset = self._dataset(dataset_id)
         payload = s.ReviewSaveSerializer(data=request.data)
@@ -275,7 +275,7 @@ class ReviewViewSet(OrgScopedViewSet):
             head=payload.validated_data["head"],
             labels=payload.validated_data["labels"],
         )
-        return Response(s.RowSerializer(saved).data)
+        return Response(s.ReviewRowSerializer(saved).data)
 
     @extend_schema(parameters=[HEAD], responses=s.AgreementSerializer)
     def agreement(self, request: Request, org: str, dataset_id: str) -> Response:
