@@ -43,7 +43,10 @@ def test_a_good_answer_is_asked_with_a_json_schema_and_counted(fake_llm_server: 
     sent = fake_llm_server.requests[0]
     assert sent["path"] == "/v1/chat/completions"
     assert sent["headers"]["authorization"] == f"Bearer {KEY}"
-    assert sent["body"]["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"] == ["toxic", "safe"]
+    assert sent["body"]["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"] == [
+        "toxic",
+        "safe",
+    ]
     system, user = sent["body"]["messages"]
     assert "insults and hostility" in system["content"] and user["content"] == "you idiot"
 
