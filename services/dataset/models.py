@@ -194,7 +194,7 @@ class File(OrgScopedModel):
     output files are kept as they are, in the blob store.
     """
 
-    FINE_TUNE, BATCH = "fine-tune", "batch"
+    FINE_TUNE, BATCH, BATCH_OUTPUT = "fine-tune", "batch", "batch_output"
 
     public_id = models.CharField(max_length=64, unique=True)
     filename = models.CharField(max_length=300)

@@ -176,3 +176,64 @@ class UsageDay(OrgScopedModel):
             "requests": self.requests,
             "units": self.units,
         }
+
+
+class BatchFile(OrgScopedModel):
+    """The read model of a batch input file (`file.created` with purpose `batch`): the files API is the
+    dataset service's; this service keeps where the file's bytes are, to read them when a batch names it."""
+
+    file_id = models.CharField(max_length=64, unique=True)
+    filename = models.CharField(max_length=300)
+    blob = models.CharField(max_length=500)
+    bytes = models.BigIntegerField()
+    num_lines = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"batch file {self.file_id}"
+
+
+class BatchStatus(models.TextChoices):
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+class Batch(OrgScopedModel):
+    """A batch of the OpenAI-compatible batches API: every line of an input file classified in the background.
+
+    The output and error files are written here and registered as files by the dataset service
+    (`batch.output_written`); the batch is `completed` when `file.created` announces its output file."""
+
+    public_id = models.CharField(max_length=64, unique=True)
+    input_file_id = models.CharField(max_length=64)
+    endpoint = models.CharField(max_length=40)
+    completion_window = models.CharField(max_length=10, default="24h")
+    status = models.CharField(max_length=20, choices=BatchStatus.choices, default=BatchStatus.VALIDATING)
+    output_file_id = models.CharField(max_length=64, blank=True, default="")
+    error_file_id = models.CharField(max_length=64, blank=True, default="")
+    total = models.PositiveIntegerField(default=0)
+    completed = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    errors = models.JSONField(default=list)
+    metadata = models.JSONField(null=True, blank=True)
+    api_key_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    in_progress_at = models.DateTimeField(null=True, blank=True)
+    finalizing_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    cancelling_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"batch {self.public_id} ({self.status})"

@@ -94,8 +94,22 @@ EVENT_TYPES: dict[str, EventType] = {
             "file.created",
             DATASET,
             "dataset",
-            ("training",),
+            ("training", "inference"),
             "A file was uploaded through the compatibility files API; a training file names its snapshot.",
+        ),
+        EventType(
+            "batch.created",
+            INFERENCE,
+            "inference",
+            ("inference",),
+            "A batch was accepted; the inference service's consumer classifies its lines in the background.",
+        ),
+        EventType(
+            "batch.output_written",
+            INFERENCE,
+            "inference",
+            ("dataset",),
+            "A batch's output (and error) JSONL is in the blob store; the dataset service registers the files.",
         ),
         EventType(
             "file.deleted",

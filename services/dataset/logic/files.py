@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from django.db import transaction
@@ -189,3 +190,42 @@ def file_delete(*, file: File) -> None:
             subject=f"files/{file.public_id}",
             data={"file_id": file.public_id, "purpose": file.purpose},
         )
+
+
+def file_register_batch_output(*, org_id: int, data: Mapping[str, Any]) -> list[File]:
+    """Register a batch's output and error files, written by the inference service, under the ids it chose
+    (purpose `batch_output`), and announce each by `file.created`; idempotent."""
+    files = []
+    for item in data["files"]:
+        file, created = File.objects.get_or_create(
+            public_id=item["file_id"],
+            defaults={
+                "org_id": org_id,
+                "filename": item["filename"][:300],
+                "purpose": File.BATCH_OUTPUT,
+                "bytes": item["bytes"],
+                "num_lines": item["num_lines"],
+                "blob": item["blob"],
+                "source": "mistral",
+                "created_by": f"batch:{data['batch_id']}",
+            },
+        )
+        if created:
+            publish(
+                type="file.created",
+                org_id=org_id,
+                subject=f"files/{file.public_id}",
+                data={
+                    "file_id": file.public_id,
+                    "purpose": file.purpose,
+                    "filename": file.filename,
+                    "bytes": file.bytes,
+                    "num_lines": file.num_lines,
+                    "blob": file.blob,
+                    "dataset_id": None,
+                    "snapshot_id": None,
+                    "batch_id": data["batch_id"],
+                },
+            )
+        files.append(file)
+    return files

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from services.inference.api import compat, views
+from services.inference.api import batches, compat, views
 
 _deployments = "api/v1/orgs/<slug:org>/deployments"
 
@@ -40,4 +40,7 @@ urlpatterns = [
     path("api/v1/orgs/<slug:org>/usage", views.UsageViewSet.as_view({"get": "list"}), name="inference-usage"),
     path("v1/moderations", compat.ModerationsView.as_view(), name="compat-moderations"),
     path("v1/classifications", compat.ClassificationsView.as_view(), name="compat-classifications"),
+    path("v1/batches", batches.BatchesView.as_view(), name="compat-batches"),
+    path("v1/batches/<str:batch_id>", batches.BatchView.as_view(), name="compat-batch"),
+    path("v1/batches/<str:batch_id>/cancel", batches.BatchCancelView.as_view(), name="compat-batch-cancel"),
 ]
