@@ -22,9 +22,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+import requests
 from psycopg import sql
 
 from arbiter.config.nginx import nginx_binary
@@ -148,3 +150,87 @@ def split_arbiter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningA
             if source.exists():
                 (ARTIFACTS / f"nginx-{name}").write_bytes(source.read_bytes()[-200_000:])
         _drop_databases(prefix)
+
+
+# --- what several journeys do: an org for a script, a small moderation CSV, a model trained on it -----------------
+
+TOXIC = ["you are an idiot", "shut up you moron", "i hate you loser", "you stupid fool", "get lost jerk"]
+SAFE = [
+    "have a nice day",
+    "thanks for the help",
+    "the weather is lovely",
+    "see you tomorrow",
+    "great article",
+]
+
+
+def comments_csv() -> bytes:
+    lines = ["comment,toxicity"]
+    for i in range(60):
+        toxic = i % 2 == 0
+        lines.append(f"{(TOXIC if toxic else SAFE)[(i // 2) % 5]} ({i}),{'toxic' if toxic else 'safe'}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def poll(what: str, fetch: Any, done: Any, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        last = fetch()
+        if done(last):
+            return last
+        time.sleep(1)
+    raise AssertionError(
+        f"{what} did not happen within {timeout_s:.0f} s; last seen: {json.dumps(last)[:2000]}"
+    )
+
+
+@dataclass
+class ScriptedOrg:
+    """An org bootstrapped for a script, with a requests session carrying its API key."""
+
+    org: str
+    password: str
+    api_key: str
+    api: requests.Session
+    url: str
+
+    def train_head_model(self, name: str, *, max_epochs: int = 3) -> tuple[int, dict[str, Any]]:
+        """Upload the CSV, snapshot it, create a model at once (the snapshot may still be on its way to the
+        training service) and wait for version 1 to succeed; returns the model id and the version."""
+        uploaded = self.api.post(
+            f"{self.url}/datasets", files={"file": ("comments.csv", comments_csv(), "text/csv")}
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        snapshot = self.api.post(
+            f"{self.url}/datasets/{uploaded.json()['id']}/snapshots", json={"test_percent": 20, "seed": 1}
+        )
+        assert snapshot.status_code == 201, snapshot.text
+        created = self.api.post(
+            f"{self.url}/models",
+            json={
+                "name": name,
+                "snapshots": [snapshot.json()["id"]],
+                "options": {"strategy": "head", "max_epochs": max_epochs},
+            },
+        )
+        assert created.status_code == 201, created.text
+        model_id = int(created.json()["model"]["id"])
+        version = poll(
+            "training",
+            lambda: self.api.get(f"{self.url}/models/{model_id}/versions/1").json(),
+            lambda v: v["run"]["state"] in ("succeeded", "failed", "cancelled"),
+            300,
+        )
+        assert version["run"]["state"] == "succeeded", version["run"]["conditions"]
+        return model_id, version
+
+
+def scripted_org(arbiter: RunningArbiter, slug: str, email: str) -> ScriptedOrg:
+    """`arbiter bootstrap` (run as the gateway alone) gives the org, its owner and an API key."""
+    made = json.loads(arbiter.cli("bootstrap", "--org", slug, "--email", email, services="gateway"))
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {made['api_key']}"
+    return ScriptedOrg(
+        made["org"], made["password"], made["api_key"], session, f"{arbiter.base}/api/v1/orgs/{made['org']}"
+    )

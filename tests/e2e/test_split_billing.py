@@ -4,14 +4,11 @@ service's read model takes it from Kafka, and the third playground query answers
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
-import requests
 
-from tests.e2e.conftest import RunningArbiter
-from tests.e2e.test_split_api import comments_csv, poll
+from tests.e2e.conftest import RunningArbiter, poll, scripted_org
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -19,12 +16,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def test_a_plan_change_reaches_the_playground_and_its_limit_answers_402(
     split_arbiter: RunningArbiter,
 ) -> None:
-    bootstrap = json.loads(
-        split_arbiter.cli("bootstrap", "--org", "metered", "--email", "ops@example.com", services="gateway")
-    )
-    api = requests.Session()
-    api.headers["Authorization"] = f"Bearer {bootstrap['api_key']}"
-    org = f"{split_arbiter.base}/api/v1/orgs/{bootstrap['org']}"
+    script = scripted_org(split_arbiter, "metered", "ops@example.com")
+    api, org = script.api, script.url
 
     planned = api.put(f"{org}/billing/plan", json={"plan": "tiny"})
     assert planned.status_code == 200, planned.text
@@ -32,26 +25,7 @@ def test_a_plan_change_reaches_the_playground_and_its_limit_answers_402(
     playground = {m["meter"]: m for m in planned.json()["meters"]}["playground"]
     assert playground["included"] == 2 and playground["overage"] is False
 
-    dataset = api.post(f"{org}/datasets", files={"file": ("comments.csv", comments_csv(), "text/csv")}).json()
-    snapshot = api.post(f"{org}/datasets/{dataset['id']}/snapshots", json={"test_percent": 20, "seed": 1})
-    assert snapshot.status_code == 201, snapshot.text
-    created = api.post(
-        f"{org}/models",
-        json={
-            "name": "metered",
-            "snapshots": [snapshot.json()["id"]],
-            "options": {"strategy": "head", "max_epochs": 3},
-        },
-    )
-    assert created.status_code == 201, created.text
-    model_id = created.json()["model"]["id"]
-    version = poll(
-        "training",
-        lambda: api.get(f"{org}/models/{model_id}/versions/1").json(),
-        lambda v: v["run"]["state"] in ("succeeded", "failed", "cancelled"),
-        300,
-    )
-    assert version["run"]["state"] == "succeeded", version["run"]["conditions"]
+    model_id, _ = script.train_head_model("metered")
 
     url = f"{org}/models/{model_id}/versions/1/playground"
     deadline = time.monotonic() + 60
