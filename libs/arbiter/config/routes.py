@@ -62,6 +62,8 @@ ROUTES: tuple[Route, ...] = (
     Route("inference", "/static/inference/"),
     Route("billing", f"{_ORG_API}/billing(/|$)"),
     Route("billing", f"{_ORG_CONSOLE}/billing(/|$)"),
+    # Stripe's events (signed, no token).
+    Route("billing", "/webhooks/stripe"),
 )
 # Each service's part of the OpenAPI schema (see arbiter.config.urls), served by that service.
 ROUTES += tuple(

@@ -69,3 +69,29 @@ USAGE_RESPONSE = inline_serializer(
         "totals": serializers.DictField(child=serializers.IntegerField(), help_text="Units per meter."),
     },
 )
+
+
+class BillingInvoiceSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="Stripe's invoice id.")
+    number = serializers.CharField(help_text="The invoice number; empty on a draft.")
+    status = serializers.CharField(help_text="draft, open, paid, uncollectible or void.")
+    amount_due = serializers.IntegerField(help_text="In the currency's smallest unit (cents).")
+    amount_paid = serializers.IntegerField(help_text="In the currency's smallest unit (cents).")
+    currency = serializers.CharField()
+    created = serializers.DateTimeField()
+    hosted_invoice_url = serializers.CharField(help_text="Stripe's page to view and pay the invoice.")
+
+
+class BillingInvoicesSerializer(serializers.Serializer):
+    stripe = serializers.BooleanField(help_text="Stripe is configured; without it there are no invoices.")
+    invoices = BillingInvoiceSerializer(many=True)
+
+
+class BillingPortalRequestSerializer(serializers.Serializer):
+    return_url = serializers.URLField(
+        required=False, help_text="Where Stripe sends the admin back (default: the console's Billing page)."
+    )
+
+
+class BillingPortalSerializer(serializers.Serializer):
+    url = serializers.CharField(help_text="Stripe's customer portal: add a payment method, see invoices.")

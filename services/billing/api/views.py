@@ -12,10 +12,11 @@ from rest_framework.response import Response
 
 from arbiter.api.errors import ApiError
 from arbiter.api.parsers import JSONParser
+from arbiter.config.routes import page_path
 from arbiter.config.typed_settings import METERS
 from arbiter.entitlements import billing_settings
 from arbiter.tenancy.viewsets import OrgScopedViewSet
-from services.billing import logic, selectors
+from services.billing import logic, payments, selectors
 from services.billing.api import serializers as s
 
 MAX_USAGE_DAYS = 366
@@ -97,3 +98,19 @@ class BillingViewSet(OrgScopedViewSet):
                 "totals": totals,
             }
         )
+
+    @extend_schema(responses=s.BillingInvoicesSerializer)
+    def invoices(self, request: Request, org: str) -> Response:
+        invoices = payments.invoices_of(account=selectors.account_of(org_id=self.org_id))
+        body = {"stripe": billing_settings().stripe_enabled, "invoices": invoices}
+        return Response(s.BillingInvoicesSerializer(body).data)
+
+    @extend_schema(request=s.BillingPortalRequestSerializer, responses=s.BillingPortalSerializer)
+    def portal(self, request: Request, org: str) -> Response:
+        payload = s.BillingPortalRequestSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        return_url = payload.validated_data.get("return_url") or request.build_absolute_uri(
+            page_path("console-billing", org=org)
+        )
+        url = payments.portal_url(org_id=self.org_id, return_url=return_url)
+        return Response(s.BillingPortalSerializer({"url": url}).data)

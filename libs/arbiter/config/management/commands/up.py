@@ -156,6 +156,8 @@ def _service_workers(services: tuple[str, ...], env: dict[str, str] | None = Non
         # The heartbeat that keeps paid plans valid at the edge and starts each period afresh.
         every = str(int(arbiter_settings().billing.refresh_seconds))
         children.append(Child("billing", [*ARBITER, "billing", "refresh", "--every", every], dict(env or {})))
+        # Usage to Stripe as meter events (idle without STRIPE_API_KEY); a restart resends what is unsent.
+        children.append(Child("stripe", [*ARBITER, "billing", "report", "--every", "60"], dict(env or {})))
     if "inference" in services:
         children.append(
             Child("purge", [*ARBITER, "inference_purge_request_logs", "--every", "60"], dict(env or {}))
