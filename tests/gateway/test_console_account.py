@@ -6,6 +6,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from arbiter.config.routes import page_path
+from arbiter.console.context import NAV_SECTIONS
 from arbiter.tenancy.models import ApiKey, Membership, Org
 from arbiter.testing.tenants import Tenant, assert_not_found
 
@@ -95,9 +97,11 @@ def test_the_overview_walks_a_new_org_through_the_journey(tenant: Tenant) -> Non
         "Invite your team",
     ]
     assert f'data-check="/api/v1/orgs/{tenant.slug}/datasets"' in page
-    # The navigation links only to pages this process serves: no labeling pages exist, so no dead link.
+    # The navigation is the journey, in the same order on every service's pages, as plain paths.
     nav = re.search(r'<nav class="sidenav".*?</nav>', page, re.S).group(0)
-    assert f'href="/console/{tenant.slug}/datasets"' in nav and "Labeling" not in nav
+    hrefs = re.findall(r'href="(/console/[^"]*)"', nav)
+    assert hrefs == [page_path(section.url_name, org=tenant.slug) for section in NAV_SECTIONS]
+    assert [h.split("/")[3] for h in hrefs[1:4]] == ["datasets", "labeling", "models"]
     tenant.key(["inference"])
     again = browser.get(f"/console/{tenant.slug}/").content.decode()
     assert re.search(r'<li class="done"[^>]*>\s*<div><div class="what">Create an API key', again)
