@@ -136,6 +136,15 @@ def test_bad_requests_name_the_field(api: AnnotationApi) -> None:
         "/label-schemas", {"dataset": 1, "head": "h", "labels": [{"name": "a"}, {"name": "a"}]}
     )
     assert repeated.status_code == 400
+    # What the API fuzzer found: ids beyond a bigint, and a provider without a key (an endpoint needing none).
+    huge = api.post("/label-schemas", {"dataset": 2**80, "head": "h", "labels": [{"name": "a"}]})
+    assert huge.status_code == 400 and "dataset" in huge.json()["error"]["message"]
+    admin = AnnotationApi(api.tenant, ["admin"])
+    keyless = admin.post(
+        "/llm-providers", {"name": "local", "base_url": "https://8.8.8.8/v1", "model": "m"}
+    )
+    assert keyless.status_code == 201, keyless.content
+    assert keyless.json()["has_api_key"] is False
 
 
 @pytest.mark.django_db(transaction=True, databases="__all__")

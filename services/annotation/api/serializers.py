@@ -9,6 +9,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from arbiter.api.fields import IdField
 from services.annotation.models import AnnotationJob, LabelSchema, LlmProvider, RowCopy, Suggestion
 
 
@@ -43,6 +44,7 @@ class ProviderCreateSerializer(serializers.Serializer):
         max_length=500,
         required=False,
         allow_blank=True,
+        default="",
         write_only=True,
         trim_whitespace=True,
         help_text="Stored encrypted; never returned.",
@@ -59,7 +61,11 @@ class ProviderUpdateSerializer(serializers.Serializer):
 class LabelSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     code = serializers.IntegerField(
-        required=False, allow_null=True, help_text="The number an upload may use for it"
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=2**31 - 1,
+        help_text="The number an upload may use for it",
     )
     description = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
@@ -75,14 +81,14 @@ class LabelSchemaSerializer(serializers.ModelSerializer[LabelSchema]):
 
 
 class LabelSchemaCreateSerializer(serializers.Serializer):
-    dataset = serializers.IntegerField(min_value=1)
+    dataset = IdField()
     head = serializers.CharField(max_length=200)
     multi_label = serializers.BooleanField(default=False)
     labels = LabelSerializer(many=True)
 
 
 class AnnotationJobCreateSerializer(serializers.Serializer):
-    dataset = serializers.IntegerField(min_value=1)
+    dataset = IdField()
     head = serializers.CharField(max_length=200)
     provider = serializers.JSONField(
         required=False,
@@ -207,7 +213,7 @@ class AcceptSerializer(serializers.Serializer):
         help_text="Accept every pending suggestion scoring at least this",
     )
     rows = serializers.ListField(
-        child=serializers.IntegerField(min_value=1),
+        child=IdField(),
         required=False,
         max_length=10_000,
         help_text="Accept these rows' suggestions",
