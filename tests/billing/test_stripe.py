@@ -5,6 +5,7 @@ sees its invoices and gets a customer-portal link. Stripe is a fake on loopback,
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -241,3 +242,30 @@ def test_without_stripe_there_are_no_invoices_and_no_portal(tenant: Tenant) -> N
     portal = admin.post(tenant.url("/billing/portal"), {}, format="json")
     assert portal.status_code == 409 and portal.json()["error"]["code"] == "stripe_not_configured"
     assert Client().post("/webhooks/stripe", data="{}", content_type="application/json").status_code == 404
+
+
+@pytest.mark.cross_tenant("console-billing-portal")
+def test_the_billing_page_lists_invoices_and_sends_an_admin_to_the_stripe_portal(
+    tenant: Tenant, victim: Tenant, fake_stripe: FakeStripe
+) -> None:
+    logic.plan_set(org_id=tenant.org.pk, plan="pro")
+    deliver(usage_event(tenant.org.pk, "classification", 1))
+    call_command("billing", "report")  # no pro prices at Stripe: a customer, no subscription
+    cus = Account.objects.unscoped().get(org_id=tenant.org.pk).stripe_customer_id
+    invoice = fake_stripe.add_invoice(cus, amount_due=1999, status="open")
+
+    admin = tenant.session_client()
+    html = admin.get(f"/console/{tenant.slug}/billing").content.decode()
+    row = re.search(rf'<tr data-invoice="{invoice["id"]}">(.*?)</tr>', html, re.S)
+    assert row is not None and "19.99 USD" in row.group(1) and invoice["hosted_invoice_url"] in row.group(1)
+    assert "Add a payment method to upgrade" in html
+
+    went = admin.post(f"/console/{tenant.slug}/billing/portal")
+    assert went.status_code == 302 and went["Location"].startswith(fake_stripe.url + "/portal/")
+    [session] = fake_stripe.of("billing_portal.session")
+    assert session["customer"] == cus and session["return_url"].endswith(f"/console/{tenant.slug}/billing")
+
+    # Another org's admin reaches neither this org's page nor its portal.
+    thief = victim.session_client()
+    assert thief.post(f"/console/{tenant.slug}/billing/portal").status_code == 404
+    assert len(fake_stripe.of("billing_portal.session")) == 1

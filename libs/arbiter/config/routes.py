@@ -152,6 +152,7 @@ PAGES: dict[str, Page] = {
     # billing
     "console-billing": Page("billing", f"{_ORG}/billing"),
     "console-billing-plan": Page("billing", f"{_ORG}/billing/plan"),
+    "console-billing-portal": Page("billing", f"{_ORG}/billing/portal"),
 }
 
 _PARAMETER = re.compile(r"<(?:(?P<converter>[^>:]+):)?(?P<name>[^>]+)>")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import stripe
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -18,7 +19,7 @@ from arbiter.console.pages import org_page
 from arbiter.entitlements import METER_UNITS, billing_settings
 from arbiter.tenancy.access import OrgAccess
 from arbiter.tenancy.scopes import holds
-from services.billing import logic, selectors
+from services.billing import logic, payments, selectors
 
 CHART_DAYS = 30
 
@@ -56,7 +57,19 @@ def billing(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpRespons
         ],
         "is_admin": holds(access.scopes, "admin"),
         "failing_reports": list(selectors.reports_failing()[:20]),
+        "invoices": [],
+        "invoices_error": "",
     }
+    if settings.stripe_enabled:
+        try:
+            invoices = payments.invoices_of(account=selectors.account_of(org_id=access.org_id))
+            # Amounts are in the currency's smallest unit; two decimals fit the currencies Stripe bills most.
+            context["invoices"] = [
+                {**i, "amount_due_display": f"{i['amount_due'] / 100:.2f} {i['currency'].upper()}"}
+                for i in invoices
+            ]
+        except stripe.StripeError as error:
+            context["invoices_error"] = f"Stripe did not answer: {error.user_message or error}"
     return render(request, "billing/billing.html", context)
 
 
@@ -71,4 +84,18 @@ def plan_change(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpRes
         messages.success(
             request, f"This org is now on the {account.plan} plan; its allowances apply at once."
         )
+    return redirect(page_path("console-billing", org=org))
+
+
+@org_page("admin")
+@require_POST
+def portal(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpResponse:
+    """Off to Stripe's customer portal, to add a payment method; back to this page afterwards."""
+    back = request.build_absolute_uri(page_path("console-billing", org=org))
+    try:
+        return redirect(payments.portal_url(org_id=access.org_id, return_url=back))
+    except ApiError as error:
+        messages.error(request, error.message)
+    except stripe.StripeError as error:
+        messages.error(request, f"Stripe did not answer: {error.user_message or error}")
     return redirect(page_path("console-billing", org=org))
