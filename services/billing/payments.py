@@ -95,10 +95,12 @@ def account_ensure(*, stripe_client: stripe.StripeClient, account: Account) -> A
     """The org's Stripe customer, and on a paid plan a subscription to the plan's metered prices (those with
     the lookup key `arbiter_<plan>_<meter>`). Idempotency keys make a retry after a crash create nothing twice."""
     settings = billing_settings()
+    # Part of the keys: a later subscription (after a cancellation and a new plan) is a new request at Stripe.
+    since = int(account.plan_changed_at.timestamp())
     if not account.stripe_customer_id:
         customer = stripe_client.v1.customers.create(
             params={"name": f"org {account.org_id}", "metadata": {"arbiter_org_id": str(account.org_id)}},
-            options={"idempotency_key": f"arbiter-customer-{account.org_id}"},
+            options={"idempotency_key": f"arbiter-customer-{account.org_id}-{account.pk}-{since}"},
         )
         Account.objects.unscoped().filter(pk=account.pk).update(stripe_customer_id=customer.id)
         account.stripe_customer_id = customer.id
@@ -117,7 +119,7 @@ def account_ensure(*, stripe_client: stripe.StripeClient, account: Account) -> A
                 "items": [{"price": price.id} for price in prices],
                 "metadata": {"arbiter_org_id": str(account.org_id), "arbiter_plan": account.plan},
             },
-            options={"idempotency_key": f"arbiter-subscription-{account.org_id}-{account.plan}"},
+            options={"idempotency_key": f"arbiter-subscription-{account.org_id}-{account.plan}-{since}"},
         )
         with transaction.atomic(using=ALIAS), org_scope(account.org_id):
             Account.objects.unscoped().filter(pk=account.pk).update(
