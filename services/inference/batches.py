@@ -72,9 +72,14 @@ class _Request:
     body: dict[str, Any]
 
 
-def _requests(data: bytes, *, endpoint: str) -> list[_Request]:
-    """Every request of an input file; the first bad line is a 400 that names it."""
-    where = "input_file_id"
+def _requests(
+    data: bytes, *, endpoint: str, api: str = Batch.OPENAI, where: str = "input_file_id", model: str = ""
+) -> list[_Request]:
+    """Every request of an input file; the first bad line is a 400 that names it.
+
+    OpenAI's lines are `{custom_id, method, url, body}`; Mistral's `{custom_id?, body}`, the job's `model`
+    applying to every line (a line's own `body.model` wins)."""
+    mistral = api == Batch.MISTRAL
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -93,6 +98,8 @@ def _requests(data: bytes, *, endpoint: str) -> list[_Request]:
         if not isinstance(item, dict):
             raise _bad(where, f"line {number} is not a JSON object of {{custom_id, method, url, body}}.")
         custom_id = item.get("custom_id")
+        if mistral and custom_id is None:
+            custom_id = str(len(requests))
         if not isinstance(custom_id, str) or not custom_id:
             raise _bad(where, f"line {number}: custom_id must be a non-empty string.")
         if custom_id in seen:
@@ -100,13 +107,15 @@ def _requests(data: bytes, *, endpoint: str) -> list[_Request]:
         seen.add(custom_id)
         if item.get("method", "POST") != "POST":
             raise _bad(where, f"line {number}: method must be POST, got {item.get('method')!r}.")
-        if item.get("url") != endpoint:
+        if item.get("url", endpoint if mistral else None) != endpoint:
             raise _bad(
                 where, f"line {number}: url must be the batch's endpoint {endpoint}, got {item.get('url')!r}."
             )
         body = item.get("body")
         if not isinstance(body, dict):
             raise _bad(where, f"line {number}: body must be a JSON object.")
+        if model:
+            body = {"model": model, **body}
         requests.append(_Request(line=number, custom_id=custom_id, body=body))
     if not requests:
         raise _bad(where, "the file has no requests; give one JSON object per line.")
@@ -117,12 +126,17 @@ def batch_create(
     *,
     org_id: int,
     api_key_id: int | None,
-    input_file_id: Any,
+    input_file_ids: Any,
     endpoint: Any,
     completion_window: Any,
     metadata: Any = None,
+    api: str = Batch.OPENAI,
+    model: Any = None,
 ) -> Batch:
-    """Check the input file and accept the batch (status `validating` until the consumer takes it)."""
+    """Check the input files and accept the batch (status `validating` until the consumer takes it).
+
+    OpenAI's batch has one input file (`input_file_id`), Mistral's job a list (`input_files`) and a `model`."""
+    where = "input_file_id" if api == Batch.OPENAI else "input_files"
     if not isinstance(endpoint, str) or endpoint not in ENDPOINTS:
         raise _bad("endpoint", f"give one of {', '.join(ENDPOINTS)}; got {endpoint!r}.")
     if not isinstance(completion_window, str) or completion_window not in COMPLETION_WINDOWS:
@@ -135,24 +149,44 @@ def batch_create(
         and len(metadata) <= 16
     ):
         raise _bad("metadata", "give an object of at most 16 string values.")
-    if not isinstance(input_file_id, str) or not input_file_id:
-        raise _bad("input_file_id", "give the id of a file uploaded with purpose 'batch'.")
-    batch_file = BatchFile.objects.filter(file_id=input_file_id).first()
-    if batch_file is None:
-        raise _bad(
-            "input_file_id",
-            f"no batch file with id '{input_file_id}' in this org (upload it with purpose 'batch'; "
-            "a file just uploaded may take a moment to arrive).",
-            status=404,
-            code="not_found",
+    if model is not None and (not isinstance(model, str) or not model):
+        raise _bad("model", "give a deployment or model name.")
+    if (
+        not isinstance(input_file_ids, list)
+        or not input_file_ids
+        or not all(isinstance(file_id, str) and file_id for file_id in input_file_ids)
+    ):
+        raise _bad(where, "give the id of a file uploaded with purpose 'batch'.")
+    requests: list[_Request] = []
+    for file_id in input_file_ids:
+        batch_file = BatchFile.objects.filter(file_id=file_id).first()
+        if batch_file is None:
+            raise _bad(
+                where,
+                f"no batch file with id '{file_id}' in this org (upload it with purpose 'batch'; "
+                "a file just uploaded may take a moment to arrive).",
+                status=404,
+                code="not_found",
+            )
+        requests += _requests(
+            get_blob_store().get_bytes(batch_file.blob),
+            endpoint=endpoint,
+            api=api,
+            where=where,
+            model=model or "",
         )
-    requests = _requests(get_blob_store().get_bytes(batch_file.blob), endpoint=endpoint)
+    if len({request.custom_id for request in requests}) < len(requests):
+        raise _bad(where, "custom_id values must be unique across the input files.")
+    input_file_id = input_file_ids[0]
     now = timezone.now()
     with transaction.atomic(using=ALIAS):
         batch = Batch.objects.create(
             org_id=org_id,
             public_id=f"batch_{uuid.uuid4().hex}",
+            api=api,
             input_file_id=input_file_id,
+            input_file_ids=input_file_ids,
+            model=model or "",
             endpoint=endpoint,
             completion_window=completion_window,
             total=len(requests),
@@ -246,8 +280,15 @@ def batch_run(*, batch_id: str) -> Batch | None:
         return batch
     batch.status, batch.in_progress_at = BatchStatus.IN_PROGRESS, now
     batch.save(update_fields=["status", "in_progress_at"])
-    batch_file = BatchFile.objects.get(file_id=batch.input_file_id)
-    requests = _requests(get_blob_store().get_bytes(batch_file.blob), endpoint=batch.endpoint)
+    requests = []
+    for file_id in batch.input_file_ids or [batch.input_file_id]:
+        batch_file = BatchFile.objects.get(file_id=file_id)
+        requests += _requests(
+            get_blob_store().get_bytes(batch_file.blob),
+            endpoint=batch.endpoint,
+            api=batch.api,
+            model=batch.model,
+        )
     caller = Caller(org_id=batch.org_id, api_key_id=batch.api_key_id, user_id=None)
     endpoint_name = batch.endpoint.rsplit("/", 1)[-1]
 

@@ -210,8 +210,15 @@ class Batch(OrgScopedModel):
     The output and error files are written here and registered as files by the dataset service
     (`batch.output_written`); the batch is `completed` when `file.created` announces its output file."""
 
+    OPENAI, MISTRAL = "openai", "mistral"
+
     public_id = models.CharField(max_length=64, unique=True)
+    # Which API made it (`/v1/batches` or Mistral's `/v1/batch/jobs`): the shape it is answered in.
+    api = models.CharField(max_length=10, default=OPENAI)
     input_file_id = models.CharField(max_length=64)
+    input_file_ids = models.JSONField(default=list)
+    # Mistral's batch jobs name the model once for every line.
+    model = models.CharField(max_length=200, blank=True, default="")
     endpoint = models.CharField(max_length=40)
     completion_window = models.CharField(max_length=10, default="24h")
     status = models.CharField(max_length=20, choices=BatchStatus.choices, default=BatchStatus.VALIDATING)

@@ -14,6 +14,8 @@ from typing import Any
 import openai
 import pytest
 from django.db import transaction
+from mistralai.client import Mistral
+from mistralai.client.errors import SDKError
 from openai import OpenAI
 
 from arbiter.config.services import db_alias
@@ -202,3 +204,43 @@ def test_batch_errors_are_sdk_errors_naming_the_problem(
     with pytest.raises(openai.NotFoundError):
         thief.batches.cancel(batch.id)
     assert thief.batches.list().data == []
+
+
+def test_a_mistral_batch_job_classifies_its_files_with_the_jobs_model(
+    live_server: Any, api: InferenceApi, pump: Pump, victim: Tenant
+) -> None:
+    with Mistral(api_key=api.tenant.key(["admin"]), server_url=live_server.url) as client:
+        lines = [
+            json.dumps({"custom_id": "insult", "body": {"input": [INSULT]}}),
+            json.dumps({"body": {"input": SPAM}}),
+        ]
+        file = client.files.upload(
+            file={"file_name": "requests.jsonl", "content": ("\n".join(lines) + "\n").encode()},
+            purpose="batch",
+        )
+        pump()
+        job = client.batch.jobs.create(
+            input_files=[file.id], endpoint="/v1/classifications", model="moderator"
+        )
+        assert job.status == "QUEUED" and job.total_requests == 2 and job.model == "moderator"
+        pump()
+        done = client.batch.jobs.get(job_id=job.id)
+        assert done.status == "SUCCESS" and done.succeeded_requests == 2 and done.failed_requests == 0
+        assert done.output_file and not done.error_file
+        output = [
+            json.loads(text) for text in client.files.download(file_id=done.output_file).read().splitlines()
+        ]
+        assert [item["custom_id"] for item in output] == ["insult", "1"]
+        insult, spam = (item["response"]["body"]["results"][0] for item in output)
+        assert insult["toxicity"]["scores"]["toxic"] > 0.5 and spam["topic"]["scores"]["spam"] > 0.5
+        assert [j.id for j in client.batch.jobs.list().data or []] == [job.id]
+
+        with pytest.raises(SDKError) as unknown:
+            client.batch.jobs.create(input_files=["nope"], endpoint="/v1/classifications", model="moderator")
+        assert unknown.value.status_code == 404 and "nope" in unknown.value.body
+
+    with Mistral(api_key=victim.key(["admin"]), server_url=live_server.url) as thief:
+        with pytest.raises(SDKError) as hidden:
+            thief.batch.jobs.get(job_id=job.id)
+        assert hidden.value.status_code == 404
+        assert thief.batch.jobs.list().total == 0

@@ -111,8 +111,10 @@ _NOT_FOUND = {404: OpenApiResponse(ErrorSerializer, description=ERROR_DESCRIPTIO
 
 
 class _BatchesView(KeyScopedView):
+    api = Batch.OPENAI
+
     def batch(self, batch_id: str) -> Batch:
-        batch = Batch.objects.filter(public_id=batch_id).first()
+        batch = Batch.objects.filter(public_id=batch_id, api=self.api).first()
         if batch is None:
             raise ApiError(status=404, code="not_found", message=f"No batch with id '{batch_id}'.")
         return batch
@@ -125,11 +127,11 @@ class BatchesView(_BatchesView):
             OpenApiParameter("after", str, required=False),
             OpenApiParameter("limit", int, required=False),
         ],
-        responses={200: BatchListSerializer},
+        responses={200: BatchListSerializer, **error_responses(400, 404)},
         description="The org's batches, newest first; `after` (a batch id) and `limit` page.",
     )
     def get(self, request: Request) -> Response:
-        batches = Batch.objects.order_by("-id")
+        batches = Batch.objects.filter(api=self.api).order_by("-id")
         after = request.query_params.get("after")
         if after:
             batches = batches.filter(pk__lt=self.batch(after).pk)
@@ -163,7 +165,7 @@ class BatchesView(_BatchesView):
         batch = logic.batch_create(
             org_id=self.org_id,
             api_key_id=key.pk,
-            input_file_id=body.get("input_file_id"),
+            input_file_ids=[body.get("input_file_id")],
             endpoint=body.get("endpoint"),
             completion_window=body.get("completion_window"),
             metadata=body.get("metadata"),
@@ -186,3 +188,168 @@ class BatchCancelView(_BatchesView):
     )
     def post(self, request: Request, batch_id: str) -> Response:
         return Response(batch_data(logic.batch_cancel(batch=self.batch(batch_id))))
+
+
+# --- Mistral's batch jobs (`client.batch.jobs.create / get / list / cancel`): `/v1/batch/jobs` -----------------
+
+MISTRAL_STATUS = {
+    BatchStatus.VALIDATING: "QUEUED",
+    BatchStatus.IN_PROGRESS: "RUNNING",
+    BatchStatus.FINALIZING: "RUNNING",
+    BatchStatus.COMPLETED: "SUCCESS",
+    BatchStatus.FAILED: "FAILED",
+    BatchStatus.EXPIRED: "TIMEOUT_EXCEEDED",
+    BatchStatus.CANCELLING: "CANCELLATION_REQUESTED",
+    BatchStatus.CANCELLED: "CANCELLED",
+}
+
+
+def batch_job_data(batch: Batch) -> dict[str, Any]:
+    done = batch.status == BatchStatus.COMPLETED
+    return {
+        "id": batch.public_id,
+        "object": "batch",
+        "input_files": batch.input_file_ids or [batch.input_file_id],
+        "metadata": batch.metadata,
+        "endpoint": batch.endpoint,
+        "model": batch.model or None,
+        "output_file": batch.output_file_id if done else None,
+        "error_file": (batch.error_file_id or None) if done else None,
+        "errors": [{"message": str(error.get("message", "")), "count": 1} for error in batch.errors],
+        "status": MISTRAL_STATUS[BatchStatus(batch.status)],
+        "created_at": _ts(batch.created_at),
+        "total_requests": batch.total,
+        "completed_requests": batch.completed + batch.failed,
+        "succeeded_requests": batch.completed,
+        "failed_requests": batch.failed,
+        "started_at": _ts(batch.in_progress_at),
+        "completed_at": _ts(batch.completed_at or batch.cancelled_at),
+    }
+
+
+BatchJobSerializer = inline_serializer(
+    "CompatBatchJob",
+    {
+        "id": serializers.CharField(),
+        "object": serializers.CharField(),
+        "input_files": serializers.ListField(child=serializers.CharField()),
+        "metadata": serializers.DictField(child=serializers.CharField(), allow_null=True),
+        "endpoint": serializers.CharField(),
+        "model": serializers.CharField(allow_null=True),
+        "output_file": serializers.CharField(allow_null=True),
+        "error_file": serializers.CharField(allow_null=True),
+        "errors": inline_serializer(
+            "CompatBatchJobError",
+            {"message": serializers.CharField(), "count": serializers.IntegerField()},
+            many=True,
+        ),
+        "status": serializers.ChoiceField(choices=sorted(set(MISTRAL_STATUS.values()))),
+        "created_at": serializers.IntegerField(),
+        "total_requests": serializers.IntegerField(),
+        "completed_requests": serializers.IntegerField(),
+        "succeeded_requests": serializers.IntegerField(),
+        "failed_requests": serializers.IntegerField(),
+        "started_at": _stamp(),
+        "completed_at": _stamp(),
+    },
+)
+BatchJobListSerializer = inline_serializer(
+    "CompatBatchJobList",
+    {
+        "object": serializers.CharField(),
+        "data": type(BatchJobSerializer)(many=True),
+        "total": serializers.IntegerField(),
+    },
+)
+BatchJobCreateSerializer = inline_serializer(
+    "CompatBatchJobCreate",
+    {
+        "input_files": serializers.ListField(
+            child=serializers.CharField(), help_text="Files of purpose `batch`."
+        ),
+        "endpoint": serializers.ChoiceField(choices=logic.ENDPOINTS),
+        "model": serializers.CharField(help_text="A deployment or model name, for every line."),
+        "metadata": serializers.DictField(child=serializers.CharField(), required=False, allow_null=True),
+        "timeout_hours": serializers.IntegerField(required=False, help_text="24 (the default) only."),
+    },
+)
+
+
+class BatchJobsView(_BatchesView):
+    api = Batch.MISTRAL
+
+    @extend_schema(
+        operation_id="compat_batch_jobs_list",
+        parameters=[
+            OpenApiParameter("page", int, required=False),
+            OpenApiParameter("page_size", int, required=False),
+            OpenApiParameter("status", str, required=False, many=True),
+        ],
+        responses={200: BatchJobListSerializer, **error_responses(400)},
+        description="The org's Mistral batch jobs, newest first.",
+    )
+    def get(self, request: Request) -> Response:
+        jobs = Batch.objects.filter(api=self.api).order_by("-id")
+        wanted = request.query_params.getlist("status")
+        if wanted:
+            jobs = jobs.filter(status__in=[s for s, name in MISTRAL_STATUS.items() if name in wanted])
+        try:
+            size = min(max(int(request.query_params.get("page_size") or 100), 1), 1000)
+            page = max(int(request.query_params.get("page") or 0), 0)
+        except ValueError:
+            raise ApiError(status=400, code="invalid", message="page, page_size: give integers.") from None
+        chosen = jobs[page * size : (page + 1) * size]
+        return Response(
+            {"object": "list", "data": [batch_job_data(job) for job in chosen], "total": jobs.count()}
+        )
+
+    @extend_schema(
+        operation_id="compat_batch_jobs_create",
+        request=BatchJobCreateSerializer,
+        responses={200: BatchJobSerializer, **error_responses(400, 404)},
+        description="Mistral's batch job: every line (`{custom_id, body}`) of the input files classified by "
+        "`model` in the background, as `/v1/batches` does.",
+    )
+    def post(self, request: Request) -> Response:
+        body = json_object(request)
+        if body.get("requests") is not None:
+            raise ApiError(
+                status=400,
+                code="invalid",
+                message="requests: inline requests are not supported; use input_files.",
+            )
+        if body.get("timeout_hours") not in (None, 24):
+            raise ApiError(status=400, code="invalid", message="timeout_hours: only 24 is supported.")
+        key = request.auth
+        assert isinstance(key, ApiKey)
+        job = logic.batch_create(
+            org_id=self.org_id,
+            api_key_id=key.pk,
+            input_file_ids=body.get("input_files"),
+            endpoint=body.get("endpoint"),
+            completion_window="24h",
+            metadata=body.get("metadata"),
+            api=Batch.MISTRAL,
+            model=body.get("model"),
+        )
+        return Response(batch_job_data(job))
+
+
+class BatchJobView(_BatchesView):
+    api = Batch.MISTRAL
+
+    @extend_schema(operation_id="compat_batch_jobs_get", responses={200: BatchJobSerializer, **_NOT_FOUND})
+    def get(self, request: Request, job_id: str) -> Response:
+        return Response(batch_job_data(self.batch(job_id)))
+
+
+class BatchJobCancelView(_BatchesView):
+    api = Batch.MISTRAL
+
+    @extend_schema(
+        operation_id="compat_batch_jobs_cancel",
+        request=None,
+        responses={200: BatchJobSerializer, **_NOT_FOUND, **error_responses(409)},
+    )
+    def post(self, request: Request, job_id: str) -> Response:
+        return Response(batch_job_data(logic.batch_cancel(batch=self.batch(job_id))))

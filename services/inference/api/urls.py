@@ -43,4 +43,11 @@ urlpatterns = [
     path("v1/batches", batches.BatchesView.as_view(), name="compat-batches"),
     path("v1/batches/<str:batch_id>", batches.BatchView.as_view(), name="compat-batch"),
     path("v1/batches/<str:batch_id>/cancel", batches.BatchCancelView.as_view(), name="compat-batch-cancel"),
+    path("v1/batch/jobs", batches.BatchJobsView.as_view(), name="compat-batch-jobs"),
+    path("v1/batch/jobs/<str:job_id>", batches.BatchJobView.as_view(), name="compat-batch-job"),
+    path(
+        "v1/batch/jobs/<str:job_id>/cancel",
+        batches.BatchJobCancelView.as_view(),
+        name="compat-batch-job-cancel",
+    ),
 ]
