@@ -236,7 +236,14 @@ def test_invoices_with_hosted_links_and_a_portal_link_for_the_org_only(
     assert_not_found(thief.post(tenant.url("/billing/portal"), {}, format="json"))
 
 
-def test_without_stripe_there_are_no_invoices_and_no_portal(tenant: Tenant) -> None:
+def test_without_stripe_there_are_no_invoices_and_no_portal(
+    tenant: Tenant, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deliver(usage_event(tenant.org.pk, "classification", 3))
+    call_command("billing", "report")
+    assert "Stripe is not configured" in capsys.readouterr().out
+    assert not MeterReport.objects.unscoped().exists()
+    assert Account.objects.unscoped().get(org_id=tenant.org.pk).stripe_customer_id == ""
     admin = tenant.client(["admin"])
     assert admin.get(tenant.url("/billing/invoices")).json() == {"stripe": False, "invoices": []}
     portal = admin.post(tenant.url("/billing/portal"), {}, format="json")
