@@ -199,18 +199,27 @@ def report_round(*, stripe_client: stripe.StripeClient) -> RoundResult:
     from the ledger, then queued reports sent, oldest first, a batch at a time."""
     batch = billing_settings().report_batch
     meters_ensure(stripe_client=stripe_client)
-    waiting = LedgerEntry.objects.unscoped().filter(report__isnull=True).values_list("org_id", flat=True)
-    for org_id in sorted(set(waiting)):
+    waiting = set(
+        LedgerEntry.objects.unscoped()
+        .filter(report__isnull=True)
+        .order_by()
+        .values_list("org_id", flat=True)
+        .distinct()
+    )
+    for org_id in sorted(waiting):
         logic.account_get(org_id=org_id)
     paid = [name for name, plan in billing_settings().plans.items() if plan.paid]
-    needing = Account.objects.unscoped().filter(org_id__in=set(waiting)).filter(stripe_customer_id="") | (
+    needing = Account.objects.unscoped().filter(org_id__in=waiting, stripe_customer_id="") | (
         Account.objects.unscoped().filter(plan__in=paid, stripe_subscription_id="")
     )
-    try:
-        for account in needing.order_by("pk"):
+    for account in needing.order_by("pk"):
+        try:
             account_ensure(stripe_client=stripe_client, account=account)
-    except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as error:
-        raise StripeUnavailable(str(error)) from error
+        except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as error:
+            raise StripeUnavailable(str(error)) from error
+        except stripe.StripeError as error:
+            # Refused for this org (its usage waits unreported); the others go on.
+            log.warning("Stripe refused the customer or subscription of org %s: %s", account.org_id, error)
     while reports_prepare(limit=batch * 10):
         pass
     result = RoundResult()
