@@ -109,7 +109,7 @@ class FilesView(_FilesView):
     @extend_schema(
         operation_id="compat_files_list",
         parameters=[OpenApiParameter("purpose", str, required=False), OpenApiParameter("page_size", int)],
-        responses={200: FileListSerializer},
+        responses={200: FileListSerializer, 422: _INVALID},
         description="The org's files, newest first (`purpose` filters).",
     )
     def get(self, request: Request) -> Response:

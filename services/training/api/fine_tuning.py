@@ -47,13 +47,42 @@ class _CheckpointSerializer(serializers.Serializer[Any]):
     created_at = serializers.IntegerField()
 
 
+def _hyperparameters() -> Any:
+    return inline_serializer(
+        "FineTuningHyperparameters",
+        {
+            "training_steps": serializers.IntegerField(required=False, allow_null=True),
+            "learning_rate": serializers.FloatField(required=False, allow_null=True),
+            "weight_decay": serializers.FloatField(required=False, allow_null=True),
+            "warmup_fraction": serializers.FloatField(required=False, allow_null=True),
+            "epochs": serializers.FloatField(required=False, allow_null=True),
+            "seq_len": serializers.IntegerField(required=False, allow_null=True),
+        },
+    )
+
+
+def _integration() -> Any:
+    return inline_serializer(
+        "FineTuningIntegration",
+        {"type": serializers.CharField(), "project": serializers.CharField(required=False)},
+    )
+
+
 def _event_serializer() -> Any:
     return inline_serializer(
         "FineTuningJobEvent",
         {
             "name": serializers.CharField(),
             "created_at": serializers.IntegerField(),
-            "data": serializers.DictField(),
+            "data": inline_serializer(
+                "FineTuningJobEventData",
+                {
+                    "status": serializers.CharField(),
+                    "error": serializers.CharField(required=False, allow_null=True),
+                    "reason": serializers.CharField(required=False, allow_null=True),
+                    "message": serializers.CharField(required=False, allow_null=True),
+                },
+            ),
         },
         many=True,
     )
@@ -84,12 +113,12 @@ class FineTuningJobSerializer(serializers.Serializer[Any]):
     modified_at = serializers.IntegerField()
     training_files = serializers.ListField(child=serializers.CharField())
     validation_files = serializers.ListField(child=serializers.CharField())
-    hyperparameters = serializers.DictField()
+    hyperparameters = _hyperparameters()
     fine_tuned_model = serializers.CharField(allow_null=True)
     suffix = serializers.CharField(allow_null=True)
-    integrations = serializers.ListField(child=serializers.DictField())
+    integrations = serializers.ListField(child=_integration())
     trained_tokens = serializers.IntegerField(allow_null=True)
-    metadata = serializers.DictField(allow_null=True)
+    metadata = serializers.DictField(child=serializers.CharField(), allow_null=True)
 
 
 class FineTuningDetailedJobSerializer(FineTuningJobSerializer):
@@ -231,7 +260,7 @@ class JobsView(_FineTuningView):
             OpenApiParameter("status", str, description="One of " + ", ".join(STATUSES) + "."),
             OpenApiParameter("suffix", str),
         ],
-        responses={200: JobListSerializer},
+        responses={200: JobListSerializer, 422: _INVALID},
         description="The org's fine-tuning jobs, newest first, a page at a time, filtered by model, status "
         "or suffix.",
     )
@@ -261,9 +290,17 @@ class JobsView(_FineTuningView):
             {
                 "model": serializers.CharField(),
                 "job_type": serializers.CharField(required=False),
-                "training_files": serializers.ListField(child=serializers.DictField()),
+                "training_files": serializers.ListField(
+                    child=inline_serializer(
+                        "FineTuningTrainingFile",
+                        {
+                            "file_id": serializers.CharField(),
+                            "weight": serializers.FloatField(required=False),
+                        },
+                    )
+                ),
                 "validation_files": serializers.ListField(child=serializers.CharField(), required=False),
-                "hyperparameters": serializers.DictField(),
+                "hyperparameters": _hyperparameters(),
                 "suffix": serializers.CharField(required=False),
                 "auto_start": serializers.BooleanField(required=False),
                 "invalid_sample_skip_percentage": serializers.FloatField(required=False),
