@@ -60,6 +60,8 @@ class FakeStripe:
         self.idempotent: dict[str, tuple[int, dict[str, Any]]] = {}
         self.requests: list[tuple[str, str]] = []
         self.refuse_customers: set[str] = set()
+        # While set, meter events answer this status (500: Stripe failing, 429: throttling).
+        self.meter_events_status: int | None = None
         # Called with each accepted meter event before the answer goes back (the crash test stalls there).
         self.after_meter_event: Callable[[dict[str, Any]], None] | None = None
         self.url = ""
@@ -135,6 +137,9 @@ class FakeStripe:
         return _refuse("unknown_route", f"Unrecognized request URL ({method}: {path}).", status=404)
 
     def _meter_event(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if self.meter_events_status is not None:
+            kind = "rate_limit_error" if self.meter_events_status == 429 else "api_error"
+            return self.meter_events_status, {"error": {"type": kind, "message": "Try again later."}}
         identifier = params.get("identifier") or f"gen_{next(self.ids)}"
         customer = params.get("payload", {}).get("stripe_customer_id")
         if identifier in self.meter_events:

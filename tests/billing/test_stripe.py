@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db.models import Sum
 from django.test import Client
 
@@ -276,3 +276,19 @@ def test_the_billing_page_lists_invoices_and_sends_an_admin_to_the_stripe_portal
     thief = victim.session_client()
     assert thief.post(f"/console/{tenant.slug}/billing/portal").status_code == 404
     assert len(fake_stripe.of("billing_portal.session")) == 1
+
+
+def test_stripe_failing_leaves_usage_queued_and_the_next_round_sends_it(
+    tenant: Tenant, fake_stripe: FakeStripe
+) -> None:
+    deliver(usage_event(tenant.org.pk, "classification", 5))
+    fake_stripe.meter_events_status = 500
+    with pytest.raises(CommandError, match="Try again later"):
+        call_command("billing", "report")
+    report = MeterReport.objects.unscoped().get()
+    assert report.sent_at is None and report.last_error == "" and report.attempts == 0
+    assert ("POST", "/v1/billing/meter_events") in fake_stripe.requests and fake_stripe.totals() == {}
+    fake_stripe.meter_events_status = None
+    call_command("billing", "report")
+    report.refresh_from_db()
+    assert report.sent_at is not None and list(fake_stripe.totals().values()) == [5]
