@@ -223,7 +223,7 @@ class PlaygroundViewSet(OrgScopedViewSet):
                 "quota": {
                     "used": answer.used,
                     "free": answer.free,
-                    "remaining": max(0, answer.free - answer.used),
+                    "remaining": None if answer.free is None else max(0, answer.free - answer.used),
                 },
             }
         )

@@ -157,7 +157,9 @@
         .then(function (body) {
           ArbiterResults.render(results, body.results, [form.input.value]);
           if (body.quota) {
-            free.textContent = body.quota.remaining + " of " + body.quota.free + " free queries left for this model";
+            free.textContent = body.quota.free === null
+              ? "Unlimited playground queries on this plan"
+              : body.quota.remaining + " of " + body.quota.free + " free queries left for this model";
           }
         })
         .catch(function (error) {
