@@ -14,7 +14,7 @@ from arbiter.tenancy.scoping import OrgScopedModel
 
 
 class LlmProvider(OrgScopedModel):
-    """An OpenAI-compatible endpoint of the org. The API key is stored encrypted (`arbiter.llm.secrets`) and
+    """An OpenAI-compatible endpoint of the org. The API key is stored encrypted (`arbiter.secrets`) and
     never returned: only its last four characters are shown."""
 
     name = models.CharField(max_length=100)

@@ -110,8 +110,8 @@ def endpoint_create(
             url=checked_url,
             events=checked_events,
             description=description,
-            secret=secret_new(),
         )
+        endpoint.secret = secret_new()
         endpoint.org_id = org_id
         endpoint.save()
     log.info("webhook endpoint created", extra={"endpoint_id": endpoint.pk, "url": redact_url(checked_url)})
@@ -160,7 +160,14 @@ def secret_rotate(*, endpoint: WebhookEndpoint, overlap_s: float | None = None) 
             endpoint.previous_secret, endpoint.previous_secret_until = "", None
         endpoint.secret = secret_new()
         endpoint.updated_at = now
-        endpoint.save(update_fields=["secret", "previous_secret", "previous_secret_until", "updated_at"])
+        endpoint.save(
+            update_fields=[
+                "secret_encrypted",
+                "previous_secret_encrypted",
+                "previous_secret_until",
+                "updated_at",
+            ]
+        )
     return endpoint.secret
 
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from django.db import models
 from django.utils import timezone
 
+from arbiter.secrets import secret_decrypt, secret_encrypt
 from arbiter.tenancy.scoping import OrgScopedModel
 
 
@@ -36,11 +37,11 @@ class WebhookEndpoint(OrgScopedModel):
     disabled_at = models.DateTimeField(null=True, blank=True)
     # The first failure since the last success; the failure window counts from here.
     failing_since = models.DateTimeField(null=True, blank=True)
-    # The signing secret (`whsec_` + base64). It must be readable to sign, so it is stored as is; it is shown
-    # to people once, when made.
-    secret = models.CharField(max_length=200)
+    # The signing secret (`whsec_` + base64), encrypted at rest (`arbiter.secrets`; read through `secret`); it is
+    # shown to people once, when made.
+    secret_encrypted = models.TextField()
     # After a rotation the old secret signs too (both signatures are sent) until `previous_secret_until`.
-    previous_secret = models.CharField(max_length=200, blank=True, default="")
+    previous_secret_encrypted = models.TextField(blank=True, default="")
     previous_secret_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
@@ -48,6 +49,22 @@ class WebhookEndpoint(OrgScopedModel):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["org_id", "enabled"], name="gateway_endpoint_org_enabled")]
+
+    @property
+    def secret(self) -> str:
+        return secret_decrypt(self.secret_encrypted)
+
+    @secret.setter
+    def secret(self, plain: str) -> None:
+        self.secret_encrypted = secret_encrypt(plain)
+
+    @property
+    def previous_secret(self) -> str:
+        return secret_decrypt(self.previous_secret_encrypted) if self.previous_secret_encrypted else ""
+
+    @previous_secret.setter
+    def previous_secret(self, plain: str) -> None:
+        self.previous_secret_encrypted = secret_encrypt(plain) if plain else ""
 
     def signing_secrets(self, *, now: datetime | None = None) -> list[str]:
         """The secrets that sign a message now: the current one, and the previous one during the overlap."""

@@ -42,6 +42,15 @@ def test_an_endpoint_is_created_with_its_secret_shown_once_then_listed_updated_a
     listed = client.get(tenant.url("/webhooks")).json()
     assert [e["id"] for e in listed] == [body["id"]] and "secret" not in listed[0]
     assert "secret" not in client.get(tenant.url(f"/webhooks/{body['id']}")).json()
+    # At rest the secret is encrypted: a database dump does not reveal it, the endpoint still reads it to sign.
+    from django.db import connections
+
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT secret_encrypted FROM gateway_webhookendpoint WHERE id = %s", [body["id"]])
+        (stored,) = cursor.fetchone()
+    assert body["secret"] not in stored and body["secret"][len("whsec_") :] not in stored
+    with org_scope(tenant.org.pk):
+        assert WebhookEndpoint.objects.get(pk=body["id"]).signing_secrets() == [body["secret"]]
     patched = client.patch(
         tenant.url(f"/webhooks/{body['id']}"), {"enabled": False, "events": ["*"]}, format="json"
     )

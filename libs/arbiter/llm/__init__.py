@@ -11,7 +11,7 @@ from arbiter.llm.labeling import (
     label_messages,
     label_system_prompt,
 )
-from arbiter.llm.secrets import SecretUnreadable, secret_decrypt, secret_encrypt, secret_hint
+from arbiter.secrets import SecretUnreadable, secret_decrypt, secret_encrypt, secret_hint
 
 __all__ = [
     "Example",

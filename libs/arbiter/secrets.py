@@ -1,5 +1,6 @@
-"""Secrets Arbiter keeps for an org (an LLM endpoint's API key): encrypted at rest with Fernet (AES-128-CBC with
-an HMAC-SHA256), keyed from the deployment's secret key, so a database dump alone does not reveal them.
+"""Secrets Arbiter keeps for an org (an LLM endpoint's API key, a webhook endpoint's signing secret): encrypted at
+rest with Fernet (AES-128-CBC with an HMAC-SHA256), keyed from the deployment's secret key, so a database dump
+alone does not reveal them.
 
 Rotating `ARBITER_SECRET_KEY` makes stored keys unreadable: `secret_decrypt` then raises `SecretUnreadable` and
 the org enters its keys again.
@@ -19,7 +20,8 @@ class SecretUnreadable(Exception):
 
 
 def _fernet() -> Fernet:
-    # A purpose-specific key derived from Django's secret key: the raw secret key is never used as is.
+    # A purpose-specific key derived from Django's secret key: the raw secret key is never used as is. (The label
+    # is where this module first lived; changing it would make every stored secret unreadable.)
     digest = hashlib.sha256(f"arbiter.llm.secrets:{settings.SECRET_KEY}".encode()).digest()
     return Fernet(base64.urlsafe_b64encode(digest))
 
