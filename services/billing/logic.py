@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -138,6 +138,20 @@ def usage_record(
             used = selectors.period_usage(org_id=org_id, start=start, end=end).get(meter, 0)
             if used - units < included <= used:
                 entitlements_publish(account=account, reason="usage")
+                if not billing_settings().plans[account.plan].allowance(meter).overage:
+                    publish(
+                        type="billing.quota_reached",
+                        org_id=org_id,
+                        subject=f"orgs/{org_id}/meters/{meter}",
+                        data={
+                            "meter": meter,
+                            "plan": account.plan,
+                            "limit": included,
+                            "used": used,
+                            # The next period's first moment, when the allowance renews.
+                            "period_end": datetime.combine(end, time.min, tzinfo=UTC).isoformat(),
+                        },
+                    )
     return True
 
 

@@ -124,6 +124,14 @@ def test_running_out_of_an_allowance_is_announced_once(
     (exhausted,) = published(org_id=org)
     assert exhausted.data["reason"] == "usage"
     assert exhausted.data["meters"]["classification"] == {"included": 5, "overage": False, "used": 6}
+    # Automation hears of it too (webhooks' billing.quota_reached), once.
+    (reached,) = published("billing.quota_reached", org_id=org)
+    assert {k: reached.data[k] for k in ("meter", "plan", "limit", "used")} == {
+        "meter": "classification",
+        "plan": "free",
+        "limit": 5,
+        "used": 6,
+    }
 
 
 def test_the_heartbeat_announces_every_org_and_ends_a_paid_plan_whose_payment_failed(

@@ -169,7 +169,11 @@ EVENT_TYPES: dict[str, EventType] = {
             "A deployment was created and should be loaded.",
         ),
         EventType(
-            "deployment.live", INFERENCE, "inference", ("gateway", "training"), "A deployment is loaded and serving."
+            "deployment.live",
+            INFERENCE,
+            "inference",
+            ("gateway", "training"),
+            "A deployment is loaded and serving.",
         ),
         EventType(
             "deployment.failed",
@@ -191,6 +195,13 @@ EVENT_TYPES: dict[str, EventType] = {
         ),
         EventType(
             "usage.recorded", USAGE, "inference", ("billing",), "Billable usage: units of a meter for an org."
+        ),
+        EventType(
+            "billing.quota_reached",
+            BILLING,
+            "billing",
+            ("gateway",),
+            "An org used up what its plan includes of a meter its plan refuses beyond; says which and until when.",
         ),
         EventType(
             "entitlements.changed",
@@ -227,4 +238,3 @@ def get_event_type(type_name: str) -> EventType:
         raise UnknownEventType(
             f"unknown event type {type_name!r}; register it in arbiter.events.registry"
         ) from None
-
