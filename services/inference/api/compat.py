@@ -12,51 +12,24 @@ SDK reads as is), and exactly in Mistral's shape when the body has `inputs`.
 from __future__ import annotations
 
 import uuid
-from contextvars import Token
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
-from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from arbiter.api.errors import ApiError
-from arbiter.api.parsers import JSONParser
+from arbiter.api.keyscoped import KeyScopedView
 from arbiter.api.schema import error_responses
-from arbiter.tenancy.authentication import ApiKeyAuthentication
-from arbiter.tenancy.models import ApiKey
-from arbiter.tenancy.scopes import holds
-from arbiter.tenancy.scoping import reset_org_scope, set_org_scope
 from services.inference import compat, logic, selectors
 from services.inference.api import serializers as s
 from services.inference.api.views import caller_of, json_object
 
 
-class _KeyScopedView(APIView):
-    """Authenticated by an API key only; the key's org is in scope for the request."""
+class _KeyScopedView(KeyScopedView):
+    """The classify endpoints: the key needs the `inference` scope (KeyScopedView's default) for every method."""
 
-    authentication_classes = [ApiKeyAuthentication]
-    parser_classes = [JSONParser]
     endpoint = ""
-    _scope_token: Token[int | None] | None = None
-
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        super().initial(request, *args, **kwargs)
-        key = request.auth
-        assert isinstance(key, ApiKey)
-        if not holds(frozenset(key.scopes), "inference"):
-            raise exceptions.PermissionDenied(
-                "This needs the 'inference' scope, which the API key does not hold."
-            )
-        self._scope_token = set_org_scope(key.org_id)
-
-    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
-        token = self._scope_token
-        if token is not None:
-            reset_org_scope(token)
-            self._scope_token = None
-        return super().finalize_response(request, response, *args, **kwargs)
 
     def classify(self, request: Request, raw_inputs: Any, field: str) -> tuple[Any, logic.Classification]:
         body = json_object(request)
@@ -67,10 +40,8 @@ class _KeyScopedView(APIView):
             )
         texts = logic.inputs_validate(raw_inputs, field=field)
         deployment = selectors.deployment_for_model(model=str(model) if model is not None else None)
-        key = request.auth
-        assert isinstance(key, ApiKey)
         classification = logic.deployment_classify(
-            deployment=deployment, texts=texts, caller=caller_of(request, key.org_id), endpoint=self.endpoint
+            deployment=deployment, texts=texts, caller=caller_of(request, self.org_id), endpoint=self.endpoint
         )
         return deployment, classification
 
