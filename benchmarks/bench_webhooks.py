@@ -262,9 +262,18 @@ def main() -> int:
     stop.set()
     receiver.join(5)
 
+    # The keep-alive loop should be the fastest sender; when the baseline beats it, the receiver (not the sender)
+    # bounds both, and the faster of the two is the honest ceiling: a lower one would flatter Arbiter's ratio.
+    receiver_bound = baseline > ceiling
+    ceiling = max(ceiling, baseline)
     ratio = arbiter_rate / ceiling
     rows = [
-        ("physical ceiling: urllib3 keep-alive POSTs, nothing stored", f"{ceiling:,.0f} req/s", ""),
+        (
+            "physical ceiling: urllib3 keep-alive POSTs, nothing stored"
+            + (" (the baseline was faster: receiver-bound, its rate is used)" if receiver_bound else ""),
+            f"{ceiling:,.0f} req/s",
+            "",
+        ),
         (
             "baseline: requests.post + standardwebhooks sign per delivery",
             f"{baseline:,.0f} req/s",
