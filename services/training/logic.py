@@ -20,6 +20,7 @@ from django.utils import timezone
 from arbiter.api.errors import ApiError
 from arbiter.entitlements import entitlements_check
 from arbiter.events import publish
+from arbiter.tenancy.scoping import org_scope
 from services.training.models import Entitlement, Model, ModelVersion, RunState, Snapshot, TrainingRun
 from services.training.operator.conditions import JobObservation, JobPhase, condition_set
 from services.training.options import OPTION_DEFAULTS
@@ -60,20 +61,33 @@ def snapshot_record(*, org_id: int, manifest: Mapping[str, Any]) -> Snapshot:
     return snapshot
 
 
-def _awaiting_runs_resolve(*, org_id: int, snapshot_id: int) -> None:
-    """Runs created before this snapshot reached the training service go on: requested once every snapshot they
-    name is here, failed (saying why) when the data turns out not to fit the request."""
+def _awaiting_runs_resolve(*, org_id: int | None = None, snapshot_id: int | None = None) -> None:
+    """Runs created before their snapshots reached the training service go on: requested once every snapshot
+    they name is here, failed (saying why) when the data turns out not to fit the request.
+
+    Called with the snapshot that just arrived, and per org by the operator's sweep: a run created
+    while its snapshot's event was being handled (each transaction blind to the other's uncommitted row) would
+    otherwise wait for an event that already came."""
     waiting = (
         TrainingRun.objects.unscoped()
         .select_for_update(of=("self",))
         .select_related("version__model", "version__parent")
-        .filter(org_id=org_id, state=RunState.QUEUED)
+        .filter(state=RunState.QUEUED)
         .exclude(awaiting_snapshots=[])
     )
+    if org_id is not None:
+        waiting = waiting.filter(org_id=org_id)
     for run in waiting:
-        if snapshot_id not in run.awaiting_snapshots:
+        if snapshot_id is not None and snapshot_id not in run.awaiting_snapshots:
             continue
-        run.awaiting_snapshots = [i for i in run.awaiting_snapshots if i != snapshot_id]
+        known = set(
+            Snapshot.objects.unscoped()
+            .filter(org_id=run.org_id, snapshot_id__in=run.awaiting_snapshots)
+            .values_list("snapshot_id", flat=True)
+        )
+        if not known:
+            continue
+        run.awaiting_snapshots = [i for i in run.awaiting_snapshots if i not in known]
         if run.awaiting_snapshots:
             run.save(update_fields=["awaiting_snapshots"])
             continue
@@ -106,6 +120,20 @@ def _awaiting_runs_resolve(*, org_id: int, snapshot_id: int) -> None:
         )
         run.save(update_fields=["awaiting_snapshots", "conditions"])
         _run_request(run)
+
+
+def runs_awaiting_resume() -> None:
+    """The operator's sweep: runs waiting for snapshots that have arrived go on (see `_awaiting_runs_resolve`)."""
+    with transaction.atomic(using=ALIAS):
+        for org_id in (
+            TrainingRun.objects.unscoped()
+            .filter(state=RunState.QUEUED)
+            .exclude(awaiting_snapshots=[])
+            .values_list("org_id", flat=True)
+            .distinct()
+        ):
+            with org_scope(org_id):
+                _awaiting_runs_resolve(org_id=org_id)
 
 
 def runs_awaiting_expire(*, older_than: timedelta) -> int:

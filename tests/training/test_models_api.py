@@ -10,7 +10,7 @@ import pytest
 from arbiter.tenancy.scoping import org_scope
 from arbiter.testing.tenants import Tenant, assert_not_found
 from services.training import logic
-from services.training.models import TrainingRun
+from services.training.models import Snapshot, TrainingRun
 from tests.training.conftest import (
     SENTIMENT,
     TOPIC,
@@ -161,6 +161,32 @@ def test_a_model_on_a_snapshot_still_on_its_way_waits_for_it_then_trains(tenant:
     assert conditions(tenant, run_id)["Admitted"]["status"] == "True"
 
 
+def test_a_run_created_while_its_snapshot_event_was_handled_goes_on_at_the_operators_next_pass(tenant: Tenant):
+    """The event's transaction and the request's cannot see each other's rows: the snapshot is recorded and
+    the run written as waiting, each blind to the other. The operator's sweep notices the snapshot is here."""
+    event = snapshot_event(org_id=tenant.org.pk, rows=toxicity_rows(), heads=[TOXICITY])
+    response = create(tenant, [int(event.data["snapshot_id"])], options={"selection_head": "toxicity"})
+    run_id = response.json()["version"]["run"]["id"]
+    manifest = event.data
+    Snapshot.objects.unscoped().create(  # what the handler committed, before the run above existed
+        org_id=tenant.org.pk,
+        snapshot_id=int(manifest["snapshot_id"]),
+        dataset_id=int(manifest["dataset_id"]),
+        type=manifest["type"],
+        input_column=manifest["input_column"],
+        heads=list(manifest["heads"]),
+        rows=int(manifest["rows"]),
+        sha256=manifest["sha256"],
+        blob=manifest["blob"],
+    )
+    assert conditions(tenant, run_id)["WaitingForSnapshot"]["status"] == "True"
+
+    logic.runs_awaiting_resume()
+
+    assert conditions(tenant, run_id)["WaitingForSnapshot"]["status"] == "False"
+    assert [r["run_id"] for r in published("training.requested")] == [run_id]
+
+
 def test_a_waiting_run_whose_data_does_not_fit_fails_saying_why(tenant: Tenant):
     event = snapshot_event(org_id=tenant.org.pk, rows=toxicity_rows(), heads=[TOXICITY])
     response = create(tenant, [int(event.data["snapshot_id"])], options={"selection_head": "sentiment"})
@@ -180,6 +206,7 @@ def test_a_snapshot_that_never_arrives_fails_the_run_after_the_wait(tenant: Tena
     assert response.status_code == 201
     run_id = response.json()["version"]["run"]["id"]
     deliver(victim_event)  # the victim's own snapshot.created does not feed the tenant's run
+    logic.runs_awaiting_resume()  # nor does the operator's sweep
     assert conditions(tenant, run_id)["WaitingForSnapshot"]["status"] == "True"
 
     assert logic.runs_awaiting_expire(older_than=timedelta(minutes=10)) == 0

@@ -66,6 +66,7 @@ def executor_from_settings(training: TrainingSettings) -> Executor:
 
 def operator_reconcile(*, executor: Executor, concurrency: int | None) -> None:
     """One pass of the loop (see the module docstring)."""
+    logic.runs_awaiting_resume()
     logic.runs_awaiting_expire(older_than=timedelta(seconds=arbiter_settings().training.wait_for_events_s))
     for run in TrainingRun.objects.unscoped().filter(job_active=True).order_by("id"):
         with org_scope(run.org_id), _each("reconciling a run's trainer failed", run.pk):
