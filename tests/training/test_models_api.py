@@ -161,7 +161,9 @@ def test_a_model_on_a_snapshot_still_on_its_way_waits_for_it_then_trains(tenant:
     assert conditions(tenant, run_id)["Admitted"]["status"] == "True"
 
 
-def test_a_run_created_while_its_snapshot_event_was_handled_goes_on_at_the_operators_next_pass(tenant: Tenant):
+def test_a_run_created_while_its_snapshot_event_was_handled_goes_on_at_the_operators_next_pass(
+    tenant: Tenant,
+):
     """The event's transaction and the request's cannot see each other's rows: the snapshot is recorded and
     the run written as waiting, each blind to the other. The operator's sweep notices the snapshot is here."""
     event = snapshot_event(org_id=tenant.org.pk, rows=toxicity_rows(), heads=[TOXICITY])
