@@ -238,6 +238,9 @@ _POOLS = _Pools()
 
 def _failure(exc: BaseException, where: str) -> EgressFailed:
     """An error message without the URL (urllib3's own messages include it, query string and all)."""
+    # urllib3's NewConnectionError is a subclass of ConnectTimeoutError: a refused connection is tested first.
+    if isinstance(exc, NewConnectionError) and not isinstance(exc.__cause__, TimeoutError):
+        return EgressFailed("connect", f"{where}: connection refused or unreachable")
     if isinstance(exc, ConnectTimeoutError):
         return EgressFailed("connect_timeout", f"{where}: timed out connecting")
     if isinstance(exc, ReadTimeoutError):
@@ -320,3 +323,56 @@ def egress_request(
             address=str(address),
         )
     raise last_error or EgressFailed("timeout", f"{where}: no answer within the time limit")
+
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+class EgressRedirectRefused(EgressRefused):
+    """A redirect the guard would not follow (too many, no usable `Location`, or a refused target)."""
+
+
+def egress_get_following(
+    url: str,
+    *,
+    policy: EgressPolicy,
+    max_redirects: int,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float = 10.0,
+    max_body_bytes: int = 2048,
+) -> EgressResponse:
+    """GET through the guard, following at most `max_redirects` redirects: each target is checked (scheme,
+    every resolved address) exactly as the first URL was, and connected to at its checked address. The time
+    limit covers the whole chain. A refused hop raises `EgressRedirectRefused` naming where it pointed."""
+    from urllib.parse import urljoin
+
+    deadline = time.monotonic() + timeout_s
+    current = url
+    for hop in range(max_redirects + 1):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise EgressFailed("timeout", f"{redact_url(url)}: no answer within the time limit")
+        try:
+            answer = egress_request(
+                "GET",
+                current,
+                policy=policy,
+                headers=headers,
+                timeout_s=remaining,
+                max_body_bytes=max_body_bytes,
+            )
+        except EgressRefused as exc:
+            if hop == 0:
+                raise
+            raise EgressRedirectRefused(
+                exc.reason, f"{redact_url(url)} redirected to {redact_url(current)}: {exc}"
+            ) from None
+        if answer.status not in REDIRECT_STATUSES:
+            return answer
+        location = answer.headers.get("location", "").strip()
+        if not location:
+            return answer  # a 3xx without a target: the caller sees the status
+        current = urljoin(current, location)
+    raise EgressRedirectRefused(
+        "too_many_redirects", f"{redact_url(url)}: more than {max_redirects} redirects"
+    )

@@ -573,6 +573,35 @@ class LlmSettings(Concern):
         return value
 
 
+class FetchSettings(Concern):
+    """Fetching images a customer named by URL (`arbiter.images`: dataset image columns, image inputs at inference),
+    through the egress guard."""
+
+    # CIDRs image URLs may reach although private, loopback or link-local (local use and tests: 127.0.0.0/8).
+    allowed_networks: CommaList = Field((), validation_alias="ARBITER_FETCH_ALLOWED_NETWORKS")
+    timeout_s: float = Field(15.0, gt=0, validation_alias="ARBITER_FETCH_TIMEOUT_SECONDS")
+    max_bytes: int = Field(20 * MiB, ge=1, validation_alias="ARBITER_FETCH_MAX_BYTES")
+    # Width x height above which an image is refused before it is decoded (a decompression bomb).
+    max_pixels: int = Field(40_000_000, ge=1, validation_alias="ARBITER_FETCH_MAX_PIXELS")
+    max_redirects: int = Field(3, ge=0, validation_alias="ARBITER_FETCH_MAX_REDIRECTS")
+    # Fetches in flight at once per dataset fetch job.
+    concurrency: int = Field(8, ge=1, validation_alias="ARBITER_FETCH_CONCURRENCY")
+
+    split_networks = field_validator("allowed_networks", mode="before")(_split_commas)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a CIDR such as 127.0.0.0/8") from None
+        return value
+
+
 class AnnotationSettings(Concern):
     """Auto-labeling jobs of the annotation service."""
 
@@ -755,6 +784,7 @@ class ArbiterSettings(BaseModel):
         "telemetry": TelemetrySettings,
         "webhooks": WebhookSettings,
         "llm": LlmSettings,
+        "fetch": FetchSettings,
         "annotation": AnnotationSettings,
     }
 
@@ -772,6 +802,7 @@ class ArbiterSettings(BaseModel):
     telemetry: TelemetrySettings
     webhooks: WebhookSettings
     llm: LlmSettings
+    fetch: FetchSettings
     annotation: AnnotationSettings
 
 
