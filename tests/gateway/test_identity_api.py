@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -48,6 +49,20 @@ def test_key_created_through_the_api_authenticates_me_until_revoked(tenant: Tena
     revoked = bearer(secret).get("/api/v1/me")
     assert revoked.status_code == 401
     assert revoked.json()["error"]["code"] == "authentication_failed"
+
+
+def test_a_key_revoked_by_another_process_stops_working_within_the_cache_time(
+    tenant: Tenant, override_arbiter_settings
+) -> None:
+    """A process trusts a key it looked up for ARBITER_API_KEY_CACHE_SECONDS (no identity read per request);
+    a revocation made elsewhere (here: straight in the database, as the gateway's process would) waits that long."""
+    override_arbiter_settings(ARBITER_API_KEY_CACHE_SECONDS="0.5")
+    live = ApiKeyFactory(org=tenant.org, scopes=["inference"])
+    assert bearer(live.secret).get("/api/v1/me").status_code == 200
+    ApiKey.objects.filter(pk=live.pk).update(revoked_at=timezone.now())
+    assert bearer(live.secret).get("/api/v1/me").status_code == 200  # still trusted from the cache
+    time.sleep(0.6)
+    assert bearer(live.secret).get("/api/v1/me").status_code == 401
 
 
 def test_wrong_and_expired_keys_are_401(tenant: Tenant) -> None:

@@ -95,6 +95,8 @@ class CoreSettings(Concern):
     csrf_trusted_origins: CommaList = Field((), validation_alias="ARBITER_CSRF_TRUSTED_ORIGINS")
     public_url: str = Field("http://127.0.0.1:8000", validation_alias="ARBITER_PUBLIC_URL")
     behind_tls_proxy: bool = Field(False, validation_alias="ARBITER_BEHIND_TLS_PROXY")
+    # How long a process trusts an API key it looked up (revocations made elsewhere take this long); 0: never.
+    api_key_cache_seconds: float = Field(5.0, ge=0, validation_alias="ARBITER_API_KEY_CACHE_SECONDS")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", validation_alias="ARBITER_LOG_LEVEL"
     )

@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from arbiter.api.errors import ApiError
+from arbiter.tenancy.authentication import api_key_cache_forget
 from arbiter.tenancy.models import ApiKey, Membership, Org, generate_key_secret, hash_key_secret
 from arbiter.tenancy.scopes import ROLE_RANK, SCOPES, Role, expand
 
@@ -244,6 +245,7 @@ def api_key_revoke(*, key: ApiKey) -> ApiKey:
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
+    api_key_cache_forget(key.hashed_secret)
     return key
 
 

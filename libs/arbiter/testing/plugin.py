@@ -60,6 +60,15 @@ def arbiter_home() -> Iterator[Path]:
 SettingsOverride = Callable[..., Any]
 
 
+@pytest.fixture(autouse=True)
+def _forget_cached_api_keys() -> Iterator[None]:
+    """Each test's keys die with its database rollback; the process's key cache must forget them too."""
+    yield
+    from arbiter.tenancy.authentication import api_key_cache_forget
+
+    api_key_cache_forget()
+
+
 @pytest.fixture
 def override_arbiter_settings(settings: Any) -> SettingsOverride:
     """`override_arbiter_settings(ARBITER_PLAYGROUND_FREE_QUERIES=3, ...)`: this test runs with these variables
