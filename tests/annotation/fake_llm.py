@@ -1,13 +1,18 @@
 """A fake OpenAI-compatible chat endpoint: a real HTTP server on loopback, in a thread.
 
 Each request takes the next scripted answer (then repeats the last): `good(label)`, `prose()`, `status(429,
-retry_after=...)`, `status(500)`, `slow(seconds, label)`, or `refuse_response_format()`. Every request is
-recorded (path, headers, body), so tests can read the prompts and the `response_format` they were sent.
+retry_after=...)`, `status(500)`, `slow(seconds, label)`, or `refuse_response_format()`; as a policy model
+would: `decision(flag, category, reason)` (with token log-probabilities when the request asks for them and
+`p_unsafe` is given), `refusal(...)`, `refuse_logprobs(...)`, and `by_content(...)` to answer by what the
+request contains. Every request is recorded (path, headers, body), so tests can read the prompts, the images
+and the `response_format` they were sent.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,16 +23,27 @@ from typing import Any
 Answer = Callable[[dict[str, Any]], tuple[int, dict[str, str], bytes]]
 
 
-def _completion(content: str, prompt_tokens: int = 30, completion_tokens: int = 5) -> bytes:
+def _completion(
+    content: str | None,
+    prompt_tokens: int = 30,
+    completion_tokens: int = 5,
+    *,
+    logprobs: list[dict[str, Any]] | None = None,
+    refusal: str | None = None,
+) -> bytes:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if refusal is not None:
+        message["refusal"] = refusal
+    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
+    if logprobs is not None:
+        choice["logprobs"] = {"content": logprobs}
     return json.dumps(
         {
             "id": "chatcmpl-1",
             "object": "chat.completion",
             "created": 1,
             "model": "fake",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-            ],
+            "choices": [choice],
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
@@ -66,6 +82,99 @@ def slow(seconds: float, label: str) -> Answer:
     return answer
 
 
+def _tokens(text: str, alternatives: dict[str, list[tuple[str, float]]]) -> list[dict[str, Any]]:
+    """`text` cut into word and punctuation tokens; a token listed in `alternatives` gets those top log-probs
+    (the first time it occurs), every other token is certain."""
+    tokens = []
+    for piece in re.findall(r"\w+|\s+|[^\w\s]", text):
+        top = alternatives.pop(piece, None) or [(piece, 0.0)]
+        tokens.append(
+            {
+                "token": piece,
+                "logprob": top[0][1],
+                "bytes": list(piece.encode()),
+                "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top],
+            }
+        )
+    return tokens
+
+
+def decision(
+    flag: str,
+    category: str | None = None,
+    reason: str = "as the policy says",
+    *,
+    confidence: float | None = None,
+    p_unsafe: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Answer:
+    """A policy model's JSON decision; with `p_unsafe`, and when the request asks for log-probabilities, the
+    flag token's alternatives carry P(unsafe) and P(safe)."""
+
+    def answer(body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        data: dict[str, Any] = {"flag": flag, "category": category, "reason": reason, **(extra or {})}
+        if confidence is not None:
+            data["confidence"] = confidence
+        text = json.dumps(data)
+        logprobs = None
+        if body.get("logprobs") and p_unsafe is not None:
+            first = [(flag, math.log(p_unsafe if flag == "unsafe" else 1 - p_unsafe))]
+            other = "safe" if flag == "unsafe" else "unsafe"
+            first.append((other, math.log(1 - p_unsafe if flag == "unsafe" else p_unsafe)))
+            logprobs = _tokens(text, {flag: first})
+        return 200, {}, _completion(text, logprobs=logprobs)
+
+    return answer
+
+
+def llama_guard(text: str, *, p_unsafe: float | None = None) -> Answer:
+    """Llama Guard's plain answer (`safe`, or `unsafe` and S-codes on a second line)."""
+
+    def answer(body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        logprobs = None
+        if body.get("logprobs") and p_unsafe is not None:
+            first_word = text.split()[0]
+            alts = [("unsafe", math.log(p_unsafe)), ("safe", math.log(1 - p_unsafe))]
+            alts.sort(key=lambda alt: alt[0] != first_word)
+            logprobs = _tokens(text, {first_word: alts})
+        return 200, {}, _completion(text, logprobs=logprobs)
+
+    return answer
+
+
+def refusal(message: str = "I can't help with that.") -> Answer:
+    """A structured-output refusal: `content` null and the `refusal` field set."""
+    return lambda body: (200, {}, _completion(None, refusal=message))
+
+
+def refuse_logprobs(then: Answer) -> Answer:
+    """An endpoint that does not return log-probabilities (400 when asked), like some self-hosted servers."""
+
+    def answer(body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        if body.get("logprobs"):
+            return 400, {}, json.dumps({"error": {"message": "logprobs are not supported"}}).encode()
+        return then(body)
+
+    return answer
+
+
+def by_content(choose: Callable[[str], Answer]) -> Answer:
+    """Answer with `choose(<every text of the request's last user message>)`: one script for many inputs."""
+
+    def answer(body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        return choose(last_user_text(body))(body)
+
+    return answer
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    user = [m for m in body.get("messages", []) if m.get("role") == "user"][-1]
+    content = user["content"]
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
 def refuse_response_format(then: Answer) -> Answer:
     def answer(body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
         if "response_format" in body:
@@ -92,8 +201,23 @@ class FakeLlm:
             return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
 
     @property
-    def prompts(self) -> list[list[dict[str, str]]]:
+    def prompts(self) -> list[list[dict[str, Any]]]:
         return [r["body"]["messages"] for r in self.requests]
+
+    @staticmethod
+    def last_text(request: dict[str, Any]) -> str:
+        return last_user_text(request["body"])
+
+    def images(self) -> list[str]:
+        """Every image URL the requests carried, in order."""
+        return [
+            part["image_url"]["url"]
+            for request in self.requests
+            for message in request["body"]["messages"]
+            if isinstance(message["content"], list)
+            for part in message["content"]
+            if part.get("type") == "image_url"
+        ]
 
 
 def serve() -> Iterator[FakeLlm]:

@@ -8,7 +8,9 @@ official `openai` library.
 - Retries (tenacity): timeouts, 429 (waiting what `Retry-After` asks, within `ARBITER_LLM_RETRY_MAX_SECONDS`) and
   5xx, with exponential backoff, `ARBITER_LLM_MAX_ATTEMPTS` attempts in all. The client's own retries are off.
 - At most `ARBITER_LLM_CONCURRENCY` calls in flight per endpoint in this process.
-- Tokens are counted per call, from the endpoint's `usage`.
+- Tokens are counted per call, from the endpoint's `usage`. Token log-probabilities are asked for on request
+  (`logprobs=True`); an endpoint that refuses them is asked again without (and remembered).
+- A refusal (the `refusal` field of a structured answer) fails at once with `LlmError("model_refused")`.
 - Every request goes through the egress guard (`arbiter.llm.transport`). The API key is held in a field that
   is never printed (`repr=False`) and never put in a message or log line.
 """
@@ -34,7 +36,17 @@ from arbiter.llm.transport import EgressTransport, llm_policy
 
 logger = logging.getLogger(__name__)
 
-Message = Mapping[str, str]
+# A chat message: `content` is a string, or a list of parts (text and `image_url`) for a vision model.
+Message = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One answer token with its log-probability and the most likely alternatives at that position."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,8 @@ class LlmAnswer:
     completion_tokens: int
     calls: int
     repaired: bool = False
+    # The answer's tokens when they were asked for and the endpoint returned them; else None.
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 class LlmError(Exception):
@@ -123,6 +137,23 @@ def _retry_after(error: BaseException) -> float | None:
         return None  # an HTTP date: fall back to backoff
 
 
+TOP_LOGPROBS = 5
+
+
+def _logprobs_of(choice: Any) -> tuple[TokenLogprob, ...] | None:
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    return tuple(
+        TokenLogprob(
+            token=str(item.token),
+            logprob=float(item.logprob),
+            top=tuple((str(alt.token), float(alt.logprob)) for alt in (item.top_logprobs or ())),
+        )
+        for item in content
+    )
+
+
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
@@ -163,6 +194,7 @@ class LlmClient:
             ),
         )
         self._structured = True
+        self._logprobs = True
         self._limit = _limit(endpoint.base_url, self.settings.concurrency)
 
     def close(self) -> None:
@@ -195,14 +227,25 @@ class LlmClient:
             return min(asked, self.settings.retry_max_s)
         return float(min(0.5 * 2 ** (state.attempt_number - 1), self.settings.retry_max_s))
 
-    def _create(self, messages: Sequence[Message], schema: Mapping[str, Any], name: str) -> Any:
+    def _create(
+        self,
+        messages: Sequence[Message],
+        schema: Mapping[str, Any] | None,
+        name: str,
+        *,
+        strict: bool = True,
+        logprobs: bool = False,
+    ) -> Any:
         def call() -> Any:
             extra: dict[str, Any] = {}
-            if self._structured:
+            if self._structured and schema is not None:
                 extra["response_format"] = {
                     "type": "json_schema",
-                    "json_schema": {"name": name, "schema": dict(schema), "strict": True},
+                    "json_schema": {"name": name, "schema": dict(schema), "strict": strict},
                 }
+            if logprobs and self._logprobs:
+                extra["logprobs"] = True
+                extra["top_logprobs"] = TOP_LOGPROBS
             with self._limit:
                 return self._client.chat.completions.create(
                     model=self.endpoint.model,
@@ -225,7 +268,11 @@ class LlmClient:
             try:
                 return retrying(call)
             except openai.BadRequestError as exc:
-                if not self._structured or "response_format" not in str(exc.message):
+                if logprobs and self._logprobs and "logprob" in str(exc.message):
+                    # The endpoint does not return log-probabilities: scores come from stated confidence.
+                    self._logprobs = False
+                    return self._create(messages, schema, name, strict=strict)
+                if schema is None or not self._structured or "response_format" not in str(exc.message):
                     raise
                 # The endpoint does not take `response_format`: ask in words, parse and check the answer.
                 self._structured = False
@@ -236,18 +283,36 @@ class LlmClient:
             raise self._error(exc) from None
 
     def complete_json(
-        self, *, messages: Sequence[Message], schema: Mapping[str, Any], name: str = "answer"
+        self,
+        *,
+        messages: Sequence[Message],
+        schema: Mapping[str, Any],
+        name: str = "answer",
+        strict: bool = True,
+        logprobs: bool = False,
     ) -> LlmAnswer:
-        """The model's answer to `messages` as a JSON object matching `schema` (repaired once if needed)."""
+        """The model's answer to `messages` as a JSON object matching `schema` (repaired once if needed).
+
+        `strict=False` asks for the schema without OpenAI's strict mode (which needs every property required);
+        the answer is checked against the full schema either way."""
         conversation = list(messages)
         prompt_tokens = completion_tokens = 0
         raws: list[str] = []
         for attempt in range(2):
-            response = self._create(conversation, schema, name)
+            response = self._create(conversation, schema, name, strict=strict, logprobs=logprobs)
             usage = getattr(response, "usage", None)
             prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
             completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
             choice = response.choices[0] if response.choices else None
+            refusal = getattr(choice.message, "refusal", None) if choice is not None else None
+            if refusal:
+                raise LlmError(
+                    "model_refused",
+                    f"{self.endpoint.where}: the model refused to answer: {str(refusal)[:300]}",
+                    raw=str(refusal),
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                )
             raw = (choice.message.content or "") if choice is not None else ""
             raws.append(raw)
             data, problem = _parsed(raw, schema)
@@ -259,6 +324,7 @@ class LlmClient:
                     completion_tokens=completion_tokens,
                     calls=attempt + 1,
                     repaired=attempt > 0,
+                    logprobs=_logprobs_of(choice),
                 )
             if attempt == 0:
                 conversation += [
@@ -275,4 +341,20 @@ class LlmClient:
             raw="\n---\n".join(raws),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
+        )
+
+    def complete_text(self, *, messages: Sequence[Message], logprobs: bool = False) -> LlmAnswer:
+        """The model's plain-text answer (for models with a fixed output format, such as Llama Guard's);
+        `data` is empty, the caller reads `raw`."""
+        response = self._create(list(messages), None, "answer", logprobs=logprobs)
+        usage = getattr(response, "usage", None)
+        choice = response.choices[0] if response.choices else None
+        raw = (choice.message.content or "") if choice is not None else ""
+        return LlmAnswer(
+            data={},
+            raw=raw,
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            calls=1,
+            logprobs=_logprobs_of(choice),
         )
