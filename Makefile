@@ -3,10 +3,13 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# mistralai 1.x cannot share .venv with the pinned major: it goes into its own directory for the compat test.
+MISTRAL1 := $(VENV)/mistralai1
+MISTRAL1_STAMP := $(MISTRAL1)/.installed
 
 .PHONY: run test lint bench install browser nginx lock clean
 
-install: $(STAMP)
+install: $(STAMP) $(MISTRAL1_STAMP)
 
 # torch goes first and exactly: a looser request would pull the CUDA build and gigabytes with it.
 $(STAMP): pyproject.toml requirements.lock
@@ -18,10 +21,15 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+$(MISTRAL1_STAMP): requirements-mistralai1.lock $(STAMP)
+	rm -rf $(MISTRAL1)
+	$(BIN)/python -m pip install --quiet --target $(MISTRAL1) -r requirements-mistralai1.lock
+	touch $(MISTRAL1_STAMP)
+
 run: $(STAMP)
 	$(BIN)/arbiter up
 
-test: $(STAMP) browser nginx
+test: $(STAMP) $(MISTRAL1_STAMP) browser nginx
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The console's end-to-end tests drive Debian's Chromium; install it when we can (root on Debian/Ubuntu).

@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -23,6 +23,7 @@ from django.utils.text import slugify
 from arbiter.api.errors import ApiError
 from arbiter.entitlements import entitlements_check, quota_error
 from arbiter.events import publish
+from arbiter.groupcommit import GroupCommit
 from arbiter.ml.errors import ArtifactError, MLError
 from arbiter.ml.specs import HeadSpec
 from arbiter.storage import BlobNotFoundError

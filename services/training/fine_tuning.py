@@ -3,8 +3,10 @@
 - `model` names a base model: Mistral's classifier bases map onto Arbiter's base encoders (`BASE_MODELS`), and an
   Arbiter encoder name is taken as is; anything else is a 422.
 - Files are the training service's read model of the files API (`file.created`): a training file is a snapshot.
-  Creating a job checks its request (422 naming the field) and then validates the data at once, against the
-  snapshots' heads and reports: the job is VALIDATED, or FAILED_VALIDATION with the reason in `events`.
+  Creating a job checks its request (422 naming the field) and answers at once with the job VALIDATING; the
+  operator's pass then validates the data against the snapshots' heads and reports, once the files have reached
+  this service (a file just uploaded may still be on its way): the job is VALIDATED, or FAILED_VALIDATION with
+  the reason in `events` (also when a file never arrives within ARBITER_WAIT_FOR_EVENTS_SECONDS).
 - Starting it creates a model named `fine_tuned_model` (`ft:classifier:<model>:<org>:<date>:<job>`) with
   version 1 and its run, trained by the operator like any other. Hyperparameters map onto training options:
   `learning_rate` as is; `training_steps` onto epochs of the frozen-encoder `head` strategy, where one step is
@@ -23,7 +25,7 @@ import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
@@ -33,6 +35,7 @@ from arbiter.api.errors import ApiError
 from arbiter.api.keyscoped import invalid_at
 from arbiter.events import publish
 from arbiter.ml.encoders import DEFAULT_BASE_MODEL
+from arbiter.tenancy.scoping import org_scope
 from services.training import logic
 from services.training.models import (
     FineTuningJob,
@@ -57,9 +60,6 @@ BASE_MODELS: dict[str, str] = {
 }
 MAX_TRAINING_STEPS = 10_000
 MAX_EPOCHS = 500
-# A file uploaded a moment ago may still be on its way to this service (`file.created`): a job naming it waits
-# this long for it before answering that there is no such file.
-FILE_ARRIVAL_WAIT_S = 5.0
 
 QUEUED, VALIDATING, VALIDATED, RUNNING = "QUEUED", "VALIDATING", "VALIDATED", "RUNNING"
 FAILED_VALIDATION, FAILED, SUCCESS, CANCELLED = "FAILED_VALIDATION", "FAILED", "SUCCESS", "CANCELLED"
@@ -91,25 +91,37 @@ def file_forget(*, data: Mapping[str, Any]) -> None:
     TrainingFile.objects.unscoped().filter(file_id=str(data["file_id"])).update(deleted=True)
 
 
-def _training_file(file_id: Any, loc: list[str | int]) -> TrainingFile:
-    """The org's training file `file_id`, waiting a moment for one just uploaded; a 422 naming `loc` if none."""
+def _file_id(file_id: Any, loc: list[str | int]) -> str:
+    """A file id the job may name: the org's training file, or one not heard of yet (just uploaded, its
+    `file.created` on its way: the job waits for it). Anything else is a 422 naming `loc`."""
     if not isinstance(file_id, str) or not file_id:
         raise invalid_at(loc, "give the id of a file uploaded with purpose 'fine-tune'.")
-    deadline = time.monotonic() + FILE_ARRIVAL_WAIT_S
-    while True:
-        file = TrainingFile.objects.filter(file_id=file_id).first()
-        # Another org's file is not on its way: answer now, as for a missing one.
-        elsewhere = file is None and TrainingFile.objects.unscoped().filter(file_id=file_id).exists()
-        if file is not None or elsewhere or time.monotonic() >= deadline:
-            break
-        time.sleep(0.1)
-    if file is None or file.deleted:
-        raise invalid_at(loc, f"no file with id '{file_id}' (upload it with client.files.upload first).")
+    file = TrainingFile.objects.filter(file_id=file_id).first()
+    if file is None:
+        # The files API names files by UUID: anything else, or another org's file, is no file of this org's.
+        if not _is_uuid(file_id) or TrainingFile.objects.unscoped().filter(file_id=file_id).exists():
+            raise invalid_at(loc, f"no file with id '{file_id}' (upload it with client.files.upload first).")
+        return file_id
+    problem = _file_problem(file)
+    if problem:
+        raise invalid_at(loc, problem)
+    return file_id
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _file_problem(file: TrainingFile) -> str:
+    if file.deleted:
+        return f"no file with id '{file.file_id}' (it was deleted)."
     if file.purpose != FINE_TUNE or file.snapshot_id is None:
-        raise invalid_at(
-            loc, f"file '{file_id}' was uploaded with purpose '{file.purpose}', not 'fine-tune'."
-        )
-    return file
+        return f"file '{file.file_id}' was uploaded with purpose '{file.purpose}', not 'fine-tune'."
+    return ""
 
 
 # --- creating, validating, starting, cancelling -------------------------------------------------------------
@@ -147,25 +159,25 @@ def _hyperparameters(raw: Any) -> dict[str, Any]:
     return out
 
 
-def _training_files(raw: Any) -> list[tuple[TrainingFile, float]]:
+def _training_files(raw: Any) -> list[tuple[str, float]]:
     if not isinstance(raw, list) or not raw:
         raise invalid_at(["body", "training_files"], "give at least one {file_id, weight}.")
-    files: list[tuple[TrainingFile, float]] = []
+    files: list[tuple[str, float]] = []
     for index, entry in enumerate(raw):
         loc: list[str | int] = ["body", "training_files", index]
         if not isinstance(entry, dict):
             raise invalid_at(loc, "each training file is {file_id, weight}.")
         weight = _number(entry.get("weight", 1), [*loc, "weight"], low=1e-6, high=1e6)
-        files.append((_training_file(entry.get("file_id"), [*loc, "file_id"]), float(weight)))
+        files.append((_file_id(entry.get("file_id"), [*loc, "file_id"]), float(weight)))
     return files
 
 
-def _validation_files(raw: Any) -> list[TrainingFile]:
+def _validation_files(raw: Any) -> list[str]:
     if raw is None:
         return []
     if not isinstance(raw, list) or len(raw) > 1:
         raise invalid_at(["body", "validation_files"], "give at most one validation file id (a list).")
-    return [_training_file(file_id, ["body", "validation_files", i]) for i, file_id in enumerate(raw)]
+    return [_file_id(file_id, ["body", "validation_files", i]) for i, file_id in enumerate(raw)]
 
 
 def _steps_per_epoch(snapshot_ids: Sequence[int], batch_size: int) -> int:
@@ -241,7 +253,8 @@ def _validate(job: FineTuningJob) -> tuple[list[dict[str, Any]], str | None]:
 
 
 def job_create(*, org_id: int, body: Mapping[str, Any]) -> FineTuningJob:
-    """Check the request (422 naming the field), then validate its data at once; start it if `auto_start`."""
+    """Check the request (422 naming the field) and accept the job as VALIDATING: the operator validates its
+    data in the background (`jobs_validate`), so the request never waits for files or snapshots."""
     model = body.get("model")
     if not isinstance(model, str) or model not in BASE_MODELS:
         raise invalid_at(
@@ -259,35 +272,73 @@ def job_create(*, org_id: int, body: Mapping[str, Any]) -> FineTuningJob:
         raise invalid_at(["body", "suffix"], "must be a string of at most 40 characters.")
     training = _training_files(body.get("training_files"))
     validation = _validation_files(body.get("validation_files"))
-    snapshot_ids = [file.snapshot_id for file, _ in training if file.snapshot_id is not None]
-    with transaction.atomic(using=ALIAS):
-        job = FineTuningJob(
-            org_id=org_id,
-            public_id=str(uuid.uuid4()),
-            model=model,
-            base_model=BASE_MODELS[model],
-            hyperparameters=hyperparameters,
-            training_files=[{"file_id": file.file_id, "weight": weight} for file, weight in training],
-            validation_files=[file.file_id for file in validation],
-            suffix=suffix,
-            auto_start=bool(body.get("auto_start", False)),
-            invalid_sample_skip_percentage=float(skip),
-            steps_per_epoch=_steps_per_epoch(snapshot_ids, int(OPTION_DEFAULTS["batch_size"])),
-            status=VALIDATING,
-            events=[_event(QUEUED), _event(VALIDATING)],
+    return FineTuningJob.objects.create(
+        org_id=org_id,
+        public_id=str(uuid.uuid4()),
+        model=model,
+        base_model=BASE_MODELS[model],
+        hyperparameters=hyperparameters,
+        training_files=[{"file_id": file_id, "weight": weight} for file_id, weight in training],
+        validation_files=validation,
+        suffix=suffix,
+        auto_start=bool(body.get("auto_start", False)),
+        invalid_sample_skip_percentage=float(skip),
+        status=VALIDATING,
+        events=[_event(QUEUED), _event(VALIDATING)],
+    )
+
+
+def _job_validate(job: FineTuningJob, *, waited_too_long: bool) -> None:
+    """Validate a VALIDATING job once every file and snapshot it names has reached this service: VALIDATED
+    (started at once with `auto_start`) or FAILED_VALIDATION saying why. A file still on its way keeps it
+    waiting, until `waited_too_long`."""
+    file_ids = [entry["file_id"] for entry in job.training_files] + list(job.validation_files)
+    files = {file.file_id: file for file in TrainingFile.objects.filter(file_id__in=file_ids)}
+    problem = next((_file_problem(files[i]) for i in file_ids if i in files and _file_problem(files[i])), "")
+    missing = [i for i in file_ids if i not in files]
+    snapshot_ids = {int(file.snapshot_id) for file in files.values() if file.snapshot_id is not None}
+    known = set(Snapshot.objects.filter(snapshot_id__in=snapshot_ids).values_list("snapshot_id", flat=True))
+    if not problem and (missing or known != snapshot_ids):
+        if not waited_too_long:
+            return
+        problem = (
+            f"no file with id '{missing[0]}' reached the training service (upload it with client.files.upload "
+            "first; if you did, check that the event relay and consumers are running)."
+            if missing
+            else "the files' data never reached the training service; check that the event relay and "
+            "consumers are running, then create the job again."
         )
-        targets, problem = _validate(job)
-        job.classifier_targets = targets
-        if problem is None:
-            job.status = VALIDATED
-            job.events = [*job.events, _event(VALIDATED)]
-        else:
-            job.status = FAILED_VALIDATION
-            job.events = [*job.events, _event(FAILED_VALIDATION, error=problem)]
-        job.save()
-        if job.auto_start and job.status == VALIDATED:
-            _start(job)
-    return job
+    if not problem:
+        training_snapshots = _snapshot_ids(job)
+        job.steps_per_epoch = _steps_per_epoch(training_snapshots, int(OPTION_DEFAULTS["batch_size"]))
+        job.classifier_targets, found = _validate(job)
+        problem = found or ""
+    if problem:
+        job.status = FAILED_VALIDATION
+        job.events = [*job.events, _event(FAILED_VALIDATION, error=problem)]
+    else:
+        job.status = VALIDATED
+        job.events = [*job.events, _event(VALIDATED)]
+    job.modified_at = timezone.now()
+    job.save(update_fields=["status", "events", "steps_per_epoch", "classifier_targets", "modified_at"])
+    if job.auto_start and job.status == VALIDATED:
+        _start(job)
+
+
+def jobs_validate(*, older_than: timedelta) -> int:
+    """The operator's pass: validate every VALIDATING job whose files have arrived (see `_job_validate`); a job
+    that waited longer than `older_than` for one fails validation naming it. Returns how many were settled."""
+    settled = 0
+    cutoff = timezone.now() - older_than
+    pending = FineTuningJob.objects.unscoped().filter(status=VALIDATING, version__isnull=True)
+    for job_id, org_id in pending.order_by("id").values_list("pk", "org_id"):
+        with transaction.atomic(using=ALIAS), org_scope(org_id):
+            job = FineTuningJob.objects.select_for_update().filter(pk=job_id, status=VALIDATING).first()
+            if job is None:
+                continue
+            _job_validate(job, waited_too_long=job.created_at < cutoff)
+            settled += job.status != VALIDATING
+    return settled
 
 
 def _fine_tuned_model(job: FineTuningJob) -> str:

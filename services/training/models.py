@@ -41,7 +41,10 @@ class Snapshot(OrgScopedModel):
 
 
 class Model(OrgScopedModel):
-    TYPES = [("text_classification", "text classification")]
+    """A trained classifier, or a policy: a written policy an LLM applies (each version is a policy document;
+    see `services.training.policies`)."""
+
+    TYPES = [("text_classification", "text classification"), ("policy", "policy")]
 
     name = models.CharField(max_length=200)
     type = models.CharField(max_length=40, choices=TYPES, default="text_classification")
@@ -71,6 +74,8 @@ class ModelVersion(OrgScopedModel):
     evaluation = models.JSONField(null=True, blank=True)
     thresholds = models.JSONField(default=dict)
     artifact_key = models.CharField(max_length=500, blank=True, default="")
+    # A policy's version: the document (`arbiter.llm.policy.PolicyDocument.to_dict()`, the key encrypted).
+    policy = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -78,6 +83,45 @@ class ModelVersion(OrgScopedModel):
             models.UniqueConstraint(fields=["model", "number"], name="training_version_number_unique")
         ]
         ordering = ["number"]
+
+
+class PolicyEvaluation(OrgScopedModel):
+    """A policy version run over a labelled snapshot: every row's decision, and the evaluation of one head of
+    the snapshot in the same shape as a trained version's (`arbiter.ml.metrics`)."""
+
+    QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+    STATES = [(s, s) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED)]
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="policy_evaluations")
+    snapshot_id = models.BigIntegerField()
+    head = models.CharField(max_length=200)
+    # At most this many rows of the snapshot, in its order (0: all): a first look costs a few LLM calls.
+    limit = models.PositiveIntegerField(default=0)
+    state = models.CharField(max_length=20, choices=STATES, default=QUEUED)
+    rows = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    # One entry per row: {"row", "text", "truth", "flag", "category", "reason", "scores"} or, when the model
+    # gave no usable answer, {"row", "text", "truth", "error", "message", "raw"}.
+    decisions = models.JSONField(default=list)
+    evaluation = models.JSONField(null=True, blank=True)
+    # How the policy's categories met the head's labels, and what did not match.
+    warnings = models.JSONField(default=list)
+    llm_calls = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    message = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version", "snapshot_id", "head", "limit"], name="training_policy_evaluation_once"
+            )
+        ]
+        indexes = [models.Index(fields=["state", "created_at"], name="training_policy_eval_queue")]
+        ordering = ["-created_at", "-id"]
 
 
 class RunState(models.TextChoices):
@@ -150,10 +194,10 @@ class TrainingFile(OrgScopedModel):
 
 
 class FineTuningJob(OrgScopedModel):
-    """A job of Mistral's fine-tuning API (`job_type: "classifier"`): validated at once against its files'
-    snapshots, then, when started, the model version it trains (`version`), deployed when it succeeds.
+    """A job of Mistral's fine-tuning API (`job_type: "classifier"`): validated in the background against its
+    files' snapshots, then, when started, the model version it trains (`version`), deployed when it succeeds.
 
-    Before it starts, its status is stored here (VALIDATED, FAILED_VALIDATION, CANCELLED); from then on it
+    Before it starts, its status is stored here (VALIDATING, VALIDATED, FAILED_VALIDATION, CANCELLED); from then on it
     is read from the version's run (QUEUED, RUNNING, FAILED, CANCELLED) and the deployment (SUCCESS once
     `fine_tuned_model` answers).
     """

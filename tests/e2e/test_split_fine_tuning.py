@@ -53,16 +53,17 @@ def test_the_classifier_factory_flow_then_a_batch_through_the_path_router(
             "hyperparameters": {"training_steps": 4, "learning_rate": 0.005},
             "auto_start": False,
         }
-        # The files reach the training service by the broker: right after the upload, the job may wait for them.
+        # The files reach the training service by the broker: the job is answered at once and validated once
+        # they have arrived.
+        answered = jobs.post(f"{base}/v1/fine_tuning/jobs", json=body)
+        assert answered.status_code == 200 and answered.json()["status"] == "VALIDATING", answered.text
         created = poll(
-            "the job accepting the files",
-            lambda: (lambda r: {"code": r.status_code, **r.json()})(
-                jobs.post(f"{base}/v1/fine_tuning/jobs", json=body)
-            ),
-            lambda r: r["code"] != 422 or "no file" not in r["error"]["message"],
+            "the job validated",
+            lambda: jobs.get(f"{base}/v1/fine_tuning/jobs/{answered.json()['id']}").json(),
+            lambda j: j["status"] != "VALIDATING",
             60,
         )
-        assert created["code"] == 200 and created["status"] == "VALIDATED", created
+        assert created["status"] == "VALIDATED", created["events"]
         started = jobs.post(f"{base}/v1/fine_tuning/jobs/{created['id']}/start")
         assert started.status_code == 200 and started.json()["status"] == "QUEUED", started.text
 

@@ -10,7 +10,13 @@ called with the JSON the Mistral SDK 1.x sends and checked against the fields it
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +32,7 @@ from arbiter.events.models import OutboxEvent
 from arbiter.events.registry import get_event_type
 from arbiter.tenancy.scoping import org_scope
 from arbiter.testing.tenants import Tenant
+from services.training import fine_tuning
 from services.training.models import FineTuningJob, RunState
 from services.training.trainer import trainer_run
 
@@ -53,15 +60,19 @@ def jsonl(count: int, offset: int = 0) -> bytes:
 
 
 class Pump:
-    """Delivers every event in the services' outboxes to the handlers of its consumers, once each, and runs
-    the trainer of runs the operator would launch."""
+    """Delivers every event in the services' outboxes to the handlers of its consumers, once each, and does
+    what the training operator's pass would: validates fine-tuning jobs and runs the trainer of runs it would
+    launch."""
 
     def __init__(self) -> None:
         self.seen: set[str] = set()
 
     def __call__(self) -> None:
-        while self._deliver_once():
+        while self.validate() or self._deliver_once():
             pass
+
+    def validate(self, *, waited: float = 600) -> int:
+        return fine_tuning.jobs_validate(older_than=timedelta(seconds=waited))
 
     def _deliver_once(self) -> bool:
         delivered = False
@@ -163,7 +174,8 @@ def test_the_classifier_factory_flow_trains_deploys_and_classifies(
     assert created.status_code == 200, created.text
     job = created.json()
     assert set(job) >= JOB_FIELDS and job["job_type"] == "classifier" and job["training_files"] == [training]
-    assert job["status"] == "VALIDATED"
+    assert job["status"] == "VALIDATING"  # answered at once; the operator validates it
+    pump()
 
     detailed = jobs.get(f"/jobs/{job['id']}").json()
     assert set(detailed) >= DETAILED_FIELDS
@@ -253,7 +265,8 @@ def test_invalid_jobs_and_files_answer_422_naming_the_problem(
     single = upload(mistral, "single.jsonl", b'{"text": "a", "labels": {"toxicity": "safe"}}\n' * 5)
     pump()
     failed = create(training_files=[{"file_id": single, "weight": 1}]).json()
-    assert failed["status"] == "FAILED_VALIDATION"
+    pump()
+    assert jobs.get(f"/jobs/{failed['id']}").json()["status"] == "FAILED_VALIDATION"
     events = jobs.get(f"/jobs/{failed['id']}").json()["events"]
     assert "single class" in events[-1]["data"]["error"]
     assert jobs.post(f"/jobs/{failed['id']}/start").status_code == 409
@@ -263,6 +276,33 @@ def test_invalid_jobs_and_files_answer_422_naming_the_problem(
         assert other.get(f"/jobs/{failed['id']}").status_code == 404
         assert other.post(f"/jobs/{failed['id']}/cancel").status_code == 404
         assert other.get("/jobs").json()["total"] == 0
+
+
+def test_a_job_created_right_after_the_upload_waits_for_its_file(
+    mistral: Mistral, jobs: JobsApi, pump: Pump
+) -> None:
+    # Uploaded, and the job created before `file.created` reached the training service: accepted, waiting.
+    training = upload(mistral, "train.jsonl", jsonl(20))
+    body = {
+        "model": "ministral-3b-latest",
+        "training_files": [{"file_id": training, "weight": 1}],
+        "hyperparameters": {"training_steps": 2},
+    }
+    early = jobs.post("/jobs", json=body)
+    assert early.status_code == 200 and early.json()["status"] == "VALIDATING", early.text
+    assert pump.validate() == 0
+    assert jobs.get(f"/jobs/{early.json()['id']}").json()["status"] == "VALIDATING"
+    pump()
+    assert jobs.get(f"/jobs/{early.json()['id']}").json()["status"] == "VALIDATED"
+
+    # A file id that never arrives fails validation after the wait, naming it.
+    never = "6f1c2d3e-0000-4000-8000-000000000000"
+    lost = jobs.post("/jobs", json={**body, "training_files": [{"file_id": never}]}).json()
+    assert pump.validate() == 0
+    assert pump.validate(waited=0) == 1
+    failed = jobs.get(f"/jobs/{lost['id']}").json()
+    assert failed["status"] == "FAILED_VALIDATION"
+    assert f"no file with id '{never}' reached the training service" in failed["events"][-1]["data"]["error"]
 
 
 def test_a_job_is_cancelled_before_and_after_it_starts(mistral: Mistral, jobs: JobsApi, pump: Pump) -> None:
@@ -278,10 +318,75 @@ def test_a_job_is_cancelled_before_and_after_it_starts(mistral: Mistral, jobs: J
     assert jobs.post(f"/jobs/{waiting['id']}/start").status_code == 409
 
     queued = jobs.post("/jobs", json={**body, "auto_start": True}).json()
-    assert queued["status"] == "QUEUED"
+    assert queued["status"] == "VALIDATING"
+    pump.validate()
+    assert jobs.get(f"/jobs/{queued['id']}").json()["status"] == "QUEUED"
     cancelled = jobs.post(f"/jobs/{queued['id']}/cancel").json()
     assert cancelled["status"] == "CANCELLED"
     job = FineTuningJob.objects.unscoped().select_related("version__run").get(public_id=queued["id"])
     assert job.version is not None and job.version.run.state == RunState.CANCELLED
     pump()  # the trainer finds the run cancelled and trains nothing
     assert jobs.get(f"/jobs/{queued['id']}").json()["checkpoints"] == []
+
+
+# mistralai 1.x, the major whose `client.fine_tuning.jobs` the cookbook uses: `make install` puts it apart from
+# .venv (it cannot share one with the pinned major), and the cookbook runs in its own interpreter.
+MISTRAL1 = Path(sys.prefix) / "mistralai1"
+COOKBOOK = Path(__file__).with_name("mistralai1_cookbook.py")
+
+
+def test_the_cookbook_runs_unmodified_with_the_mistralai_1_sdk(
+    live_server: Any, tenant: Tenant, victim: Tenant, pump: Pump, tmp_path: Path
+) -> None:
+    assert (MISTRAL1 / "mistralai").is_dir(), (
+        f"mistralai 1.x is not installed in {MISTRAL1}: run `make install`"
+    )
+    (tmp_path / "train.jsonl").write_bytes(jsonl(40))
+    (tmp_path / "valid.jsonl").write_bytes(jsonl(10, offset=100))
+    # -S: no site-packages, so only the 1.x SDK and its own dependencies are importable beside the stdlib.
+    cookbook = subprocess.Popen(
+        [sys.executable, "-S", str(COOKBOOK), live_server.url, tenant.key(["admin"]), victim.key(["admin"])]
+        + [str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": str(MISTRAL1)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 600
+    while cookbook.poll() is None and time.monotonic() < deadline:
+        pump()  # what the consumers and the operator would do while the cookbook polls
+        time.sleep(0.2)
+    out, err = cookbook.communicate(timeout=10)
+    assert cookbook.returncode == 0, err.decode()[-4000:]
+    seen = json.loads(out)
+
+    assert seen["sdk"].startswith("1.")
+    assert seen["upload"] == {"purpose": "fine-tune", "num_lines": 40}
+    assert seen["created"]["type"] == "ClassifierJobOut" and seen["created"]["status"] in (
+        "QUEUED",
+        "VALIDATING",
+    )
+    assert seen["validated"]["status"] == "VALIDATED"
+    assert seen["validated"]["type"] == "ClassifierDetailedJobOut"
+    assert seen["validated"]["targets"] == [
+        {
+            "name": "moderation",
+            "labels": ["toxicity", "insult", "safe"],
+            "weight": 1.0,
+            "loss_function": "multi_class",
+        }
+    ]
+    assert seen["started"] == "QUEUED" and seen["statuses"][-1] == "SUCCESS"
+    # The loss curves: a checkpoint every 2 steps (40 rows, 90% trained on, batches of 32), newest first.
+    assert [point["step_number"] for point in seen["curves"]] == [6, 4, 2]
+    assert all(point["train_loss"] > 0 and point["valid_loss"] > 0 for point in seen["curves"])
+    fine_tuned = seen["fine_tuned_model"]
+    assert fine_tuned.startswith(f"ft:classifier:ministral-3b-latest:{tenant.org.pk}:")
+    insult, friendly = seen["classified"]
+    assert insult["moderation"]["toxicity"] > friendly["moderation"]["toxicity"]
+    assert len(seen["listed"]) == 1 and fine_tuned in seen["models"]
+    assert (
+        seen["unknown_file"]["status"] == 422
+        and "no file with id 'no-such-file'" in seen["unknown_file"]["body"]
+    )
+    assert seen["bad_steps"]["status"] == 422 and "training_steps" in seen["bad_steps"]["body"]
+    assert seen["other_org"]["status"] == 404

@@ -7,7 +7,8 @@ Each pass reads the world and makes one step toward what the runs want:
 2. trainer jobs of this installation that no live run answers for (orphans) are stopped;
 3. admitted runs are launched from the queue, oldest first, while trainer slots are free (a run whose
    trainer started but whose launch was never written down is launched again, which adopts that trainer).
-Before these, runs that waited too long for a snapshot that never reached the training service are failed.
+Before these, fine-tuning jobs whose files have arrived are validated (started with `auto_start`), and runs
+that waited too long for a snapshot that never reached the training service are failed.
 All state lives in the training database and in the executor's world (Jobs, processes), none in the loop: it
 can be killed at any line and started again. Launching twice adopts the first trainer.
 """
@@ -28,12 +29,13 @@ from django.utils import timezone
 
 from arbiter.config.typed_settings import TrainingSettings, arbiter_settings
 from arbiter.tenancy.scoping import org_scope
-from services.training import logic
+from services.training import fine_tuning, logic
 from services.training.models import RunState, TrainingRun
 from services.training.operator.conditions import JobPhase
 from services.training.operator.executor import Executor, LaunchError
 from services.training.operator.kubernetes_executor import KubernetesExecutor, kubernetes_api_client
 from services.training.operator.local_executor import LocalExecutor
+from services.training.selectors import time_budget_seconds
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,10 @@ def executor_from_settings(training: TrainingSettings) -> Executor:
 
 def operator_reconcile(*, executor: Executor, concurrency: int | None) -> None:
     """One pass of the loop (see the module docstring)."""
+    wait = timedelta(seconds=arbiter_settings().training.wait_for_events_s)
+    fine_tuning.jobs_validate(older_than=wait)
     logic.runs_awaiting_resume()
-    logic.runs_awaiting_expire(older_than=timedelta(seconds=arbiter_settings().training.wait_for_events_s))
+    logic.runs_awaiting_expire(older_than=wait)
     for run in TrainingRun.objects.unscoped().filter(job_active=True).order_by("id"):
         with org_scope(run.org_id), _each("reconciling a run's trainer failed", run.pk):
             _job_reconcile(executor, run)
@@ -100,6 +104,8 @@ def operator_run(
 
 
 def _job_reconcile(executor: Executor, run: TrainingRun) -> None:
+    if _past_budget(run, executor):
+        return
     observation = executor.observe(run.job, run_id=run.pk)
     if run.is_terminal and observation.phase in LIVE:
         # A trainer that reported its result is on its way out: stop it only if it lingers. A cancelled
@@ -118,6 +124,31 @@ def _job_reconcile(executor: Executor, run: TrainingRun) -> None:
         log.warning(
             "trainer job ended without a result", extra={"run_id": run.pk, "reason": observation.reason}
         )
+
+
+def _past_budget(run: TrainingRun, executor: Executor) -> bool:
+    """Step 1 for a running trainer past its run's time budget plus the grace
+    (`ARBITER_TRAINING_BUDGET_GRACE_SECONDS`): stopped, and its run failed; True if it was."""
+    if run.state != RunState.RUNNING or run.started_at is None:
+        return False
+    budget = time_budget_seconds(run.version.options)
+    grace = arbiter_settings().training.budget_grace_s
+    used = (timezone.now() - run.started_at).total_seconds()
+    if used <= budget + grace:
+        return False
+    executor.stop(run.job, run_id=run.pk)
+    logic.run_fail(
+        run_id=run.pk,
+        reason="TimeBudgetExceeded",
+        message=f"Training ran {used / 60:.0f} minutes, past its time budget of {budget / 60:g} minutes and "
+        f"the {grace / 60:g} minutes of grace, and was stopped. Raise options.time_budget_minutes, train on fewer "
+        "rows, or use the 'head' strategy.",
+    )
+    logic.run_job_stopped(
+        run_id=run.pk, message=f"Stopped the trainer {run.job}: it ran past its time budget."
+    )
+    log.warning("stopped a trainer past its time budget", extra={"run_id": run.pk, "seconds": used})
+    return True
 
 
 def _orphans_stop(executor: Executor) -> None:
