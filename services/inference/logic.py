@@ -669,6 +669,23 @@ def playground_query(
 # --- usage and the request log ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class UsageItem:
+    """One call's usage, as `usage_write` records it."""
+
+    org_id: int
+    meter: str
+    endpoint: str
+    units: int
+    model_id: int
+    version: int
+    deployment_id: int  # 0: a playground query, which runs against a version, not a deployment
+    api_key_id: int | None
+    user_id: int | None
+    at: datetime
+    logged: tuple[tuple[str, NativeResult], ...] = ()
+
+
 def usage_record(
     *,
     meter: Meter,
@@ -680,60 +697,119 @@ def usage_record(
     deployment: Deployment | None,
     logged: list[tuple[str, NativeResult]] | None,
 ) -> None:
-    """Count a call in the day's usage, log its inputs if asked and publish `usage.recorded`: one transaction.
+    """Count a call in the day's usage, log its inputs if asked and publish `usage.recorded`; return once that
+    is committed, so that a call answered 200 is counted even if the process dies right after.
 
-    One UPDATE of the day's row, one outbox row and the optional log rows: cheap enough for every request.
+    Inside a transaction (the playground's) it is written there. Otherwise concurrent calls of this process
+    share one transaction (`arbiter.groupcommit`): a lone call writes at once, and under load a commit carries
+    every call that arrived while the previous one committed.
     """
-    now = timezone.now()
-    deployment_id = deployment.pk if deployment is not None else 0
-    key = {
-        "day": now.date(),
-        "meter": meter,
-        "deployment_id": deployment_id,
-        "model_id": model_id,
-        "version": version,
-    }
-    with transaction.atomic(using=ALIAS):
-        if not UsageDay.objects.filter(**key).update(requests=F("requests") + 1, units=F("units") + units):
-            try:
-                with transaction.atomic(using=ALIAS):
-                    UsageDay.objects.create(org_id=caller.org_id, requests=1, units=units, **key)
-            except IntegrityError:
-                UsageDay.objects.filter(**key).update(requests=F("requests") + 1, units=F("units") + units)
-        if logged:
-            assert deployment is not None
-            RequestLogEntry.objects.bulk_create(
-                [
-                    RequestLogEntry(
-                        org_id=caller.org_id,
-                        deployment_id=deployment.pk,
-                        created_at=now,
-                        endpoint=endpoint,
-                        api_key_id=caller.api_key_id,
-                        text=text,
-                        prediction={
-                            head: {"labels": value["labels"], "flagged": value["flagged"]}
-                            for head, value in result.items()
-                        },
-                    )
-                    for text, result in logged
-                ]
+    item = UsageItem(
+        org_id=caller.org_id,
+        meter=str(meter),
+        endpoint=endpoint,
+        units=units,
+        model_id=model_id,
+        version=version,
+        deployment_id=deployment.pk if deployment is not None else 0,
+        api_key_id=caller.api_key_id,
+        user_id=caller.user_id,
+        at=timezone.now(),
+        logged=tuple(logged or ()),
+    )
+    if transaction.get_connection(ALIAS).in_atomic_block:
+        usage_write([item])
+    else:
+        _usage_group.submit(item)
+
+
+def usage_write(items: Sequence[UsageItem]) -> None:
+    """Record calls' usage in one transaction: one UPDATE per day row they touch (in a fixed order, so that
+    processes writing the same rows cannot deadlock), their request-log rows, and one `usage.recorded` per
+    org, deployment, key and endpoint carrying how many calls and units."""
+    days: dict[tuple[int, date, str, int, int, int], list[int]] = {}
+    announced: dict[tuple[int, str, int, int, int, int | None, int | None, str], list[int]] = {}
+    entries: list[RequestLogEntry] = []
+    for item in items:
+        day = days.setdefault(
+            (item.org_id, item.at.date(), item.meter, item.deployment_id, item.model_id, item.version), [0, 0]
+        )
+        day[0] += 1
+        day[1] += item.units
+        event = announced.setdefault(
+            (
+                item.org_id,
+                item.meter,
+                item.deployment_id,
+                item.model_id,
+                item.version,
+                item.api_key_id,
+                item.user_id,
+                item.endpoint,
+            ),
+            [0, 0],
+        )
+        event[0] += 1
+        event[1] += item.units
+        entries.extend(
+            RequestLogEntry(
+                org_id=item.org_id,
+                deployment_id=item.deployment_id,
+                created_at=item.at,
+                endpoint=item.endpoint,
+                api_key_id=item.api_key_id,
+                text=text,
+                prediction={
+                    head: {"labels": value["labels"], "flagged": value["flagged"]}
+                    for head, value in result.items()
+                },
             )
-        publish(
-            type="usage.recorded",
-            org_id=caller.org_id,
-            subject=f"deployments/{deployment_id}" if deployment is not None else f"models/{model_id}",
-            data={
-                "meter": str(meter),
-                "units": units,
-                "deployment_id": deployment.pk if deployment is not None else None,
+            for text, result in item.logged
+        )
+    with transaction.atomic(using=ALIAS):
+        for (org_id, day_of, meter, deployment_id, model_id, version), (requests, units) in sorted(
+            days.items()
+        ):
+            key = {
+                "org_id": org_id,
+                "day": day_of,
+                "meter": meter,
+                "deployment_id": deployment_id,
                 "model_id": model_id,
                 "version": version,
-                "api_key_id": caller.api_key_id,
-                "user_id": caller.user_id,
-                "endpoint": endpoint,
-            },
-        )
+            }
+            added = {"requests": F("requests") + requests, "units": F("units") + units}
+            if not UsageDay.objects.unscoped().filter(**key).update(**added):
+                try:
+                    with transaction.atomic(using=ALIAS):
+                        UsageDay.objects.unscoped().create(requests=requests, units=units, **key)
+                except IntegrityError:
+                    UsageDay.objects.unscoped().filter(**key).update(**added)
+        if entries:
+            RequestLogEntry.objects.unscoped().bulk_create(entries)
+        for (org_id, meter, deployment_id, model_id, version, api_key_id, user_id, endpoint), (
+            requests,
+            units,
+        ) in announced.items():
+            publish(
+                type="usage.recorded",
+                org_id=org_id,
+                subject=f"deployments/{deployment_id}" if deployment_id else f"models/{model_id}",
+                data={
+                    "meter": meter,
+                    "units": units,
+                    "requests": requests,
+                    "deployment_id": deployment_id or None,
+                    "model_id": model_id,
+                    "version": version,
+                    "api_key_id": api_key_id,
+                    "user_id": user_id,
+                    "endpoint": endpoint,
+                },
+            )
+
+
+_usage_group: GroupCommit[UsageItem] = GroupCommit(usage_write)
 
 
 def request_log_purge(*, now: datetime | None = None) -> int:

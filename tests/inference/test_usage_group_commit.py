@@ -1,0 +1,102 @@
+"""Usage is written by group commit: concurrent calls share a transaction, each returns only once committed."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+
+import pytest
+from django.db import connections
+
+from arbiter.events.models import OutboxEvent
+from arbiter.groupcommit import GroupCommit
+from arbiter.testing.tenants import Tenant
+from services.inference import logic
+from services.inference.models import Meter, UsageDay
+
+
+def test_callers_arriving_during_a_write_share_the_next_one_and_return_after_it():
+    entered, release = threading.Event(), threading.Event()
+    written: list[list[int]] = []
+
+    def write(items: Sequence[int]) -> None:
+        written.append(list(items))
+        if len(written) == 1:
+            entered.set()
+            release.wait(5)
+
+    group: GroupCommit[int] = GroupCommit(write)
+    returned: list[int] = []
+    leader = threading.Thread(target=lambda: (group.submit(0), returned.append(0)))
+    leader.start()
+    assert entered.wait(5)
+    followers = [
+        threading.Thread(target=lambda i=i: (group.submit(i), returned.append(i))) for i in range(1, 9)
+    ]
+    for thread in followers:
+        thread.start()
+    while len(group._queue) < 8:  # every follower is queued behind the leader's write
+        threading.Event().wait(0.01)
+    assert returned == []  # nobody is told "done" before its write happened
+    release.set()
+    for thread in [leader, *followers]:
+        thread.join(5)
+    assert written[0] == [0] and sorted(written[1]) == list(range(1, 9)) and len(written) == 2
+    assert sorted(returned) == list(range(9))
+    assert (group.groups, group.items) == (2, 9)
+
+
+def test_a_failed_write_fails_every_caller_of_its_group_and_the_next_group_goes_on():
+    attempts: list[list[str]] = []
+
+    def write(items: Sequence[str]) -> None:
+        attempts.append(list(items))
+        if "bad" in items:
+            raise RuntimeError("the database went away")
+
+    group: GroupCommit[str] = GroupCommit(write)
+    with pytest.raises(RuntimeError, match="went away"):
+        group.submit("bad")
+    group.submit("good")
+    assert attempts == [["bad"], ["good"]]
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_concurrent_classify_usage_is_counted_once_each_in_fewer_transactions(tenant: Tenant):
+    caller = logic.Caller(org_id=tenant.org.pk, api_key_id=None, user_id=7)
+    before = logic._usage_group.groups
+
+    def call(units: int) -> None:
+        try:
+            record(units)
+        finally:
+            connections.close_all()  # this thread's connections end with it
+
+    def record(units: int) -> None:
+        for _ in range(10):
+            logic.usage_record(
+                meter=Meter.CLASSIFICATION,
+                caller=caller,
+                endpoint="classify",
+                units=units,
+                model_id=3,
+                version=1,
+                deployment=None,
+                logged=None,
+            )
+
+    threads = [threading.Thread(target=call, args=(units,)) for units in range(1, 17)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    day = UsageDay.objects.unscoped().get(org_id=tenant.org.pk, model_id=3)
+    assert (day.requests, day.units) == (160, 10 * sum(range(1, 17)))
+    events = OutboxEvent.objects.using("inference").filter(type="usage.recorded")
+    data = [json.loads(event.payload)["data"] for event in events]
+    assert sum(d["units"] for d in data) == day.units
+    assert sum(d.get("requests", 1) for d in data) == 160
+    assert len(data) < 160  # calls that overlapped were announced together...
+    assert logic._usage_group.groups - before < 160  # ...and committed together
