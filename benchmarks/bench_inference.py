@@ -1,21 +1,27 @@
-"""Serving benchmark: Arbiter's classify endpoint over HTTP beside a naive baseline measured in the same run.
+"""Serving benchmark: Arbiter's classify endpoint over HTTP beside the in-process ceiling and a naive
+baseline, all measured in the same run.
 
     python benchmarks/bench_inference.py [--quick] [--database-url postgres://user@host:5432/name]
 
-Set-up: a private ARBITER_HOME (SQLite, or PostgreSQL with --database-url), a small two-head model trained
-with the ML core (`head` strategy; the artifact is kept in the temp directory between runs), deployed through
-the inference service's own logic and event handlers, served by `arbiter serve --services gateway,inference`
-(gunicorn, the default workers and threads).
+Set-up (`arbiter.testing.serving`): a private ARBITER_HOME, a small two-head model trained with the ML core
+(`head` strategy; the artifact is kept in the temp directory between runs), deployed through the inference
+service's own logic and event handlers, served by `arbiter serve --services gateway,inference` (gunicorn, the
+default workers and threads). Arbiter is measured on SQLite, and with --database-url (default: the
+DATABASE_URL variable when it names PostgreSQL) on PostgreSQL, with and without the request log.
 
 Workload, over HTTP with keep-alive clients, on texts of about 30 tokens (OLID tweets from ../shared/data
 when present, else generated sentences):
 1. throughput (texts/s) of requests carrying 64 texts, from 1 and from 4 concurrent clients;
 2. latency p50/p99 (ms) and throughput of single-text requests at 1, 8 and 32 concurrent clients.
 
-Baseline, with the same clients and texts: a naive server that answers one request at a time (a
-single-threaded `http.server`) with the ML core's eager PyTorch encoder in fp32 and the same heads; no
-batching across requests, no authentication, no database. Aims: at least 3x the baseline's batch
-throughput (4 clients), and a single-request p50 under 20 ms at one client.
+Ceiling: the same model in this process, no HTTP, batches of 64 texts run by as many threads as the server
+has runners (ONNX Runtime as deployed, and eager PyTorch fp32). Baseline, with the same clients and texts: a
+naive server that answers one request at a time (a single-threaded `http.server`) with the eager PyTorch
+encoder in fp32; no batching across requests, no authentication, no database. Its ratio is printed beside its
+own in-process (torch) speed so that a baseline running below its own ceiling is visible.
+
+Goals (issue: serving): single-text requests from 32 clients at >= 0.7x the ONNX ceiling with p99 < 250 ms,
+one client's p50 < 10 ms, the same on PostgreSQL, and >= 0.8x of that with the request log on.
 """
 
 from __future__ import annotations
@@ -39,42 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arbiter.testing.serving import SAFE, SERVICES, SPAM, TOXIC, databases_drop
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OLID_FILE = REPO_ROOT.parent / "shared" / "data" / "olid-training-v1.0.tsv"
-SERVICES = "gateway,inference"
 TARGET_TOKENS = (26, 34)
-
-TOXIC = [
-    "you are an idiot",
-    "I hate you so much",
-    "shut up you moron",
-    "you are worthless trash",
-    "go away loser",
-    "what a stupid fool you are",
-    "you disgusting pig",
-    "nobody likes you, idiot",
-]
-SAFE = [
-    "have a nice day",
-    "thanks for your help",
-    "the weather is lovely today",
-    "I like this song",
-    "see you tomorrow",
-    "great work on the project",
-    "the meeting is at noon",
-    "I enjoyed the book",
-]
-SPAM = [
-    "buy cheap pills now",
-    "click here to win money",
-    "free prize waiting for you",
-    "limited offer, act now",
-    "earn cash from home fast",
-    "cheap watches on sale today",
-    "win a free phone now",
-    "lowest loan rates",
-]
-
 
 # --- set-up -------------------------------------------------------------------------------------------------
 
@@ -83,42 +58,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def training_rows() -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for suffix in ("", "!", "."):
-        for texts, toxicity, topic in (
-            (TOXIC, "toxic", ["insult"]),
-            (SAFE, "safe", []),
-            (SPAM, "safe", ["spam"]),
-        ):
-            for text in texts:
-                rows.append(
-                    {
-                        "row": len(rows) + 1,
-                        "input": text + suffix,
-                        "labels": {"toxicity": [toxicity], "topic": topic},
-                        "split": "train",
-                    }
-                )
-    return rows
-
-
-def trained_artifact() -> bytes:
-    """The benchmark model's artifact, trained once and kept in the temp directory (keyed by the ML core)."""
-    from arbiter.testing.artifacts import cached_head_artifact
-
-    return cached_head_artifact(
-        cache_dir=Path(tempfile.gettempdir()),
-        prefix="arbiter-bench-inference-",
-        rows=training_rows(),
-        heads=[
-            {"name": "toxicity", "labels": ["safe", "toxic"]},
-            {"name": "topic", "labels": ["insult", "spam"], "multi_label": True},
-        ],
-        max_epochs=40,
-    )
 
 
 def benchmark_texts(count: int) -> list[str]:
@@ -158,111 +97,73 @@ class Environment:
     databases: list[str] = field(default_factory=list)
 
 
-def database_env(url: str | None, home: Path) -> tuple[dict[str, str], list[str]]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DATABASE_URL", "ARBITER_DB_NAME"))
-    }
-    env.update(
-        ARBITER_HOME=str(home),
-        ARBITER_SERVICES=SERVICES,
-        ARBITER_LOG_LEVEL="WARNING",
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        ARBITER_ENV="development",
-    )
-    if not url:
-        return env, []
-    import psycopg
-
-    prefix = f"arbiter_bench_{os.getpid()}"
-    names = [f"{prefix}_{service}" for service in SERVICES.split(",")]
-    admin_url = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        for name in names:
-            connection.execute(f'CREATE DATABASE "{name}"')
-    env.update(DATABASE_URL=url, ARBITER_DB_NAME=prefix)
-    return env, names
-
-
-def setup(database_url: str | None) -> Environment:
+def setup(database_url: str | None, *, log_requests: bool = False) -> Environment:
+    """A served model on a private home, set up by a child process (each configuration its own Django)."""
     home = Path(tempfile.mkdtemp(prefix="arbiter-bench-"))
-    env, databases = database_env(database_url, home)
-    os.environ.clear()
-    os.environ.update(env)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "arbiter.config.settings"
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-    from django.db import transaction
-
-    from arbiter.events.envelope import Event
-    from arbiter.events.handlers import handlers_for
-    from arbiter.events.models import OutboxEvent
-    from arbiter.storage import get_blob_store
-    from arbiter.tenancy.logic import org_bootstrap
-    from arbiter.tenancy.scoping import org_scope
-    from services.inference.logic import deployment_create
-    from services.inference.models import Deployment
-    from services.inference.serving.cache import model_cache
-
-    call_command("migrate_services", verbosity=0)
-    boot = org_bootstrap(slug="bench", email="bench@example.com")
-    get_blob_store().put_bytes("artifacts/bench/model.tar.gz", trained_artifact())
-    handlers = handlers_for("inference")
-
-    def deliver(event: Event) -> None:
-        with transaction.atomic(using="inference"), org_scope(event.org_id):
-            handlers[event.type](event)
-
-    org_id = boot.org.pk
-    deliver(
-        Event(
-            type="training.completed",
-            source="/arbiter/training",
-            subject="models/1/versions/1",
-            org_id=org_id,
-            data={
-                "run_id": 1,
-                "model_id": 1,
-                "version": 1,
-                "model_name": "bench",
-                "artifact": "artifacts/bench/model.tar.gz",
-            },
-        )
-    )
-    with org_scope(org_id):
-        deployment, _ = deployment_create(org_id=org_id, model=1, version=1, actor="bench", name="bench")
-    requested = OutboxEvent.objects.using("inference").get(type="deployment.requested")
-    deliver(Event.from_json(requested.payload))
-    live = Deployment.objects.unscoped().get(pk=deployment.pk)
-    if live.status != "live":
-        raise SystemExit(f"the benchmark deployment did not go live: {live.reason}: {live.message}")
-    # The server process serves; this one only measures.
-    model_cache().clear()
+    command = [sys.executable, "-m", "arbiter.testing.serving", "--home", str(home)]
+    if database_url:
+        command += ["--database-url", database_url]
+    if log_requests:
+        command.append("--log-requests")
+    made = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if made.returncode != 0:
+        raise SystemExit(f"setting up the served model failed:\n{made.stderr[-3000:]}")
+    served = json.loads(made.stdout.strip().splitlines()[-1])
     return Environment(
         home=home,
-        env=env,
-        key=boot.api_key,
-        runtime=live.runtime,
-        databases=databases,
-        path=f"/api/v1/orgs/bench/deployments/{deployment.pk}/classify",
+        env=served["env"],
+        key=served["key"],
+        path=served["path"],
+        runtime=served["runtime"],
+        databases=served["databases"],
     )
 
 
 def teardown(environment: Environment, database_url: str | None) -> None:
-    from django.db import connections
-
-    connections.close_all()
     if database_url and environment.databases:
-        import psycopg
-
-        with psycopg.connect(database_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
-            for name in environment.databases:
-                connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        databases_drop(database_url, environment.databases)
     shutil.rmtree(environment.home, ignore_errors=True)
+
+
+def artifact_dir(environment: Environment) -> Path:
+    """The deployed artifact as the server unpacked it (in the home's artifact cache)."""
+    configs = sorted((environment.home / "inference" / "artifacts").rglob("config.json"))
+    if not configs:
+        raise SystemExit("the served model's artifact is not in the home's artifact cache")
+    return configs[0].parent
+
+
+# --- the ceiling: the model in this process, batched, no HTTP -----------------------------------------------
+
+
+def ceiling(folder: Path, texts: list[str], *, runtime: str, runners: int, seconds: float) -> float:
+    """Texts per second of batches of 64 run by `runners` threads (ONNX Runtime: one intra-op thread each, as
+    the server's micro-batcher runs them; torch: its default threads)."""
+    from arbiter.ml import Predictor, artifact_load
+
+    predictor = Predictor.load(artifact_load(folder), runtime=runtime, threads=1)  # type: ignore[arg-type]
+    batches = [texts[i : i + 64] for i in range(0, len(texts) - 63, 64)]
+    predictor.predict(batches[0])
+    done = [0]
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def run(index: int) -> None:
+        turn = index
+        while time.perf_counter() < deadline:
+            batch = batches[turn % len(batches)]
+            turn += runners
+            predictor.predict(batch)
+            with lock:
+                done[0] += len(batch)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(runners)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return done[0] / (time.perf_counter() - started)
 
 
 # --- the baseline: eager torch fp32, one request at a time --------------------------------------------------
@@ -420,12 +321,59 @@ def workload(
     return results
 
 
+def serve(environment: Environment, quick: bool, texts: list[str]) -> dict[str, Result]:
+    """Start `arbiter serve` on the environment, run the workload against it, stop it."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "arbiter.cli", "serve", "--services", SERVICES, "--bind", f"127.0.0.1:{port}"],
+        env=environment.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        headers = {"Authorization": f"Bearer {environment.key}"}
+        probe = json.dumps({"inputs": ["warm up"]}).encode()
+        wait_until(
+            lambda: Client(port, headers).post(environment.path, probe) == 200,
+            timeout=180,
+            what="the Arbiter server answering a classify request",
+        )
+        return workload(port, environment.path, headers, texts, quick=quick, slow=False)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def baseline(folder: Path, environment: Environment, quick: bool, texts: list[str]) -> dict[str, Result]:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--baseline-server", str(port), str(folder)],
+        env=environment.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != b"ready":
+            raise SystemExit("the baseline server did not start")
+        return workload(port, "/classify", {}, texts, quick=quick, slow=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="short runs (about a minute in all)")
-    parser.add_argument("--database-url", help="PostgreSQL server URL (default: SQLite under a temp home)")
+    parser.add_argument("--quick", action="store_true", help="short runs (a few minutes in all)")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL", "")
+        if os.environ.get("DATABASE_URL", "").startswith("postgres")
+        else "",
+        help="PostgreSQL server URL (default: DATABASE_URL when it is PostgreSQL); empty: SQLite only",
+    )
     parser.add_argument(
         "--baseline-server", nargs=2, metavar=("PORT", "ARTIFACT_DIR"), help=argparse.SUPPRESS
     )
@@ -434,88 +382,69 @@ def main() -> int:
         baseline_serve(int(args.baseline_server[0]), args.baseline_server[1])
         return 0
 
-    environment = setup(args.database_url)
     texts = benchmark_texts(640)
-    children: list[subprocess.Popen[bytes]] = []
-    try:
-        port = free_port()
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "arbiter.cli",
-                "serve",
-                "--services",
-                SERVICES,
-                "--bind",
-                f"127.0.0.1:{port}",
-            ],
-            env=environment.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        children.append(server)
-        headers = {"Authorization": f"Bearer {environment.key}"}
-        probe = json.dumps({"inputs": ["warm up"]}).encode()
-        wait_until(
-            lambda: Client(port, headers).post(environment.path, probe) == 200,
-            timeout=180,
-            what="the Arbiter server answering a classify request",
-        )
-        arbiter = workload(port, environment.path, headers, texts, quick=args.quick, slow=False)
-        server.terminate()
-        server.wait(timeout=30)
+    configurations: list[tuple[str, str | None, bool]] = [("SQLite", None, False)]
+    if args.database_url:
+        configurations += [
+            ("PostgreSQL", args.database_url, False),
+            ("PostgreSQL+log", args.database_url, True),
+        ]
+    measured: dict[str, dict[str, Result]] = {}
+    runtime = ""
+    seconds = 4.0 if args.quick else 15.0
+    runners = max(1, min(4, os.cpu_count() or 1))
+    for name, url, log_requests in configurations:
+        environment = setup(url, log_requests=log_requests)
+        try:
+            measured[name] = serve(environment, args.quick, texts)
+            runtime = environment.runtime
+            if name == "SQLite":
+                folder = artifact_dir(environment)
+                onnx_ceiling = ceiling(folder, texts, runtime="onnx", runners=runners, seconds=seconds)
+                torch_ceiling = ceiling(folder, texts, runtime="torch", runners=1, seconds=seconds)
+                naive = baseline(folder, environment, args.quick, texts)
+        finally:
+            teardown(environment, url)
 
-        from services.inference.serving.artifacts import artifact_folder
-
-        baseline_port = free_port()
-        baseline = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--baseline-server",
-                str(baseline_port),
-                str(artifact_folder("artifacts/bench/model.tar.gz")),
-            ],
-            env=environment.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        children.append(baseline)
-        assert baseline.stdout is not None
-        if baseline.stdout.readline().strip() != b"ready":
-            raise SystemExit("the baseline server did not start")
-        naive = workload(baseline_port, "/classify", {}, texts, quick=args.quick, slow=True)
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-                child.wait(timeout=30)
-        teardown(environment, args.database_url)
-
-    database = "PostgreSQL" if args.database_url else "SQLite"
     print(
-        f"\nInference serving{' (quick)' if args.quick else ''}: runtime {environment.runtime}, {database}, "
-        f"{os.cpu_count()} CPUs, texts of {TARGET_TOKENS[0]}-{TARGET_TOKENS[1]} tokens"
+        f"\nInference serving{' (quick)' if args.quick else ''}: runtime {runtime}, {os.cpu_count()} CPUs, "
+        f"texts of {TARGET_TOKENS[0]}-{TARGET_TOKENS[1]} tokens"
     )
     print(
-        f"{'workload':<14}{'':>3}{'arbiter texts/s':>16}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-        f"{'baseline texts/s':>18}{'p50 ms':>9}{'p99 ms':>9}{'ratio':>8}"
+        f"in-process ceiling, batches of 64: ONNX Runtime ({runners} runners) {onnx_ceiling:.0f} texts/s; "
+        f"eager torch fp32 (the baseline's engine, one at a time) {torch_ceiling:.0f} texts/s"
     )
-    for name, ours in arbiter.items():
-        theirs = naive[name]
-        print(
-            f"{name:<17}{ours.texts_per_s:>16.1f}{ours.p50_ms:>9.1f}{ours.p99_ms:>9.1f}{ours.errors:>8}"
-            f"{theirs.texts_per_s:>18.1f}{theirs.p50_ms:>9.1f}{theirs.p99_ms:>9.1f}"
-            f"{ours.texts_per_s / max(theirs.texts_per_s, 1e-9):>7.1f}x"
-        )
-    ratio = arbiter["batch64 x4"].texts_per_s / max(naive["batch64 x4"].texts_per_s, 1e-9)
-    p50 = arbiter["single x1"].p50_ms
-    errors = sum(result.errors for result in arbiter.values())
     print(
-        f"aim: batch throughput >= 3x baseline: {'met' if ratio >= 3 else 'NOT met'} ({ratio:.1f}x); "
-        f"single-request p50 < 20 ms: {'met' if p50 < 20 else 'NOT met'} ({p50:.1f} ms); errors: {errors}"
+        f"{'workload':<13}{'server':<16}{'texts/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}"
+        f"{'x ceiling':>10}{'x baseline':>11}"
     )
+    for workload_name in naive:
+        theirs = naive[workload_name]
+        rows = [*((name, results[workload_name]) for name, results in measured.items()), ("baseline", theirs)]
+        for name, result in rows:
+            own_ceiling = torch_ceiling if name == "baseline" else onnx_ceiling
+            print(
+                f"{workload_name:<13}{name:<16}{result.texts_per_s:>9.1f}{result.p50_ms:>9.1f}"
+                f"{result.p99_ms:>9.1f}{result.errors:>7}{result.texts_per_s / own_ceiling:>9.2f}x"
+                + (
+                    f"{result.texts_per_s / max(theirs.texts_per_s, 1e-9):>10.1f}x"
+                    if name != "baseline"
+                    else ""
+                )
+            )
+    errors = sum(r.errors for results in measured.values() for r in results.values())
+    verdicts = []
+    for name, results in measured.items():
+        single = results["single x32"]
+        one = results["single x1"]
+        goal = 0.8 * 0.7 if name.endswith("+log") else 0.7
+        met = single.texts_per_s >= goal * onnx_ceiling and single.p99_ms < 250 and one.p50_ms < 10
+        verdicts.append(
+            f"{name}: single x32 {single.texts_per_s / onnx_ceiling:.2f}x ceiling (goal {goal:.2f}x), "
+            f"p99 {single.p99_ms:.0f} ms (< 250), single x1 p50 {one.p50_ms:.1f} ms (< 10): "
+            + ("met" if met else "NOT met")
+        )
+    print("\n".join(verdicts) + f"\nerrors: {errors}")
     return 1 if errors else 0
 
 

@@ -182,7 +182,7 @@ def bench_auto(
             rows=split,
             heads=heads,
             options=TrainOptions(
-                strategy="auto", selection_rule="f1", time_budget_s=budget, export_onnx=False
+                strategy="auto", selection_rule="f1", time_budget_minutes=budget / 60, export_onnx=False
             ),
             out_dir=Path(folder) / "artifact",
             cache=cache,

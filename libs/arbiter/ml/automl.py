@@ -1,24 +1,37 @@
-"""The `auto` strategy: try candidates within a time budget and keep the best on the validation rows.
+"""The `auto` strategy: plan the time budget, run the candidates that fit, keep the best on the validation rows.
 
-Candidates, in order (each one is skipped when the budget is spent, the first always runs):
+The plan (every step is recorded in the candidates table, with its time, its validation score, or why it
+was skipped):
 
-1. `tfidf`: word (1-2) + character (2-5) n-gram TF-IDF with logistic regression per head, the
-   regularisation C picked per head from a small grid by 3-fold cross-validation on the fit rows.
-2. `head`: linear heads on frozen encoder embeddings (the `head` strategy).
-3. `full`: fine-tuning (the `full` strategy), when a GPU is present or the measured speed says the
-   remaining budget allows at least one epoch, and no kept parent head needs the encoder unchanged.
-4. `blend`: per head, the encoder candidate (the better of `head` and `full` on the validation rows) and
-   `tfidf` mixed by averaging probabilities, with the encoder's share (1 = encoder only, 0 = TF-IDF
-   only) picked per head on out-of-fold predictions for the fit rows plus the validation rows. Small
-   heads have few validation rows; choosing on all rows keeps the choice from chasing their noise.
+1. `tfidf` always runs first: word (1-2) + character (2-5) n-gram TF-IDF with logistic regression per
+   head, the regularisation C picked per head from a small grid by 3-fold cross-validation on the fit rows.
+2. The encoder is loaded and its speed measured on a sample: seconds per row to embed, and seconds per
+   row of a fine-tuning step (a forward and backward pass, nothing applied). `max_tokens` is set from the
+   data: the 95th percentile of the fit rows' token counts (never above the option).
+3. From those speeds and the budget left (less a reserve for the final evaluation and export):
+   - `head` (linear heads on frozen embeddings) runs when embedding every row fits, and does not cost
+     fine-tuning its second epoch;
+   - `full` (fine-tuning: class weights, warmup then linear decay, early stopping on the selection rule,
+     the best epoch kept) runs when at least one epoch fits and no kept parent head needs the encoder
+     unchanged, for as many epochs as fit (at most `max_epochs`); with a GPU, in bf16 with larger batches.
+4. `blend`: per head, the encoder candidate (the better of `head` and `full`) and `tfidf` mixed by averaging
+   probabilities, the encoder's share picked per head (on out-of-fold predictions of the fit rows plus the
+   validation rows for `head`; on the validation rows for `full`, which has seen the fit rows). A head
+   whose blend scores below either pure candidate on the validation rows keeps that candidate, so the
+   result is never below the best single candidate there.
+5. `calibrate`: per head, a logit offset per label (a class prior for multi-class heads, a threshold for
+   multi-label ones) picked on the validation rows for the selection rule and folded into the heads'
+   biases, kept only when it raises the validation score.
 
 The result is always servable: every choice is a set of linear components (see `arbiter.ml.model`).
+`auto_plan` gives the same plan before a run, from a per-row cost model (the console's estimate).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from arbiter.ml.data import HeadLabels, LabelledRows
@@ -35,12 +49,15 @@ from arbiter.ml.heads import (
     CancelCheck,
     EpochProgress,
     EpochTracker,
+    HeadStack,
+    HeadTargets,
     ProgressCallback,
     cancel_check,
     heads_train_frozen,
 )
 from arbiter.ml.metrics import head_loss, head_score, selection_score
 from arbiter.ml.model import ENCODER, HeadModel, LinearComponent, sigmoid, softmax
+from arbiter.ml.plan import Plan, Speeds, plan_make
 from arbiter.ml.specs import HeadSpec, TrainOptions
 from arbiter.ml.tfidf import TfidfFeatures, logistic_fit
 
@@ -49,9 +66,15 @@ CV_FOLDS = 3
 # Tried in this order; a later share replaces an earlier one only when strictly better, so ties keep
 # the simpler model.
 ENCODER_SHARES = (1.0, 0.0, 0.5, 0.75, 0.25)
-# A fine-tuning step on a CPU costs about four inference passes (forward and backward in fp32,
-# the optimizer), measured on MiniLM.
-_STEP_COST = 4.0
+# Fine-tuning batch on a GPU (bf16): larger batches keep it busy; on a CPU the option's batch size holds.
+GPU_BATCH_SIZE = 128
+# Rows timed to measure speeds, and fit rows whose token counts set max_tokens.
+SPEED_SAMPLE = 64
+LENGTH_SAMPLE = 2000
+LENGTH_PERCENTILE = 95
+# Logit offsets tried per label by the calibration, and the least gain on the validation rows it must bring.
+CALIBRATION_OFFSETS = tuple(np.round(np.linspace(-2.0, 2.0, 17), 2))
+CALIBRATION_MIN_GAIN = 1e-3
 
 
 @dataclass
@@ -63,6 +86,8 @@ class AutoOutcome:
     history: list[EpochProgress] = field(default_factory=list)
     best_epoch: int | None = None
     encoder_fine_tuned: bool = False
+    max_tokens: int | None = None
+    plan: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,6 +97,7 @@ class _Search:
     specs: Sequence[HeadSpec]
     fit: LabelledRows
     valid: LabelledRows
+    test_rows: int
     options: TrainOptions
     parents: dict[str, LinearComponent]
     cache: EmbeddingCache | None
@@ -79,6 +105,8 @@ class _Search:
     should_cancel: CancelCheck | None
     started: float
     deadline: float
+    tune_max_tokens: bool = True
+    reserve: float = 0.0  # seconds kept for the final evaluation (from the plan)
     candidates: list[dict[str, Any]] = field(default_factory=list)
     history: list[EpochProgress] = field(default_factory=list)
 
@@ -95,16 +123,26 @@ class _Search:
             head=self.options.selection_head,
         )
 
+    def head_score(self, name: str, probabilities: np.ndarray) -> float:
+        score = head_score(
+            probabilities=probabilities, labels=self.valid.heads[name], rule=self.options.selection_rule
+        )
+        return -np.inf if score is None else score
+
+    def skip(self, name: str, reason: str) -> None:
+        self.candidates.append({"name": name, "skipped": reason})
+
 
 @dataclass
 class _Tfidf:
     """The `tfidf` candidate: its featurizer and heads, their probabilities on the validation rows and out of
-    fold on the fit rows, and the details reported (C per head, feature count)."""
+    fold on the fit rows, its validation logits, and the details reported (C per head, feature count)."""
 
     features: TfidfFeatures
     heads: list[HeadModel]
     valid_probabilities: dict[str, np.ndarray]
     out_of_fold: dict[str, np.ndarray]
+    valid_features: sp.csr_matrix
     detail: dict[str, Any]
 
 
@@ -116,7 +154,8 @@ class _EncoderCandidate:
     heads: list[HeadModel]
     tracker: EpochTracker
     valid_probabilities: dict[str, np.ndarray]
-    fit_embeddings: np.ndarray  # the frozen encoder's, for the out-of-fold predictions of `head`
+    valid_embeddings: np.ndarray
+    fit_embeddings: np.ndarray | None  # the frozen encoder's, for the out-of-fold predictions of `head`
 
 
 def _probabilities(heads: Sequence[HeadModel], logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -210,6 +249,7 @@ def _tfidf_candidate(
         heads=heads,
         valid_probabilities=valid_probabilities,
         out_of_fold={name: out_of_fold[name][c] for name, c in chosen.items()},
+        valid_features=x_valid,
         detail={"c": chosen, "features": features.dim},
     )
 
@@ -245,40 +285,65 @@ def _cross_validate(
     return (float(np.mean(fold_scores)) if fold_scores else 0.0), predicted
 
 
-def _embeddings_fit(
-    *,
-    encoder: Encoder,
-    texts: Sequence[str],
-    options: TrainOptions,
-    cache: EmbeddingCache | None,
-    deadline: float,
-) -> bool:
-    """Whether embedding the texts not yet cached ends before the deadline, timed on a sample.
+def _max_tokens_from_data(encoder: Encoder, texts: Sequence[str], *, limit: int) -> tuple[int, int]:
+    """(max_tokens to train with, the fit rows' 95th-percentile token count): the percentile rounded up to
+    a multiple of 8, at least 16 and never above the option. Most short posts need far fewer than 128
+    tokens, and a step's cost grows with them."""
+    sample = list(texts[:LENGTH_SAMPLE])
+    if not sample:
+        return limit, 0
+    lengths = [len(ids) for ids in encoder.tokenize(sample, max_tokens=limit)]
+    percentile = int(math.ceil(float(np.percentile(lengths, LENGTH_PERCENTILE))))
+    return min(limit, max(16, 8 * math.ceil(percentile / 8))), percentile
 
-    The sample's embeddings go to the cache, so the timing costs nothing when the answer is yes.
-    """
-    missing = encoder.missing(texts, max_tokens=options.max_tokens, cache=cache)
-    if not missing:
-        return True
-    sample = missing[:64]
+
+def _embed_speed(
+    encoder: Encoder, texts: Sequence[str], *, max_tokens: int, cache: EmbeddingCache | None
+) -> float:
+    """Seconds per row to embed, timed on a sample of rows not in the cache (whose embeddings go to the
+    cache, so the timing costs nothing when `head` runs); on uncached copies when every row is cached."""
+    missing = encoder.missing(texts, max_tokens=max_tokens, cache=cache)
+    sample = missing[:SPEED_SAMPLE] if missing else list(dict.fromkeys(texts))[:SPEED_SAMPLE]
+    if not sample:
+        return 0.0
     started = time.monotonic()
-    encoder.embed(sample, max_tokens=options.max_tokens, cache=cache)
-    per_text = (time.monotonic() - started) / len(sample)
-    return time.monotonic() + per_text * (len(missing) - len(sample)) < deadline
+    encoder.embed(sample, max_tokens=max_tokens, cache=cache if missing else None)
+    return (time.monotonic() - started) / len(sample)
 
 
-def _full_epochs_affordable(
-    *, encoder: Encoder, fit: LabelledRows, valid: LabelledRows, options: TrainOptions, remaining: float
-) -> int:
-    """How many fine-tuning epochs fit in `remaining` seconds, from a timed forward pass on a sample."""
-    if encoder.device.type == "cuda":
-        return options.max_epochs
-    sample = list(fit.texts[:64])
-    started = time.monotonic()
-    encoder.embed(sample, max_tokens=options.max_tokens, bf16=False)
-    per_text = (time.monotonic() - started) / max(1, len(sample))
-    per_epoch = per_text * (len(fit) * _STEP_COST + len(valid))
-    return min(options.max_epochs, int(remaining // max(per_epoch, 1e-6)))
+def _finetune_speed(encoder: Encoder, search: _Search, *, max_tokens: int, batch_size: int) -> float:
+    """Seconds per row of one fine-tuning step, timed on a sample: forward and backward through the
+    encoder and a throwaway head, as `encoder_finetune` trains (the word embeddings frozen). No step is
+    applied, so the encoder is unchanged; the optimizer's update adds about a tenth on a CPU."""
+    count = min(len(search.fit), max(SPEED_SAMPLE // 2, min(batch_size, SPEED_SAMPLE)))
+    if count == 0:
+        return 0.0
+    rows = search.fit.subset(np.arange(count))
+    device = encoder.device
+    stack = HeadStack(search.specs, encoder.dim).to(device)
+    targets = HeadTargets.from_rows(rows, class_weighting=search.options.class_weighting, device=device)
+    ids = encoder.tokenize(rows.texts, max_tokens=max_tokens)
+    word_embeddings = encoder.model.get_input_embeddings().weight
+    frozen = word_embeddings.requires_grad
+    word_embeddings.requires_grad_(False)
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    encoder.model.train()
+    timings = []
+    try:
+        for _ in range(2):  # the first pass warms up kernels and allocations; the second is timed
+            started = time.monotonic()
+            input_ids, attention_mask = encoder.pad(ids)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = stack(encoder.forward(input_ids, attention_mask))
+            loss = targets.loss(logits, torch.arange(count, device=device))
+            if loss.requires_grad:
+                loss.backward()
+            timings.append(time.monotonic() - started)
+    finally:
+        encoder.model.zero_grad(set_to_none=True)
+        word_embeddings.requires_grad_(frozen)
+        encoder.model.eval()
+    return 1.1 * timings[-1] / count
 
 
 def automl_search(
@@ -294,37 +359,58 @@ def automl_search(
     features_name: str,
     on_progress: ProgressCallback | None,
     should_cancel: CancelCheck | None,
+    deadline: float | None = None,
+    test_rows: int = 0,
+    tune_max_tokens: bool = True,
 ) -> tuple[AutoOutcome, Encoder | None]:
-    """Run the candidates; returns the outcome and the encoder (fine-tuned if `full` won) when used."""
+    """Run the plan; returns the outcome and the encoder (fine-tuned if `full` won) when used.
+
+    `deadline` (a `time.monotonic()` value) defaults to the options' budget from now; `test_rows` sizes the
+    reserve for the final evaluation; `tune_max_tokens` lets the data set `max_tokens` (not when kept
+    heads of a parent depend on the encoder as it is).
+    """
     started = time.monotonic()
     search = _Search(
         specs=specs,
         fit=fit,
         valid=valid,
+        test_rows=test_rows,
         options=options,
         parents=parents,
         cache=cache,
         on_progress=on_progress,
         should_cancel=should_cancel,
         started=started,
-        deadline=started + options.time_budget_s,
+        deadline=deadline if deadline is not None else started + options.time_budget_s,
+        tune_max_tokens=tune_max_tokens,
     )
     tfidf = _tfidf_run(search, features_name=features_name)
-    phase = time.monotonic()  # the `head` candidate's time includes loading the encoder
-    encoder = _encoder_load(search, encoder_load, now=phase)
-    best = _head_run(search, encoder, started=phase) if encoder is not None else None
-    if encoder is not None and best is not None:
-        best = _full_run(search, encoder, head=best, allow_full=allow_full)
+    phase = time.monotonic()  # the encoder's candidates' times include loading it and measuring its speed
+    encoder, plan = _encoder_plan(search, encoder_load, allow_full=allow_full)
+    best = None
+    if encoder is not None and plan is not None:
+        head = _head_run(search, encoder, started=phase) if plan.head else None
+        if plan.head:
+            phase = time.monotonic()
+        best = _full_run(search, encoder, head=head, epochs=plan.full_epochs, started=phase)
+    plan_record = {"budget_s": round(search.deadline - started, 1), **(plan.to_dict() if plan else {})}
+    if encoder is not None:
+        plan_record["max_tokens"] = search.options.max_tokens
     if encoder is None or best is None:
+        heads = _calibrate(search, heads=tfidf.heads, tfidf=tfidf, encoder=None)
         outcome = AutoOutcome(
-            heads=tfidf.heads,
+            heads=heads,
             tfidf=tfidf.features,
             selected="tfidf",
             candidates=search.candidates,
             history=search.history,
+            max_tokens=search.options.max_tokens,
+            plan=plan_record,
         )
         return outcome, None
-    return _blend(search, tfidf=tfidf, encoder=encoder, best=best)
+    outcome, used = _blend(search, tfidf=tfidf, encoder=encoder, best=best)
+    outcome.plan = plan_record
+    return outcome, used
 
 
 def _tfidf_run(search: _Search, *, features_name: str) -> _Tfidf:
@@ -363,6 +449,7 @@ def _tfidf_run(search: _Search, *, features_name: str) -> _Tfidf:
         {
             "name": "tfidf",
             "selection_metric": round(sign * score, 6),
+            "head_metrics": {name: round(sign * value, 6) for name, value in per_head.items()},
             "seconds": round(seconds, 2),
             **tfidf.detail,
         }
@@ -371,22 +458,48 @@ def _tfidf_run(search: _Search, *, features_name: str) -> _Tfidf:
     return tfidf
 
 
-def _encoder_load(search: _Search, encoder_load: Any, *, now: float) -> Encoder | None:
-    """The encoder, when the budget left allows embedding every row; else the reason goes to the record."""
-    if now >= search.deadline:
-        search.candidates.append({"name": "head", "skipped": "the time budget was spent"})
-        return None
+def _encoder_plan(
+    search: _Search, encoder_load: Any, *, allow_full: bool
+) -> tuple[Encoder | None, Plan | None]:
+    """Load the encoder, set `max_tokens` from the data, measure speeds and plan the budget left; the
+    skipped candidates go to the record with their reasons."""
+    if time.monotonic() >= search.deadline:
+        search.skip("head", "the time budget was spent")
+        if allow_full:
+            search.skip("full", "the time budget was spent")
+        return None, None
     cancel_check(search.should_cancel)
     encoder: Encoder = encoder_load()
+    options = search.options
+    if search.tune_max_tokens:
+        max_tokens, _ = _max_tokens_from_data(encoder, search.fit.texts, limit=options.max_tokens)
+        options = dataclasses.replace(options, max_tokens=max_tokens)
+    if encoder.device.type == "cuda":
+        options = dataclasses.replace(options, batch_size=max(options.batch_size, GPU_BATCH_SIZE))
+    search.options = options
     texts = search.fit.texts + search.valid.texts
-    if not _embeddings_fit(
-        encoder=encoder, texts=texts, options=search.options, cache=search.cache, deadline=search.deadline
-    ):
-        search.candidates.append(
-            {"name": "head", "skipped": "embedding the rows would overrun the time budget"}
-        )
-        return None
-    return encoder
+    embed = _embed_speed(encoder, texts, max_tokens=options.max_tokens, cache=search.cache)
+    finetune = (
+        _finetune_speed(encoder, search, max_tokens=options.max_tokens, batch_size=options.batch_size)
+        if allow_full
+        else 0.0
+    )
+    plan = plan_make(
+        speeds=Speeds(tfidf=0.0, embed=embed, finetune=finetune),
+        fit_rows=len(search.fit),
+        valid_rows=len(search.valid),
+        test_rows=search.test_rows,
+        embed_rows=len(encoder.missing(texts, max_tokens=options.max_tokens, cache=search.cache)),
+        remaining=search.deadline - time.monotonic(),
+        max_epochs=options.max_epochs,
+        allow_full=allow_full,
+    )
+    search.reserve = plan.estimates["reserve"]
+    for name, reason in plan.skipped.items():
+        search.skip(name, reason)
+    if not plan.head and plan.full_epochs < 1:
+        return None, plan
+    return encoder, plan
 
 
 def _head_run(search: _Search, encoder: Encoder, *, started: float) -> _EncoderCandidate:
@@ -406,44 +519,39 @@ def _head_run(search: _Search, encoder: Encoder, *, started: float) -> _EncoderC
         should_cancel=search.should_cancel,
     )
     search.history.extend(tracker.history)
-    search.candidates.append(
-        {
-            "name": "head",
-            "selection_metric": round(search.sign * tracker.best_score, 6),
-            "seconds": round(time.monotonic() - started, 2),
-            "best_epoch": tracker.best_epoch,
-        }
-    )
-    return _EncoderCandidate(
+    candidate = _EncoderCandidate(
         name="head",
         heads=heads,
         tracker=tracker,
         valid_probabilities=_probabilities(heads, _encoder_logits(heads, valid_embeddings)),
+        valid_embeddings=valid_embeddings,
         fit_embeddings=fit_embeddings,
     )
+    search.candidates.append(
+        {
+            "name": "head",
+            "selection_metric": round(search.sign * tracker.best_score, 6),
+            "head_metrics": _head_metrics(search, candidate.valid_probabilities),
+            "seconds": round(time.monotonic() - started, 2),
+            "best_epoch": tracker.best_epoch,
+        }
+    )
+    return candidate
+
+
+def _head_metrics(search: _Search, probabilities: dict[str, np.ndarray]) -> dict[str, float]:
+    _, per_head = search.score(probabilities)
+    return {name: round(search.sign * value, 6) for name, value in per_head.items()}
 
 
 def _full_run(
-    search: _Search, encoder: Encoder, *, head: _EncoderCandidate, allow_full: bool
-) -> _EncoderCandidate:
-    """Fine-tuning, when allowed and affordable; the better of it and `head` (the encoder's weights are
-    put back when `head` stays the better one)."""
-    remaining = search.deadline - time.monotonic()
-    epochs = (
-        _full_epochs_affordable(
-            encoder=encoder, fit=search.fit, valid=search.valid, options=search.options, remaining=remaining
-        )
-        if allow_full and remaining > 0
-        else 0
-    )
+    search: _Search, encoder: Encoder, *, head: _EncoderCandidate | None, epochs: int, started: float
+) -> _EncoderCandidate | None:
+    """Fine-tuning for the planned epochs; the better of it and `head` (the encoder's weights are put back
+    when `head` stays the better one)."""
     if epochs < 1:
-        if allow_full:
-            search.candidates.append(
-                {"name": "full", "skipped": "the time budget does not allow one epoch on this CPU"}
-            )
         return head
-    phase = time.monotonic()
-    frozen_state = copy.deepcopy(encoder.model.state_dict())
+    frozen_state = copy.deepcopy(encoder.model.state_dict()) if head is not None else None
     heads, tracker = encoder_finetune(
         encoder=encoder,
         specs=search.specs,
@@ -454,27 +562,34 @@ def _full_run(
         on_progress=search.on_progress,
         should_cancel=search.should_cancel,
         max_epochs=epochs,
-        deadline=search.deadline,
+        deadline=search.deadline - search.reserve,
     )
     search.history.extend(tracker.history)
+    valid_embeddings = encoder.embed(search.valid.texts, max_tokens=search.options.max_tokens)
+    candidate = _EncoderCandidate(
+        name="full",
+        heads=heads,
+        tracker=tracker,
+        valid_probabilities=_probabilities(heads, _encoder_logits(heads, valid_embeddings)),
+        valid_embeddings=valid_embeddings,
+        fit_embeddings=None,
+    )
     search.candidates.append(
         {
             "name": "full",
             "selection_metric": round(search.sign * tracker.best_score, 6),
-            "seconds": round(time.monotonic() - phase, 2),
+            "head_metrics": _head_metrics(search, candidate.valid_probabilities),
+            "seconds": round(time.monotonic() - started, 2),
             "best_epoch": tracker.best_epoch,
             "epochs": len(tracker.history),
+            "planned_epochs": epochs,
+            "max_tokens": search.options.max_tokens,
+            "batch_size": search.options.batch_size,
         }
     )
-    if tracker.best_score > head.tracker.best_score:
-        valid_embeddings = encoder.embed(search.valid.texts, max_tokens=search.options.max_tokens)
-        return _EncoderCandidate(
-            name="full",
-            heads=heads,
-            tracker=tracker,
-            valid_probabilities=_probabilities(heads, _encoder_logits(heads, valid_embeddings)),
-            fit_embeddings=head.fit_embeddings,
-        )
+    if head is None or tracker.best_score > head.tracker.best_score:
+        return candidate
+    assert frozen_state is not None
     encoder.model.load_state_dict(frozen_state)
     encoder.weights_changed()
     return head
@@ -483,9 +598,22 @@ def _full_run(
 def _blend(
     search: _Search, *, tfidf: _Tfidf, encoder: Encoder, best: _EncoderCandidate
 ) -> tuple[AutoOutcome, Encoder | None]:
-    """Per head, the encoder candidate and `tfidf` mixed with the share that scores best; the outcome names
-    the simplest candidate the shares amount to."""
+    """Per head, the encoder candidate and `tfidf` mixed with the share that scores best, never below either
+    alone on the validation rows; then calibrated. The outcome names the simplest candidate the shares
+    amount to."""
+    started = time.monotonic()
     shares = _shares_pick(search, tfidf=tfidf, best=best)
+    for name, share in list(shares.items()):
+        # The share was picked on more rows than the validation ones; on those, a pure candidate that
+        # scores higher wins (ties keep the pick).
+        mixed = search.head_score(
+            name, share * best.valid_probabilities[name] + (1 - share) * tfidf.valid_probabilities[name]
+        )
+        pure = {1.0: search.head_score(name, best.valid_probabilities[name])}
+        pure[0.0] = search.head_score(name, tfidf.valid_probabilities[name])
+        top = max(pure, key=pure.__getitem__)
+        if pure[top] > mixed:
+            shares[name] = top
     heads = [
         _blended_head(spec, encoder_head=encoder_head, tfidf_head=tfidf_head, share=shares[spec.name])
         for spec, encoder_head, tfidf_head in zip(search.specs, best.heads, tfidf.heads, strict=True)
@@ -500,10 +628,13 @@ def _blend(
         {
             "name": "blend",
             "selection_metric": round(search.sign * blend_score, 6),
+            "head_metrics": _head_metrics(search, blended),
+            "seconds": round(time.monotonic() - started, 2),
             "encoder": best.name,
             "encoder_share": shares,
         }
     )
+    heads = _calibrate(search, heads=heads, tfidf=tfidf, encoder=best)
     if all(share == 1.0 for share in shares.values()):
         selected = best.name
     elif all(share == 0.0 for share in shares.values()):
@@ -519,6 +650,7 @@ def _blend(
         history=search.history,
         best_epoch=best.tracker.best_epoch if uses_encoder else None,
         encoder_fine_tuned=best.name == "full" and uses_encoder,
+        max_tokens=search.options.max_tokens,
     )
     return outcome, encoder if uses_encoder else None
 
@@ -537,7 +669,7 @@ def _shares_pick(search: _Search, *, tfidf: _Tfidf, best: _EncoderCandidate) -> 
         tfidf.valid_probabilities,
     )
     enough_rows = len(fit) >= 2 * CV_FOLDS
-    if best.name == "head" and enough_rows and time.monotonic() < search.deadline:
+    if best.fit_embeddings is not None and enough_rows and time.monotonic() < search.deadline:
         encoder_oof = _encoder_out_of_fold(
             specs=search.specs,
             fit=fit,
@@ -562,6 +694,85 @@ def _shares_pick(search: _Search, *, tfidf: _Tfidf, best: _EncoderCandidate) -> 
         rows=share_rows,
         rule=search.options.selection_rule,
     )
+
+
+def _calibrate(
+    search: _Search, *, heads: list[HeadModel], tfidf: _Tfidf, encoder: _EncoderCandidate | None
+) -> list[HeadModel]:
+    """Per head, logit offsets per label picked on the validation rows by coordinate ascent, folded into
+    every component's bias; a head keeps them only when its validation score rises by CALIBRATION_MIN_GAIN.
+
+    For a multi-class head an offset is a class prior (argmax decides); for a multi-label head it moves the
+    label's 0.5 threshold. The loss rule is left alone: offsets that help decisions cost likelihood.
+    It runs even when the budget is spent: a few hundred scorings of the validation rows take well under
+    a second.
+    """
+    if search.options.selection_rule == "loss":
+        return heads
+    started = time.monotonic()
+    logits = {}
+    for spec, tfidf_head in zip(search.specs, tfidf.heads, strict=True):
+        component = tfidf_head.components[0]
+        logits[(spec.name, component.features)] = (
+            np.asarray(tfidf.valid_features @ component.weight.T) + component.bias
+        )
+    if encoder is not None:
+        for spec, encoder_head in zip(search.specs, encoder.heads, strict=True):
+            component = encoder_head.components[0]
+            logits[(spec.name, ENCODER)] = encoder.valid_embeddings @ component.weight.T + component.bias
+    offsets: dict[str, dict[str, float]] = {}
+    shifts: dict[str, np.ndarray] = {}
+    calibrated = []
+    for head in heads:
+        name = head.spec.name
+
+        def probabilities(shift: np.ndarray, head: HeadModel = head, name: str = name) -> np.ndarray:
+            return head.probabilities(
+                {c.features: logits[(name, c.features)] + shift for c in head.components}
+            )
+
+        shift = np.zeros(len(head.spec.labels))
+        before = best = search.head_score(name, probabilities(shift))
+        for _ in range(2):
+            for i in range(len(shift)):
+                for value in CALIBRATION_OFFSETS:
+                    trial = shift.copy()
+                    trial[i] = value
+                    score = search.head_score(name, probabilities(trial))
+                    if score > best + 1e-12:
+                        best, shift = score, trial
+        if best < before + CALIBRATION_MIN_GAIN or not np.any(shift):
+            calibrated.append(head)
+            continue
+        offsets[name] = {label: float(value) for label, value in zip(head.spec.labels, shift, strict=True)}
+        shifts[name] = shift
+        components = [
+            LinearComponent(c.features, c.weight, (c.bias + shift).astype(c.bias.dtype), c.share)
+            for c in head.components
+        ]
+        adjusted = HeadModel(spec=head.spec, components=components, thresholds=dict(head.thresholds))
+        calibrated.append(adjusted)
+    if offsets:
+        final = {
+            head.spec.name: head.probabilities(
+                {
+                    c.features: logits[(head.spec.name, c.features)] + shifts.get(head.spec.name, 0.0)
+                    for c in head.components
+                }
+            )
+            for head in calibrated
+        }
+        score, _ = search.score(final)
+        search.candidates.append(
+            {
+                "name": "calibrate",
+                "selection_metric": round(search.sign * score, 6),
+                "head_metrics": _head_metrics(search, final),
+                "seconds": round(time.monotonic() - started, 2),
+                "offsets": offsets,
+            }
+        )
+    return calibrated
 
 
 def _blended_head(

@@ -11,6 +11,7 @@ to 6 decimals):
       "split": "test",                 # or "validation" when the snapshot had no test rows
       "rows": 2648,                    # rows evaluated (any head)
       "macro": {"precision", "recall", "f1", "balanced_accuracy", "loss"},   # mean over heads
+      "weighted_f1": 0.88,             # mean over heads of each head's support-weighted F1
       "heads": {
         "<head>": {
           "multi_label": false,
@@ -19,6 +20,7 @@ to 6 decimals):
           "accuracy": 0.79,            # multi-class: share correct; multi-label: exact label-set match
           "loss": 0.45,                # mean cross-entropy (multi-class) or binary cross-entropy
           "macro": {"precision", "recall", "f1", "balanced_accuracy"},
+          "weighted_f1": 0.88,         # F1 per label weighted by its support (what papers often report)
           "per_label": {
             "<label>": {
               "support": 880,          # applicable rows that carry the label
@@ -52,7 +54,8 @@ to 6 decimals):
 
 Macro averages run over the labels that occur in the rows or in the predictions (as scikit-learn
 does); a head's balanced accuracy is its mean recall (multi-class) or the mean of its labels'
-balanced accuracies (multi-label). Precision of a label never predicted is 0. Metrics of a head
+balanced accuracies (multi-label). Weighted F1 lets a common class hide a rare one, so it is reported
+beside the macro numbers, never instead of them. Precision of a label never predicted is 0. Metrics of a head
 without applicable rows are null. Thresholds picked here are picked on the evaluated rows: they show
 what a threshold would give, the artifact's own thresholds are chosen on the validation rows.
 """
@@ -205,13 +208,22 @@ def _label_metrics(
 
 
 def head_evaluate(
-    *, probabilities: np.ndarray, labels: HeadLabels, target_precision: float | None = None
+    *,
+    probabilities: np.ndarray,
+    labels: HeadLabels,
+    target_precision: float | None = None,
+    decided: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Metrics of one head (see the module docstring for the shape)."""
+    """Metrics of one head (see the module docstring for the shape).
+
+    `decided` (boolean `[rows, labels]`) gives decisions made elsewhere, such as a policy model's verdicts,
+    which need not follow the head's default rule on the scores; the scores still draw the PR curves."""
     spec = labels.spec
     probabilities = probabilities[labels.mask]
     truth = labels.indicators[labels.mask] > 0.5
-    decided = head_predictions(probabilities, multi_label=spec.multi_label)
+    decided = (
+        head_predictions(probabilities, multi_label=spec.multi_label) if decided is None else decided[labels.mask]
+    )
     per_label = {
         label: _label_metrics(
             scores=probabilities[:, i],
@@ -230,6 +242,7 @@ def head_evaluate(
         "accuracy": None,
         "loss": _round(head_loss(probabilities, labels.subset(np.flatnonzero(labels.mask)))),
         "macro": {"precision": None, "recall": None, "f1": None, "balanced_accuracy": None},
+        "weighted_f1": None,
         "per_label": per_label,
         "confusion_matrix": None,
     }
@@ -254,6 +267,10 @@ def head_evaluate(
         result["confusion_matrix"] = {"labels": list(spec.labels), "matrix": matrix.tolist()}
         result["accuracy"] = _round(sk.accuracy_score(truth_ids, decided_ids))
         balanced_accuracy = _multi_class_balanced_accuracy(truth_ids, decided_ids)
+    if occurring:
+        result["weighted_f1"] = _round(
+            sk.f1_score(truth, decided, labels=occurring, average="weighted", zero_division=0.0)
+        )
     result["macro"] = {
         "precision": _round(precision) if occurring else None,
         "recall": _round(recall) if occurring else None,
@@ -292,7 +309,14 @@ def model_evaluate(
         ]
         present = [value for value in values if value is not None]
         macro[key] = _round(np.mean(present)) if present else None
-    return {"split": split, "rows": len(rows), "macro": macro, "heads": heads}
+    weighted = [head["weighted_f1"] for head in heads.values() if head["weighted_f1"] is not None]
+    return {
+        "split": split,
+        "rows": len(rows),
+        "macro": macro,
+        "weighted_f1": _round(np.mean(weighted)) if weighted else None,
+        "heads": heads,
+    }
 
 
 def head_score(*, probabilities: np.ndarray, labels: HeadLabels, rule: str) -> float | None:

@@ -19,6 +19,8 @@ SelectionRule = Literal["balanced_accuracy", "f1", "loss"]
 
 STRATEGIES: tuple[str, ...] = ("auto", "head", "full")
 SELECTION_RULES: tuple[str, ...] = ("balanced_accuracy", "f1", "loss")
+# The most a run may be given: a day.
+MAX_TIME_BUDGET_MINUTES = 24 * 60
 
 # Label names that mean "nothing to flag". Matched case-insensitively on the whole name, or as a
 # `not_`/`non-`/`no ` prefix ("not_toxic", "non-offensive"), so OLID's `NOT` and sentiment's `0` count.
@@ -101,7 +103,8 @@ class TrainOptions:
     `learning_rate` left as None picks the strategy's default (3e-3 for heads on a frozen encoder,
     5e-5 for fine-tuning). `valid_percent` of the training rows is held out (stratified, seeded) to
     pick the best epoch, the `auto` candidate and the thresholds; `test_percent` is the share of rows
-    whose `split` is null that goes to the test set.
+    whose `split` is null that goes to the test set. `time_budget_minutes` bounds the whole training:
+    `auto` plans its candidates to use it, `head` and `full` stop their epochs at it.
     """
 
     strategy: Strategy = "auto"
@@ -113,7 +116,7 @@ class TrainOptions:
     batch_size: int = 32
     max_tokens: int = 128
     seed: int = 0
-    time_budget_s: float = 600.0
+    time_budget_minutes: float = 20.0
     target_precision: float | None = None
     valid_percent: float = 10.0
     test_percent: float = 20.0
@@ -143,6 +146,12 @@ class TrainOptions:
             raise MLError("target_precision must be in (0, 1].")
         if not 0 <= self.valid_percent < 100 or not 0 <= self.test_percent < 100:
             raise MLError("valid_percent and test_percent must be in [0, 100).")
+        if not 0 < self.time_budget_minutes <= MAX_TIME_BUDGET_MINUTES:
+            raise MLError(f"time_budget_minutes must be in (0, {MAX_TIME_BUDGET_MINUTES}].")
+
+    @property
+    def time_budget_s(self) -> float:
+        return self.time_budget_minutes * 60.0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainOptions:

@@ -23,6 +23,7 @@ from arbiter.ml.artifacts import (
 from arbiter.ml.automl import automl_search
 from arbiter.ml.data import LabelledRows, rows_check_trainable, rows_parse, rows_split
 from arbiter.ml.encoders import DEFAULT_BASE_MODEL, EmbeddingCache, Encoder
+from arbiter.ml.image_encoders import ImageEncoder, builtin_heads, image_encoder_add_onnx, is_image_base
 from arbiter.ml.errors import ArtifactError, BaseModelError, MLError
 from arbiter.ml.finetune import encoder_finetune
 from arbiter.ml.heads import CancelCheck, EpochProgress, ProgressCallback, cancel_check, heads_train_frozen
@@ -67,6 +68,8 @@ class _Trained:
     candidates: list[dict[str, Any]]
     best_epoch: int | None
     fine_tuned: bool
+    max_tokens: int | None = None
+    plan: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _specs(heads: Sequence[HeadSpec | Mapping[str, Any]]) -> list[HeadSpec]:
@@ -152,6 +155,8 @@ def _probabilities(
         assert encoder is not None
         embeddings = encoder.embed(rows.texts, max_tokens=max_tokens, cache=cache)
         encoder_logits = model.encoder_logits(embeddings)
+        if model.builtin_features and isinstance(encoder, ImageEncoder):
+            encoder_logits.update(encoder.builtin_logits(rows.texts))
     return model.probabilities(texts=rows.texts, encoder_logits=encoder_logits)
 
 
@@ -179,6 +184,7 @@ def train_from_snapshot(
     """
     started = time.monotonic()
     options = options or TrainOptions()
+    deadline = started + options.time_budget_s
     # Validation and test texts are embedded while training and again for evaluation: keep them.
     cache = cache if cache is not None else EmbeddingCache()
     specs = _specs(heads)
@@ -203,8 +209,12 @@ def train_from_snapshot(
         tfidf_name=_next_tfidf_name(parent),
         on_progress=on_progress,
         should_cancel=should_cancel,
+        deadline=deadline,
+        test_rows=len(data.test),
     )
     cancel_check(should_cancel)
+    if trained.max_tokens is not None and trained.max_tokens != options.max_tokens:
+        options = dataclasses.replace(options, max_tokens=trained.max_tokens)
 
     tfidf = {**(parent.model.tfidf if parent else {}), **trained.tfidf}
     new_model = ClassifierModel(heads=trained.heads, tfidf=tfidf, encoder=None)
@@ -236,6 +246,7 @@ def train_from_snapshot(
         selection_metric=selection_metric,
         kept=update.kept,
         inits=inits,
+        seconds=time.monotonic() - started,
     )
     if parent is not None and parent.metrics and update.kept:
         metrics["inherited_heads"] = _inherited_metrics(parent_metrics=parent.metrics, kept=update.kept)
@@ -313,6 +324,18 @@ def _update_plan(
     kept_need_encoder = any(head.uses(ENCODER) for head in kept)
     base_name, source = _encoder_source(base_model=base_model, parent=parent)
     warnings = []
+    if is_image_base(source):
+        # Image bases train heads on cached embeddings; TF-IDF candidates mean nothing for images.
+        if options.strategy == "full":
+            raise MLError(
+                "Fine-tuning ('full') is available for text base models; an image model trains its heads on "
+                "the base's embeddings: use the 'head' or 'auto' strategy."
+            )
+        if options.strategy == "auto":
+            options = dataclasses.replace(options, strategy="head")
+        if parent is None:
+            # The base's built-in heads (vision-moderation: nsfw) are kept unless the snapshot retrains them.
+            kept = kept + [head for head in builtin_heads(base_name) if head.spec.name not in new_names]
     if kept_need_encoder:
         assert parent is not None
         if options.strategy == "full":
@@ -344,7 +367,12 @@ class _EncoderLoader:
 
     def __call__(self) -> Encoder:
         if self.encoder is None:
-            self.encoder = Encoder.load(self.source, device=self.device)
+            if is_image_base(self.source):
+                # Same duck-typed surface as `Encoder` for the `head` strategy: embed, fingerprint, save.
+                self.encoder = ImageEncoder.load(self.source, device=self.device)  # type: ignore[assignment]
+            else:
+                self.encoder = Encoder.load(self.source, device=self.device)
+        assert self.encoder is not None
         return self.encoder
 
 
@@ -402,10 +430,16 @@ def _training_record(
     selection_metric: float,
     kept: Sequence[HeadModel],
     inits: Mapping[str, LinearComponent],
+    seconds: float,
 ) -> dict[str, Any]:
-    """How the version was trained, as metrics.json tells it: choices, rows, epochs, candidates, warnings."""
+    """How the version was trained, as metrics.json tells it: choices, rows, epochs, candidates, the time
+    budget and the time used (to the end of the evaluation), warnings."""
     return {
         "strategy": options.strategy,
+        "time_budget_s": round(options.time_budget_s, 1),
+        "seconds": round(seconds, 1),
+        "max_tokens": options.max_tokens,
+        "plan": trained.plan,
         "selected": trained.selected,
         "selection_rule": options.selection_rule,
         "selection_head": options.selection_head,
@@ -459,6 +493,10 @@ def _artifact_write(
         encoder.save(out_dir / ENCODER_FOLDER)
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1, ensure_ascii=False))
     artifact = artifact_load(out_dir)
+    if isinstance(encoder, ImageEncoder):
+        if options.export_onnx:
+            image_encoder_add_onnx(artifact=artifact, encoder=encoder)
+        return artifact
     if options.export_onnx and encoder is not None:
         check_rows = valid.subset(np.arange(min(len(valid), ONNX_CHECK_ROWS)))
         artifact_add_onnx(
@@ -484,6 +522,8 @@ def _train(
     tfidf_name: str,
     on_progress: ProgressCallback | None,
     should_cancel: CancelCheck | None,
+    deadline: float,
+    test_rows: int,
 ) -> _Trained:
     if options.strategy == "auto":
         outcome, _ = automl_search(
@@ -498,6 +538,10 @@ def _train(
             features_name=tfidf_name,
             on_progress=on_progress,
             should_cancel=should_cancel,
+            deadline=deadline,
+            test_rows=test_rows,
+            # Kept heads read the parent's embeddings: the tokens they were trained on stay.
+            tune_max_tokens=allow_full,
         )
         used = {component.features for head in outcome.heads for component in head.components}
         return _Trained(
@@ -508,6 +552,8 @@ def _train(
             candidates=outcome.candidates,
             best_epoch=outcome.best_epoch,
             fine_tuned=outcome.encoder_fine_tuned,
+            max_tokens=outcome.max_tokens,
+            plan=outcome.plan,
         )
     encoder = encoder_load()
     if options.strategy == "full":
@@ -520,6 +566,7 @@ def _train(
             parents=inits,
             on_progress=on_progress,
             should_cancel=should_cancel,
+            deadline=deadline,
         )
     else:
         heads, tracker = heads_train_frozen(

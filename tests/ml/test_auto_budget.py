@@ -1,0 +1,183 @@
+"""`auto` and its time budget: the plan, rare classes on a skewed set, calibration, never below a candidate."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from arbiter.ml import EmbeddingCache, HeadSpec, TrainOptions, train_from_snapshot
+from arbiter.ml.errors import MLError
+from arbiter.ml.plan import CPU_SPEEDS, Speeds, auto_plan, plan_make
+
+from .synthetic import HEADS, synthetic_rows
+
+SKEWED = [HeadSpec(name="intent", labels=("safe", "insult", "threat"))]
+SHARES = {"safe": 0.80, "insult": 0.15, "threat": 0.05}
+_PLACES = ["the park", "the station", "school", "the game", "work", "the party", "the mall", "home"]
+_FILLER = ["tonight", "tomorrow", "later", "soon", "on friday", "after lunch", "this week", "again"]
+_INSULT = ["idiot", "clown", "loser", "fool", "moron"]
+_THREAT = ["watch your back", "you will regret it", "i know where you live"]
+
+
+def skewed_rows(count: int = 1500, *, seed: int = 0) -> list[dict[str, Any]]:
+    """Three classes at 80 / 15 / 5 %. The rare class's phrases show in 70 % of its rows and in 8 % of the
+    common class's, so about a third of the rows with them are threats: a model that goes by the odds
+    alone calls them all `safe` and never says `threat`."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        label = rng.choices(list(SHARES), weights=list(SHARES.values()))[0]
+        text = f"see you at {rng.choice(_PLACES)} {rng.choice(_FILLER)}"
+        if label == "insult" or (label == "safe" and rng.random() < 0.03):
+            text += f", {rng.choice(_INSULT)}"
+        if (label == "threat" and rng.random() < 0.7) or (label == "safe" and rng.random() < 0.08):
+            text += f", {rng.choice(_THREAT)}"
+        rows.append(
+            {
+                "row": i,
+                "input": f"{text} #{rng.randint(0, 99)}",
+                "labels": {"intent": [label]},
+                "split": "test" if i % 3 == 0 else "train",
+            }
+        )
+    return rows
+
+
+def tfidf_only(**options: Any) -> TrainOptions:
+    """`auto` with a budget spent by TF-IDF: the encoder's candidates are skipped, calibration still runs."""
+    return TrainOptions(strategy="auto", time_budget_minutes=0.001 / 60, export_onnx=False, **options)
+
+
+def threat(result: Any) -> dict[str, Any]:
+    return result.metrics["heads"]["intent"]["per_label"]["threat"]
+
+
+def test_the_rare_class_is_not_traded_away_on_a_skewed_set(tmp_path: Path) -> None:
+    result = train_from_snapshot(
+        rows=skewed_rows(), heads=SKEWED, options=tfidf_only(), out_dir=tmp_path / "artifact"
+    )
+    head = result.metrics["heads"]["intent"]
+    assert threat(result)["support"] >= 5
+    assert threat(result)["recall"] >= 0.5, threat(result)
+    # Weighted F1 is reported beside the macro numbers, which a rare class moves.
+    assert head["weighted_f1"] is not None and result.metrics["weighted_f1"] == head["weighted_f1"]
+    assert head["macro"]["balanced_accuracy"] >= 0.7 and head["macro"]["f1"] is not None
+
+
+def test_calibration_on_the_validation_rows_brings_back_a_rare_class_without_class_weights(
+    tmp_path: Path,
+) -> None:
+    """Without class weights the rare class loses every ambiguous row; the selection rule (balanced
+    accuracy) calibrates the class priors on the validation rows and gets it back."""
+    result = train_from_snapshot(
+        rows=skewed_rows(),
+        heads=SKEWED,
+        options=tfidf_only(class_weighting=False, selection_rule="balanced_accuracy"),
+        out_dir=tmp_path / "artifact",
+    )
+    calibration = next(c for c in result.candidates if c["name"] == "calibrate")
+    tfidf = next(c for c in result.candidates if c["name"] == "tfidf")
+    assert calibration["selection_metric"] > tfidf["selection_metric"]
+    assert calibration["offsets"]["intent"]["threat"] > 0
+    assert threat(result)["recall"] >= 0.5, threat(result)
+    # Folded into the served model: the artifact decides as the metrics say.
+    assert result.selection_metric == calibration["selection_metric"]
+
+
+def test_the_loss_rule_is_not_calibrated_and_without_class_weights_loses_the_rare_class(
+    tmp_path: Path,
+) -> None:
+    """The control for the two tests above: the skewed set does trade the rare class away when nothing
+    guards it."""
+    result = train_from_snapshot(
+        rows=skewed_rows(),
+        heads=SKEWED,
+        options=tfidf_only(class_weighting=False, selection_rule="loss"),
+        out_dir=tmp_path / "artifact",
+    )
+    assert "calibrate" not in [c["name"] for c in result.candidates]
+    assert threat(result)["recall"] < 0.2
+
+
+def test_the_time_budget_is_an_option_in_minutes_up_to_a_day() -> None:
+    assert TrainOptions().time_budget_minutes == 20 and TrainOptions().time_budget_s == 1200
+    assert TrainOptions(time_budget_minutes=1440).time_budget_s == 86400
+    for bad in (0, -1, 1441):
+        with pytest.raises(MLError, match="time_budget_minutes"):
+            TrainOptions(time_budget_minutes=bad)
+
+
+def plan(remaining: float, *, fit: int = 1000, allow_full: bool = True, max_epochs: int = 5) -> Any:
+    return plan_make(
+        speeds=Speeds(tfidf=0.0, embed=0.01, finetune=0.1),
+        fit_rows=fit,
+        valid_rows=100,
+        test_rows=200,
+        embed_rows=fit + 100,
+        remaining=remaining,
+        max_epochs=max_epochs,
+        allow_full=allow_full,
+    )
+
+
+def test_the_plan_fine_tunes_when_an_epoch_fits_and_embeds_first_only_when_that_costs_no_epoch() -> None:
+    # An epoch: 1000 x 0.1 + 100 x 0.01 = 101 s; embedding every row 11 s; the reserve 3 x 1.5 + 5 = 9.5 s.
+    roomy = plan(1000)
+    assert (roomy.head, roomy.full_epochs) == (True, 5)
+    assert roomy.estimates["full_epoch"] == pytest.approx(101)
+    two = plan(9.5 + 11 + 2 * 101 + 1)
+    assert (two.head, two.full_epochs) == (True, 2)
+    one = plan(9.5 + 101 + 5)  # one epoch fits, but not after embedding every row
+    assert (one.head, one.full_epochs) == (False, 1)
+    assert one.skipped["head"].startswith("fine-tuning gets the budget")
+
+
+def test_the_plan_says_why_it_skips() -> None:
+    frozen_only = plan(60)
+    assert (frozen_only.head, frozen_only.full_epochs) == (True, 0)
+    assert "does not fit" in frozen_only.skipped["full"]
+    nothing = plan(15)
+    assert (nothing.head, nothing.full_epochs) == (False, 0)
+    assert "would overrun the time budget" in nothing.skipped["head"]
+    kept = plan(10_000, allow_full=False)
+    assert kept.head and kept.skipped["full"] == "the parent's kept heads need its encoder unchanged"
+
+
+def test_the_estimate_before_a_run_grows_with_the_budget() -> None:
+    rows = 25_000
+    default = {step["name"]: step for step in auto_plan(rows=rows, time_budget_minutes=20, max_epochs=20)}
+    assert default["tfidf"]["runs"] and default["tfidf"]["estimated_seconds"] == round(
+        CPU_SPEEDS.tfidf * 20_000
+    )
+    assert not default["full"]["runs"] and "does not fit" in default["full"]["note"]
+    day = {step["name"]: step for step in auto_plan(rows=rows, time_budget_minutes=1440, max_epochs=20)}
+    assert day["full"]["runs"] and day["full"]["estimated_seconds"] > default["tfidf"]["estimated_seconds"]
+    gpu = {
+        step["name"]: step for step in auto_plan(rows=rows, time_budget_minutes=20, max_epochs=20, gpu=True)
+    }
+    assert gpu["full"]["runs"] and gpu["head"]["runs"]
+
+
+@pytest.mark.slow
+def test_auto_plans_fine_tuning_and_never_ends_below_its_best_candidate(
+    tmp_path: Path, embedding_cache: EmbeddingCache
+) -> None:
+    result = train_from_snapshot(
+        rows=synthetic_rows(120),
+        heads=HEADS,
+        options=TrainOptions(strategy="auto", time_budget_minutes=1.5, max_epochs=2, export_onnx=False),
+        out_dir=tmp_path / "artifact",
+        cache=embedding_cache,
+    )
+    training = result.metrics["training"]
+    ran = {c["name"]: c for c in result.candidates if "skipped" not in c}
+    assert {"tfidf", "blend"} <= set(ran) and ({"head", "full"} & set(ran))
+    singles = [ran[name]["selection_metric"] for name in ("tfidf", "head", "full") if name in ran]
+    assert result.selection_metric >= max(singles)
+    # max_tokens from the data: these texts are short, so far below the option's 128.
+    assert training["max_tokens"] < 128 and training["max_tokens"] % 8 == 0
+    assert training["plan"]["budget_s"] <= 90 and training["seconds"] <= 90 + 30
+    assert training["time_budget_s"] == 90
