@@ -179,7 +179,7 @@ def test_auto_keeps_the_candidate_that_wins_on_a_constructed_dataset(
     result = train_from_snapshot(
         rows=parity_rows(),
         heads=PARITY,
-        options=TrainOptions(strategy="auto", time_budget_minutes=20 / 60, max_epochs=10, export_onnx=False),
+        options=TrainOptions(strategy="auto", time_budget_minutes=1, max_epochs=10, export_onnx=False),
         out_dir=tmp_path / "artifact",
         cache=embedding_cache,
     )
