@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from arbiter.ml.specs import SELECTION_RULES, STRATEGIES, TrainOptions
+from arbiter.ml.specs import MAX_TIME_BUDGET_MINUTES, SELECTION_RULES, STRATEGIES, TrainOptions
 
 API_OPTIONS: tuple[str, ...] = (
     "strategy",
@@ -20,6 +20,7 @@ API_OPTIONS: tuple[str, ...] = (
     "batch_size",
     "max_tokens",
     "target_precision",
+    "time_budget_minutes",
 )
 
 OPTION_DEFAULTS: dict[str, Any] = {
@@ -27,4 +28,4 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "max_invalid_row_percent": 5.0,
 }
 
-__all__ = ["API_OPTIONS", "OPTION_DEFAULTS", "SELECTION_RULES", "STRATEGIES"]
+__all__ = ["API_OPTIONS", "MAX_TIME_BUDGET_MINUTES", "OPTION_DEFAULTS", "SELECTION_RULES", "STRATEGIES"]

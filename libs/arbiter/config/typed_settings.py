@@ -346,6 +346,9 @@ class TrainingSettings(Concern):
     # A request naming what another service announces by event (a snapshot, for a model; a trained version,
     # for a deployment) waits this long for it, then fails.
     wait_for_events_s: float = Field(600.0, gt=0, validation_alias="ARBITER_WAIT_FOR_EVENTS_SECONDS")
+    # A trainer still running this long past its run's time budget (options.time_budget_minutes) is stopped and
+    # the run failed: the grace covers loading, the final evaluation, the ONNX export and the upload.
+    budget_grace_s: float = Field(600.0, ge=0, validation_alias="ARBITER_TRAINING_BUDGET_GRACE_SECONDS")
 
     @property
     def trainer_slots(self) -> int | None:

@@ -9,7 +9,7 @@ from arbiter.api.fields import MAX_ID, IdField
 from services.training import selectors
 from services.training.logic import VersionRef
 from services.training.models import Model, ModelVersion, TrainingRun
-from services.training.options import SELECTION_RULES, STRATEGIES
+from services.training.options import MAX_TIME_BUDGET_MINUTES, SELECTION_RULES, STRATEGIES
 
 DEFAULT_BASE_MODEL = "minilm-l6"
 
@@ -27,6 +27,13 @@ class OptionsSerializer(serializers.Serializer):
     batch_size = serializers.IntegerField(min_value=1, max_value=4096, required=False)
     max_tokens = serializers.IntegerField(min_value=8, max_value=8192, required=False)
     target_precision = serializers.FloatField(min_value=0.01, max_value=1, allow_null=True, required=False)
+    time_budget_minutes = serializers.FloatField(
+        min_value=1,
+        max_value=MAX_TIME_BUDGET_MINUTES,
+        required=False,
+        help_text="How long training may take, 1 minute to 24 hours (default 20); the operator stops a trainer "
+        "that runs well past it.",
+    )
 
     def to_internal_value(self, data: Any) -> Any:
         unknown = sorted(set(data) - set(self.fields)) if isinstance(data, dict) else []
@@ -183,6 +190,25 @@ class VersionRefSerializer(serializers.Serializer):
     version = serializers.IntegerField()
 
 
+class VersionTimeSerializer(serializers.Serializer):
+    budget_seconds = serializers.FloatField(help_text="options.time_budget_minutes in seconds")
+    used_seconds = serializers.FloatField(
+        allow_null=True, help_text="from the trainer's start to the run's end (or now, while it runs)"
+    )
+
+
+class CandidateSerializer(serializers.Serializer):
+    """One step of the `auto` plan: what ran, how long, its validation score; or why it was skipped."""
+
+    name = serializers.CharField(help_text="tfidf, head, full, blend or calibrate")
+    ran = serializers.BooleanField()
+    seconds = serializers.FloatField(allow_null=True)
+    selection_metric = serializers.FloatField(allow_null=True, help_text="on the validation rows")
+    head_metrics = serializers.JSONField(help_text="per head, on the validation rows")
+    skipped = serializers.CharField(allow_null=True, help_text="why it did not run")
+    detail = serializers.JSONField(help_text="epochs, C per head, encoder shares, offsets, ...")
+
+
 class VersionSerializer(serializers.ModelSerializer):
     model = serializers.IntegerField(source="model_id")
     parent = serializers.SerializerMethodField()  # type: ignore[assignment]  # as in VersionCreateSerializer
@@ -192,6 +218,8 @@ class VersionSerializer(serializers.ModelSerializer):
     progress = serializers.SerializerMethodField()
     metrics = serializers.JSONField(source="evaluation")
     artifact = serializers.CharField(source="artifact_key")
+    time = serializers.SerializerMethodField()
+    candidates = serializers.SerializerMethodField()
 
     class Meta:
         model = ModelVersion
@@ -207,6 +235,8 @@ class VersionSerializer(serializers.ModelSerializer):
             "options",
             "run",
             "progress",
+            "time",
+            "candidates",
             "metrics",
             "thresholds",
             "artifact",
@@ -222,6 +252,14 @@ class VersionSerializer(serializers.ModelSerializer):
     @extend_schema_field(RunProgressSerializer)
     def get_progress(self, version: ModelVersion) -> dict[str, Any]:
         return selectors.run_progress(version.run)
+
+    @extend_schema_field(VersionTimeSerializer)
+    def get_time(self, version: ModelVersion) -> dict[str, Any]:
+        return selectors.version_time(version)
+
+    @extend_schema_field(CandidateSerializer(many=True))
+    def get_candidates(self, version: ModelVersion) -> list[dict[str, Any]]:
+        return selectors.version_candidates(version)
 
 
 class ModelSerializer(serializers.ModelSerializer):
