@@ -18,6 +18,7 @@ from django.utils import timezone
 from arbiter.api.errors import ApiError
 from arbiter.config.typed_settings import arbiter_settings
 from arbiter.egress import EgressRefused, check_url
+from arbiter.entitlements import entitlements_check
 from arbiter.events import publish
 from arbiter.llm import (
     Example,
@@ -41,6 +42,8 @@ from services.annotation import selectors
 from services.annotation.models import (
     AnnotationJob,
     DatasetCopy,
+    DeploymentCopy,
+    Entitlement,
     LabelSchema,
     LlmProvider,
     RowCopy,
@@ -53,6 +56,7 @@ ALIAS = "annotation"
 SIMILARITY_BATCH = 256
 ACCEPT_BATCH = 500  # rows per `labels.accepted` event
 MAX_LABELS = 100
+AUTO_LABEL = "auto_label"  # the billing meter of automated annotations
 
 
 # --- LLM providers -------------------------------------------------------------------------------------------
@@ -243,6 +247,39 @@ def dataset_rows_apply(*, org_id: int, data: Mapping[str, Any]) -> None:
         )
 
 
+# --- deployments of the org's trained models (the `model` labeler) -----------------------------------------
+
+
+def deployment_apply(*, org_id: int, data: Mapping[str, Any], live: bool) -> None:
+    """Keep what `deployment.live`, `.stopped` and `.failed` say of a deployment (idempotent)."""
+    DeploymentCopy.objects.update_or_create(
+        deployment_id=int(data["deployment_id"]),
+        defaults={
+            "org_id": org_id,
+            "name": str(data.get("name") or ""),
+            "model_id": int(data["model_id"]),
+            "version": int(data["version"]),
+            "live": live,
+            "updated_at": timezone.now(),
+        },
+    )
+
+
+def _deployment_live(value: Any) -> DeploymentCopy:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ApiError(status=400, code="invalid", message="provider.deployment: a deployment id")
+    deployment = selectors.deployment_list().filter(deployment_id=value).first()
+    if deployment is None or not deployment.live:
+        raise ApiError(
+            status=400,
+            code="deployment_not_live",
+            message=f"provider.deployment: deployment {value} is "
+            + ("not live" if deployment else "not a live deployment of this org")
+            + "; deploy a trained version of a model first",
+        )
+    return deployment
+
+
 # --- auto-labeling jobs ------------------------------------------------------------------------------------
 
 
@@ -281,6 +318,7 @@ def job_create(
             ),
         )
     llm: LlmProvider | None = None
+    deployment_id: int | None = None
     if provider == AnnotationJob.SIMILARITY:
         kind, agent = AnnotationJob.SIMILARITY, _agent("similarity", "all-MiniLM-L6-v2", schema)
     elif isinstance(provider, Mapping) and "id" in provider:
@@ -290,21 +328,21 @@ def job_create(
                 status=400, code="unknown_provider", message=f"provider.id: no LLM provider {provider['id']}"
             )
         kind, agent = AnnotationJob.OPENAI, _agent(llm.name, llm.model, schema)
-    elif isinstance(provider, Mapping) and "model" in provider:
-        raise ApiError(
-            status=400,
-            code="provider_unavailable",
-            message="provider.model: labeling with a trained model version is not available yet; use "
-            '"similarity" or an LLM provider',
-        )
+    elif isinstance(provider, Mapping) and "deployment" in provider:
+        deployment = _deployment_live(provider["deployment"])
+        kind, deployment_id = AnnotationJob.MODEL, deployment.deployment_id
+        agent = _agent("model", f"{deployment.name or deployment.model_id}.v{deployment.version}", schema)
     else:
         raise ApiError(
             status=400,
             code="invalid",
-            message='provider: "similarity", {"id": <LLM provider>} or {"model": ..}',
+            message='provider: "similarity", {"id": <LLM provider>} or {"deployment": <deployment of a '
+            "trained model>}",
         )
     known = selectors.dataset_copy(dataset_id=dataset_id) is not None
     numbers = selectors.rows_selected(dataset_id=dataset_id, head=head, spec=rows) if known else []
+    # The plan's automated annotations this month, as billing last announced them: 402/429 when too few.
+    entitlements_check(model=Entitlement, org_id=org_id, meter=AUTO_LABEL, units=max(len(numbers), 1))
     with transaction.atomic(using=ALIAS):
         job = AnnotationJob.objects.create(
             org_id=org_id,
@@ -313,6 +351,7 @@ def job_create(
             schema=schema,
             provider_kind=kind,
             provider=llm,
+            deployment_id=deployment_id,
             agent=agent,
             rows_spec={"rows": rows, "few_shot": few_shot},
             row_numbers=numbers,
@@ -322,10 +361,10 @@ def job_create(
             else "",
             created_by=actor,
         )
-    inline = (
-        known
-        and kind == AnnotationJob.SIMILARITY
-        and len(numbers) <= arbiter_settings().annotation.inline_rows
+    # A `model` job only hands its rows to the inference service, so it starts within the request too.
+    inline = known and (
+        kind == AnnotationJob.MODEL
+        or (kind == AnnotationJob.SIMILARITY and len(numbers) <= arbiter_settings().annotation.inline_rows)
     )
     if inline:
         job_run(job=job)
@@ -356,7 +395,8 @@ def job_cancel(*, job: AnnotationJob) -> AnnotationJob:
     if job.finished:
         raise ApiError(status=409, code="job_finished", message=f"the job is {job.state} already")
     AnnotationJob.objects.filter(pk=job.pk).update(cancel_requested=True)
-    if job.state == AnnotationJob.QUEUED:
+    # A queued job, or a `model` job waiting for the inference service (no process of ours runs it), ends now.
+    if job.state == AnnotationJob.QUEUED or job.provider_kind == AnnotationJob.MODEL:
         _job_finish(job, AnnotationJob.CANCELLED)
     job.refresh_from_db()
     return job
@@ -427,11 +467,18 @@ class _Progress:
             self.job.failed += len(failed)
             self.job.prompt_tokens += prompt_tokens
             self.job.completion_tokens += completion_tokens
-            self.job.save(update_fields=["done", "failed", "prompt_tokens", "completion_tokens"])
+            self.job.heartbeat_at = timezone.now()
+            self.job.save(
+                update_fields=["done", "failed", "prompt_tokens", "completion_tokens", "heartbeat_at"]
+            )
 
     def hopeless(self) -> dict[str, Any] | None:
         """Why the job should stop: its first rows (at least `fail_fast`) all failed."""
-        if self.job.done < min(self.fail_fast, self.job.total) or self.job.failed < self.job.done:
+        if (
+            not self.reasons
+            or self.job.done < min(self.fail_fast, self.job.total)
+            or self.job.failed < self.job.done
+        ):
             return None
         reason, count = self.reasons.most_common(1)[0]
         return {
@@ -472,8 +519,8 @@ def job_run(*, job: AnnotationJob) -> None:
             )
         return
     job.state = AnnotationJob.RUNNING
-    job.started_at = timezone.now()
-    job.save(update_fields=["state", "started_at"])
+    job.started_at = job.heartbeat_at = timezone.now()
+    job.save(update_fields=["state", "started_at", "heartbeat_at"])
     progress = _Progress(job)
     rows = {
         number: text
@@ -482,7 +529,10 @@ def job_run(*, job: AnnotationJob) -> None:
         ).values_list("number", "text")
     }
     try:
-        runner = _run_similarity if job.provider_kind == AnnotationJob.SIMILARITY else _run_llm
+        runner = {
+            AnnotationJob.SIMILARITY: _run_similarity,
+            AnnotationJob.MODEL: _run_model,
+        }.get(job.provider_kind, _run_llm)
         stopped = runner(job, [(n, rows.get(n)) for n in job.row_numbers], progress)
     except Exception:
         logger.exception("annotation job failed", extra={"job_id": job.pk})
@@ -492,6 +542,8 @@ def job_run(*, job: AnnotationJob) -> None:
             {"code": "internal_error", "message": "the job failed; it has been logged"},
         )
         return
+    if stopped == "requested":
+        return  # the inference service answers with `predictions.written` (see `predictions_apply`)
     if stopped == "cancelled":
         _job_finish(job, AnnotationJob.CANCELLED)
     elif isinstance(stopped, dict):
@@ -615,6 +667,84 @@ def _run_llm(
     finally:
         client.close()
     return None
+
+
+def _predictions_blob(job: AnnotationJob, what: str) -> str:
+    return f"annotation/org-{job.org_id}/job-{job.pk}/{what}.jsonl"
+
+
+def _run_model(
+    job: AnnotationJob, rows: list[tuple[int, str | None]], progress: _Progress
+) -> str | dict[str, Any] | None:
+    """Hand the rows to the inference service (`predictions.requested`): it classifies them with the job's
+    deployment and answers `predictions.written`. Rows without text fail here."""
+    progress.record([_no_text(job, n) for n, t in rows if t is None])
+    with_text = [{"number": n, "text": t} for n, t in rows if t is not None]
+    if not with_text:
+        return None
+    blob = _predictions_blob(job, "rows")
+    get_blob_store().put_bytes(blob, "".join(json.dumps(row) + "\n" for row in with_text).encode())
+    with transaction.atomic(using=ALIAS):
+        publish(
+            type="predictions.requested",
+            org_id=job.org_id,
+            subject=f"annotation-jobs/{job.pk}",
+            data={
+                "job_id": job.pk,
+                "deployment_id": job.deployment_id,
+                "head": job.head,
+                "rows": len(with_text),
+                "blob": blob,
+            },
+        )
+    return "requested"
+
+
+def predictions_apply(*, org_id: int, data: Mapping[str, Any]) -> None:
+    """The inference service's answer to a `model` job: its predictions become the job's suggestions (a label
+    outside the schema fails that row), or the job fails with the reason. Idempotent: a finished job is kept."""
+    job = selectors.job_list().filter(pk=int(data["job_id"])).first()
+    if job is None or job.finished:
+        return
+    if job.cancel_requested:
+        _job_finish(job, AnnotationJob.CANCELLED)
+        return
+    if data.get("error"):
+        _job_finish(job, AnnotationJob.FAILED, dict(data["error"]))
+        return
+    if data.get("model_id") is not None:
+        name = data.get("model_name") or data["model_id"]
+        job.agent = _agent("model", f"{name}.v{data['version']}", job.schema)
+        job.save(update_fields=["agent"])
+    allowed = set(job.schema.label_names)
+    progress = _Progress(job)
+    batch: list[Suggestion] = []
+    for row in _rows_read(str(data["blob"])):
+        number, labels, scores = int(row["number"]), list(row["labels"]), dict(row["scores"])
+        outside = [label for label in labels if label not in allowed]
+        if outside:
+            batch.append(
+                _suggestion(
+                    job,
+                    number,
+                    state=Suggestion.FAILED,
+                    reason="label_outside_schema",
+                    message=f"the model answered {outside[0]!r}, which is not a label of {job.head!r}",
+                    raw=json.dumps(row),
+                )
+            )
+        else:
+            best = max((scores.get(label, 0.0) for label in labels), default=0.0)
+            batch.append(_suggestion(job, number, labels=labels, score=round(best, 4), scores=scores))
+        if len(batch) >= SIMILARITY_BATCH:
+            progress.record(batch)
+            batch = []
+    progress.record(batch)
+    why = progress.hopeless()
+    if why is not None:
+        _job_finish(job, AnnotationJob.FAILED, why)
+    else:
+        _job_finish(job, AnnotationJob.COMPLETED)
 
 
 # --- accepting: suggestions and reviews become labels of the dataset's rows ------------------------------------

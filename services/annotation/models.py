@@ -10,6 +10,7 @@ from __future__ import annotations
 from django.db import models
 from django.db.models.functions import Now
 
+from arbiter.entitlements import EntitlementRecord
 from arbiter.tenancy.scoping import OrgScopedModel
 
 
@@ -63,6 +64,34 @@ class LabelSchema(OrgScopedModel):
         return [label["name"] for label in self.labels]
 
 
+class Entitlement(EntitlementRecord):
+    """An org's plan, allowances and usage as billing last announced them (`entitlements.changed`)."""
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["org_id"], name="annotation_entitlement_once")]
+
+
+class DeploymentCopy(OrgScopedModel):
+    """A deployment of one of the org's trained model versions, as the inference service announces it
+    (`deployment.live`, `.stopped`, `.failed`): what a `model` labeler may name."""
+
+    deployment_id = models.BigIntegerField()
+    name = models.CharField(max_length=100, blank=True, default="")
+    model_id = models.BigIntegerField()
+    version = models.IntegerField()
+    live = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["-deployment_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["org_id", "deployment_id"], name="annotation_deployment_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"deployment {self.name or self.deployment_id} (model {self.model_id} v{self.version})"
+
+
 class DatasetCopy(OrgScopedModel):
     """What annotation knows of a dataset, from the dataset service's events."""
 
@@ -113,6 +142,8 @@ class AnnotationJob(OrgScopedModel):
     provider = models.ForeignKey(
         LlmProvider, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # The `model` labeler: the deployment (of the inference service) that classifies the rows.
+    deployment_id = models.BigIntegerField(null=True, blank=True)
     # provider:model@v<schema version>: what every suggestion of the job names as its author.
     agent = models.CharField(max_length=64)
     # "unlabeled" | "all" | "labeled" | {"sample": N, "seed": S} | {"filter": {"q": "..."}}
@@ -133,6 +164,8 @@ class AnnotationJob(OrgScopedModel):
     created_by = models.CharField(max_length=64)
     created_at = models.DateTimeField(db_default=Now())
     started_at = models.DateTimeField(null=True, blank=True)
+    # Moved on by the process running the job; a running job whose heartbeat stops is recovered by the sweep.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

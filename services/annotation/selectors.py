@@ -8,11 +8,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from arbiter.api.errors import ApiError
+from arbiter.entitlements import entitlements_for
 from services.annotation.models import (
     AnnotationJob,
     DatasetCopy,
+    DeploymentCopy,
+    Entitlement,
     LabelSchema,
     LlmProvider,
     RowCopy,
@@ -43,6 +47,11 @@ def dataset_copy(*, dataset_id: int) -> DatasetCopy | None:
 
 def dataset_copies() -> QuerySet[DatasetCopy]:
     return DatasetCopy.objects.all()
+
+
+def deployment_list(*, live: bool | None = None) -> QuerySet[DeploymentCopy]:
+    deployments = DeploymentCopy.objects.all()
+    return deployments.filter(live=live) if live is not None else deployments
 
 
 def job_list(*, dataset_id: int | None = None) -> QuerySet[AnnotationJob]:
@@ -102,6 +111,49 @@ def rows_selected(*, dataset_id: int, head: str, spec: Any) -> list[int]:
         seed = spec.get("seed", 0)
         numbers = sorted(random.Random(seed).sample(numbers, min(size, len(numbers))))  # noqa: S311 - sampling
     return numbers
+
+
+def auto_label_quota(*, org_id: int) -> dict[str, Any]:
+    """The org's automated annotations this month, as billing last announced them."""
+    now = timezone.now()
+    entitlements = entitlements_for(model=Entitlement, org_id=org_id).effective(now)
+    meter = entitlements.meters["auto_label"]
+    return {
+        "meter": "auto_label",
+        "plan": entitlements.plan,
+        "included": meter.included,
+        "used": meter.used,
+        "remaining": None if meter.included is None else max(meter.included - meter.used, 0),
+        "overage": meter.overage and entitlements.payment_ok,
+        "period_end": entitlements.period_end,
+    }
+
+
+def job_estimate(*, org_id: int, dataset_id: int, head: str, provider: Any, rows: Any) -> dict[str, Any]:
+    """What a job would use before it starts: its rows (automated annotations), its LLM calls, the quota left
+    this month, and whether it would be refused (and why)."""
+    numbers = (
+        rows_selected(dataset_id=dataset_id, head=head, spec=rows)
+        if dataset_copy(dataset_id=dataset_id)
+        else []
+    )
+    calls = 0
+    if isinstance(provider, Mapping) and "id" in provider:
+        calls = RowCopy.objects.filter(dataset_id=dataset_id, number__in=numbers).exclude(text=None).count()
+    refusal: str | None = None
+    try:
+        entitlements_for(model=Entitlement, org_id=org_id).effective(timezone.now()).check(
+            meter="auto_label", units=max(len(numbers), 1)
+        )
+    except ApiError as error:
+        refusal = error.message
+    return {
+        "rows": len(numbers),
+        "calls": calls,
+        "quota": auto_label_quota(org_id=org_id),
+        "allowed": refusal is None,
+        "refusal": refusal,
+    }
 
 
 @dataclass(frozen=True)

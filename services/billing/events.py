@@ -23,6 +23,18 @@ def on_usage_recorded(event: Event) -> None:
     )
 
 
+@handles("annotation.completed")
+def on_annotation_completed(event: Event) -> None:
+    """The rows an auto-labeling job labeled (finished, failed or cancelled) enter the ledger as auto-labels."""
+    usage_record(
+        org_id=event.org_id,
+        event_id=event.id,
+        meter="auto_label",
+        units=int(event.data["labeled"]),
+        occurred_at=event.time,
+    )
+
+
 @handles("training.completed")
 def on_training_completed(event: Event) -> None:
     """A finished run's training time enters the ledger as training minutes."""

@@ -16,6 +16,7 @@ from services.inference.logic import (
     model_version_record,
 )
 from services.inference.models import Entitlement
+from services.inference.predictions import predictions_write
 
 
 @handles("training.completed")
@@ -72,3 +73,9 @@ def on_file_created(event: Event) -> None:
 def on_batch_created(event: Event) -> None:
     """Classify the batch's lines and write its output and error files."""
     batch_run(batch_id=str(event.data["batch_id"]))
+
+
+@handles("predictions.requested")
+def on_predictions_requested(event: Event) -> None:
+    """Classify an annotation job's rows with the org's deployment and answer `predictions.written`."""
+    predictions_write(org_id=event.org_id, data=event.data)

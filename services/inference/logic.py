@@ -550,7 +550,7 @@ def _json_type(value: Any) -> str:
     )
 
 
-def _loaded_or_unavailable(artifact: str) -> LoadedModel:
+def loaded_or_unavailable(artifact: str) -> LoadedModel:
     try:
         return model_cache().get(artifact)
     except BlobNotFoundError:
@@ -586,7 +586,7 @@ def deployment_classify(
     entitlements_check(
         model=Entitlement, org_id=caller.org_id, meter=Meter.CLASSIFICATION.value, units=len(texts)
     )
-    loaded = _loaded_or_unavailable(deployment.artifact)
+    loaded = loaded_or_unavailable(deployment.artifact)
     results = loaded.classify(texts, deployment.thresholds)
     usage_record(
         meter=Meter.CLASSIFICATION,
@@ -631,7 +631,7 @@ def playground_query(
         if allowance.included is not None and not (allowance.overage and entitlements.payment_ok)
         else None
     )
-    loaded = _loaded_or_unavailable(trained.artifact)
+    loaded = loaded_or_unavailable(trained.artifact)
     results = loaded.classify(texts)
     with transaction.atomic(using=ALIAS):
         # Checked again where it is spent: concurrent queries cannot overdraw a hard limit.

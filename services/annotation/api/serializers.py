@@ -92,7 +92,8 @@ class AnnotationJobCreateSerializer(serializers.Serializer):
     head = serializers.CharField(max_length=200)
     provider = serializers.JSONField(
         required=False,
-        help_text='"similarity" (offline), {"id": <LLM provider id>}, or {"model": <id>, "version": <n>}',
+        help_text='"similarity" (offline), {"id": <LLM provider id>}, or {"deployment": <id>} (a deployed '
+        "trained model version of the org)",
     )
     rows = serializers.JSONField(
         required=False,
@@ -106,6 +107,35 @@ class AnnotationJobCreateSerializer(serializers.Serializer):
         default=0,
         help_text="Examples drawn from rows people labeled, shown to an LLM",
     )
+
+
+class EstimateRequestSerializer(serializers.Serializer):
+    dataset = IdField()
+    head = serializers.CharField(max_length=200)
+    provider = serializers.JSONField(required=False, help_text="As for a job (default: similarity)")
+    rows = serializers.JSONField(required=False, help_text="As for a job (default: unlabeled)")
+
+
+class QuotaSerializer(serializers.Serializer):
+    meter = serializers.CharField()
+    plan = serializers.CharField()
+    included = serializers.IntegerField(
+        allow_null=True, help_text="Automated annotations a month; null: no limit"
+    )
+    used = serializers.IntegerField()
+    remaining = serializers.IntegerField(allow_null=True)
+    overage = serializers.BooleanField(help_text="More than included is billed rather than refused")
+    period_end = serializers.DateField()
+
+
+class EstimateSerializer(serializers.Serializer):
+    rows = serializers.IntegerField(help_text="Rows the job would label: the automated annotations it uses")
+    calls = serializers.IntegerField(
+        help_text="Calls to the LLM endpoint (one per row with text; 0 otherwise)"
+    )
+    quota = QuotaSerializer()
+    allowed = serializers.BooleanField()
+    refusal = serializers.CharField(allow_null=True, help_text="Why the job would be refused")
 
 
 class AnnotationJobSerializer(serializers.ModelSerializer[AnnotationJob]):
@@ -148,11 +178,15 @@ class AnnotationJobSerializer(serializers.ModelSerializer[AnnotationJob]):
     @extend_schema_field(
         {
             "type": "object",
-            "properties": {"kind": {"type": "string"}, "id": {"type": "integer", "nullable": True}},
+            "properties": {
+                "kind": {"type": "string"},
+                "id": {"type": "integer", "nullable": True},
+                "deployment": {"type": "integer", "nullable": True},
+            },
         }
     )
     def get_provider(self, job: AnnotationJob) -> dict[str, Any]:
-        return {"kind": job.provider_kind, "id": job.provider_id}
+        return {"kind": job.provider_kind, "id": job.provider_id, "deployment": job.deployment_id}
 
     @extend_schema_field(OpenApiTypes.ANY)
     def get_rows(self, job: AnnotationJob) -> Any:

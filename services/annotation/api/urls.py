@@ -33,6 +33,11 @@ urlpatterns = [
         name="annotation-job-list",
     ),
     path(
+        f"{_ORG}/annotation-jobs/estimate",
+        views.JobViewSet.as_view({"post": "estimate"}),
+        name="annotation-job-estimate",
+    ),
+    path(
         f"{_ORG}/annotation-jobs/<str:pk>",
         views.JobViewSet.as_view({"get": "retrieve"}),
         name="annotation-job-detail",

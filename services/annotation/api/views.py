@@ -127,7 +127,10 @@ class JobViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMi
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
-    @extend_schema(request=s.AnnotationJobCreateSerializer, responses={201: s.AnnotationJobSerializer})
+    @extend_schema(
+        request=s.AnnotationJobCreateSerializer,
+        responses={201: s.AnnotationJobSerializer, **error_responses(402, 429)},
+    )
     def create(self, request: Request, org: str) -> Response:
         payload = s.AnnotationJobCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -143,6 +146,21 @@ class JobViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMi
             few_shot=data["few_shot"],
         )
         return Response(s.AnnotationJobSerializer(job).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.EstimateRequestSerializer, responses=s.EstimateSerializer)
+    def estimate(self, request: Request, org: str) -> Response:
+        """What a job would use before it starts: rows, LLM calls, and the month's automated annotations left."""
+        payload = s.EstimateRequestSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        body = selectors.job_estimate(
+            org_id=self.org_id,
+            dataset_id=data["dataset"],
+            head=data["head"],
+            provider=data.get("provider", "similarity"),
+            rows=data.get("rows", "unlabeled"),
+        )
+        return Response(s.EstimateSerializer(body).data)
 
     @extend_schema(request=None, responses={200: s.AnnotationJobSerializer, **error_responses(409)})
     def cancel(self, request: Request, org: str, pk: str) -> Response:

@@ -49,6 +49,8 @@ def labeling(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpRespon
     context = {
         "datasets": list(selectors.dataset_copies()),
         "providers": list(selectors.provider_list()),
+        "deployments": list(selectors.deployment_list(live=True)),
+        "quota": selectors.auto_label_quota(org_id=access.org_id),
         "is_admin": holds(access.scopes, "admin"),
     }
     return render(request, "annotation/labeling.html", context)
@@ -71,6 +73,35 @@ def _labels_from(post: Any) -> list[dict[str, Any]]:
                 }
             )
     return labels
+
+
+def _provider_from(post: Any) -> Any:
+    """The labeler the run form names: `similarity`, `llm:<id>` or `deployment:<id>`."""
+    chosen = str(post.get("provider", "similarity"))
+    kind, _, number = chosen.partition(":")
+    if kind == "llm":
+        return {"id": int(number)}
+    if kind == "deployment":
+        return {"deployment": int(number)}
+    return "similarity"
+
+
+def _rows_from(post: Any) -> Any:
+    rows: Any = post.get("rows", "unlabeled")
+    return {"sample": int(post.get("sample") or 10)} if rows == "sample" else rows
+
+
+def _estimate_text(estimate: dict[str, Any]) -> str:
+    quota = estimate["quota"]
+    left = (
+        "no monthly limit"
+        if quota["remaining"] is None
+        else f"{quota['remaining']:,} of {quota['included']:,} automated annotations left this month "
+        f"({quota['plan']} plan)"
+    )
+    calls = f", {estimate['calls']:,} LLM calls" if estimate["calls"] else ""
+    verdict = "" if estimate["allowed"] else f" It would be refused: {estimate['refusal']}"
+    return f"This job would label {estimate['rows']:,} rows{calls}; {left}.{verdict}"
 
 
 @org_page("datasets:read")
@@ -99,13 +130,18 @@ def labeling_dataset(request: HttpRequest, dataset_id: int, *, org: str, access:
                     + f"?head={saved.head}"
                 )
                 messages.success(request, f"Labels of {saved.head!r} saved as version {saved.version}.")
+            elif action == "estimate":
+                estimate = selectors.job_estimate(
+                    org_id=access.org_id,
+                    dataset_id=dataset_id,
+                    head=head,
+                    provider=_provider_from(request.POST),
+                    rows=_rows_from(request.POST),
+                )
+                messages.info(request, _estimate_text(estimate))
             elif action == "run":
-                provider: Any = request.POST.get("provider", "similarity")
-                if provider != "similarity":
-                    provider = {"id": int(provider)}
-                rows: Any = request.POST.get("rows", "unlabeled")
-                if rows == "sample":
-                    rows = {"sample": int(request.POST.get("sample") or 10)}
+                provider = _provider_from(request.POST)
+                rows = _rows_from(request.POST)
                 job = logic.job_create(
                     org_id=access.org_id,
                     actor=access.actor,
@@ -146,6 +182,8 @@ def labeling_dataset(request: HttpRequest, dataset_id: int, *, org: str, access:
         "versions": list(selectors.label_schema_list(dataset_id=dataset_id, head=head)) if head else [],
         "jobs": jobs,
         "providers": list(selectors.provider_list()),
+        "deployments": list(selectors.deployment_list(live=True)),
+        "quota": selectors.auto_label_quota(org_id=access.org_id),
         "can_write": holds(access.scopes, "datasets:write"),
     }
     return render(request, "annotation/dataset.html", context)
