@@ -19,4 +19,6 @@ urlpatterns = [
         views.version_progress,
         name="console-model-version-progress",
     ),
+    # The training form's estimate of what will run, recomputed by htmx: a part of the form's pages.
+    path(PAGES["console-model-create"].route + "/plan", views.training_plan, name="console-training-plan"),
 ]

@@ -21,6 +21,7 @@ from arbiter.api.errors import ApiError
 from arbiter.config.routes import page_path
 from arbiter.console.forms import error_message
 from arbiter.console.pages import org_page
+from arbiter.ml.plan import auto_plan
 from arbiter.tenancy.access import OrgAccess
 from arbiter.tenancy.scopes import holds
 from services.training import logic, selectors
@@ -49,8 +50,8 @@ OPTION_FIELDS: tuple[OptionField, ...] = (
         "strategy",
         "Strategy",
         "head: train small classifiers on a frozen encoder, seconds on a CPU. full: fine-tune the whole "
-        "encoder, the best quality, made for a GPU. auto: try TF-IDF, heads, fine-tuning and blends for up "
-        "to ten minutes and keep the best on the validation rows.",
+        "encoder, the best quality, made for a GPU. auto: plan the time budget (TF-IDF, heads, fine-tuning "
+        "when an epoch fits, blends) and keep the best on the validation rows.",
         "choice",
         STRATEGIES,
     ),
@@ -118,6 +119,14 @@ OPTION_FIELDS: tuple[OptionField, ...] = (
         "recall. The metrics page shows it.",
         "float",
         placeholder="none",
+    ),
+    OptionField(
+        "time_budget_minutes",
+        "Time budget (minutes)",
+        "How long training may take, 1 minute to 24 hours. auto plans its candidates to use it (the estimate "
+        "below says what will run); head and full stop their epochs at it. A trainer still running well past "
+        "it is stopped.",
+        "float",
     ),
 )
 
@@ -288,6 +297,7 @@ def model_create(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpRe
         "heads": _head_names(snapshots),
         "test_explain": TEST_EXPLAIN,
         "suggested_name": _suggested_name(snapshots, selected),
+        "plan": _plan(snapshots, selected, _option_values(form, FIRST_MODEL_OPTIONS), _test_values(form, {})),
         "error": error,
     }
     return render(request, "training/model_create.html", context, status=400 if error else 200)
@@ -384,9 +394,51 @@ def version_create(request: HttpRequest, model_id: int, *, org: str, access: Org
         "heads": _head_names(snapshots),
         "test": _test_values(form, latest.test),
         "test_explain": TEST_EXPLAIN,
+        "plan": _plan(snapshots, selected, _option_values(form, inherited), _test_values(form, latest.test)),
         "error": error,
     }
     return render(request, "training/version_create.html", context, status=400 if error else 200)
+
+
+def _number(raw: Any, default: float) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return default
+    return value if value > 0 else default
+
+
+def _plan(
+    snapshots: list[Snapshot], selected: set[str], values: dict[str, Any], test: dict[str, str]
+) -> dict[str, Any]:
+    """What training is expected to run on the selected snapshots within the budget, before it starts.
+
+    From the per-row cost model of `arbiter.ml.automl` (measured on a 2-core CPU): the trainer measures
+    its own speed once it runs, so this is an estimate, and says so.
+    """
+    rows = sum(s.rows for s in snapshots if str(s.snapshot_id) in selected)
+    budget = _number(values.get("time_budget_minutes"), OPTION_DEFAULTS["time_budget_minutes"])
+    max_epochs = int(_number(values.get("max_epochs"), OPTION_DEFAULTS["max_epochs"]))
+    split = _number(test.get("split_percent"), 20.0) if test.get("kind") != "snapshot" else 0.0
+    steps = auto_plan(rows=rows, time_budget_minutes=budget, max_epochs=max_epochs, test_percent=split)
+    return {
+        "rows": rows,
+        "budget_minutes": budget,
+        "strategy": values.get("strategy") or OPTION_DEFAULTS["strategy"],
+        "steps": {step["name"]: step for step in steps},
+    }
+
+
+@org_page("models:write")
+def training_plan(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpResponse:
+    """The form's estimate, recomputed by htmx when a snapshot, the strategy or the budget changes."""
+    data = request.GET
+    values = {
+        field: data.get(f"option_{field}", "") for field in ("strategy", "time_budget_minutes", "max_epochs")
+    }
+    test = {"kind": data.get("test_kind", "split"), "split_percent": data.get("test_split_percent", "")}
+    plan = _plan(_known_snapshots(), set(_snapshot_ids(data)), values, test)
+    return render(request, "training/_plan.html", {"plan": plan})
 
 
 def _datasets_of(snapshots: list[Snapshot], snapshot_ids: list[int]) -> set[int]:
@@ -411,6 +463,8 @@ def version_detail(
         "run": run,
         "outcome": selectors.run_outcome(run),
         "progress": selectors.run_progress(run),
+        "time": selectors.version_time(version),
+        "candidates": selectors.version_candidates(version),
         "evaluation": evaluation,
         "heads": heads,
         "snapshots": {
