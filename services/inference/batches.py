@@ -1,14 +1,19 @@
-"""Batches of the OpenAI-compatible batches API (`/v1/batches`): an input file's requests classified in the
-background, answers written as an output file.
+"""Batches of the OpenAI-compatible batches API (`/v1/batches`) and Mistral's batch jobs (`/v1/batch/jobs`):
+an input file's requests classified in the background, answers written as an output file.
 
 The files are the dataset service's. This service learns of a batch input file by `file.created` (its
 `BatchFile` read model keeps the blob key) and reads the bytes from the blob store. Creating a batch checks
 the whole file at once (a line that is not `{custom_id, method: "POST", url: <endpoint>, body: {..}}` is a
-400 naming the line, and no batch is made) and publishes `batch.created`; this service's consumer then
-classifies the lines many at a time through the same serving path as `/v1/moderations` (usage is metered
-as for single calls), writes the output and error JSONL to the blob store and publishes
-`batch.output_written`. The dataset service registers those as files (purpose `batch_output`) and announces
-them by `file.created`; the batch turns `completed` when its output file exists.
+400 naming the line, and no batch is made). A file uploaded a moment ago may not have reached this service yet:
+a batch naming it waits for it (`awaiting_files`), is checked when it arrives (failed, naming the line, if
+broken) and fails naming the file after ARBITER_WAIT_FOR_EVENTS_SECONDS.
+
+The batch worker (`arbiter inference_batches`, `batches_work`) runs batches outside any consumer transaction, a
+chunk of requests per transaction, so a batch is visibly `in_progress` with its request counts growing and can
+be cancelled midway (what was answered is kept as its output). Lines are classified many texts per model call
+through the same serving path as `/v1/moderations` (usage is metered as for single calls). The output and error
+JSONL go to the blob store and `batch.output_written` asks the dataset service to register them as files
+(purpose `batch_output`); the batch turns `completed` (or `cancelled`) when its output file exists.
 
 A line whose request fails (an unknown `model`, an empty input) goes to the error file with the status and
 message a single call would have answered; the other lines still complete.
@@ -30,15 +35,18 @@ from django.utils import timezone
 from arbiter.api.errors import ApiError
 from arbiter.events import publish
 from arbiter.storage import get_blob_store
+from arbiter.tenancy.scoping import org_scope
 from services.inference import compat, selectors
 from services.inference.conf import inference_settings
 from services.inference.logic import ALIAS, Caller, deployment_classify, inputs_validate
-from services.inference.models import Batch, BatchFile, BatchStatus, Deployment
+from services.inference.models import Batch, BatchFile, BatchLine, BatchStatus, Deployment
 
 ENDPOINTS = ("/v1/moderations", "/v1/classifications")
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
 BATCH_PURPOSE = "batch"
 OUTPUT_PURPOSE = "batch_output"
+# Mistral's inline `requests`: a batch small enough to send in the request body.
+INLINE_MAX = 10_000
 ACTIVE = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING)
 
 
@@ -122,6 +130,32 @@ def _requests(
     return requests
 
 
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _file_requests(
+    batch_file: BatchFile, *, endpoint: str, api: str, where: str, model: str
+) -> list[_Request]:
+    return _requests(
+        get_blob_store().get_bytes(batch_file.blob), endpoint=endpoint, api=api, where=where, model=model
+    )
+
+
+def _inline_requests(raw: Any, *, endpoint: str, model: str) -> list[_Request]:
+    """Mistral's inline `requests` (`[{custom_id?, body}]`), checked like a file's lines."""
+    if not isinstance(raw, list) or not raw:
+        raise _bad("requests", "give a list of {custom_id, body} objects (or input_files instead).")
+    if len(raw) > INLINE_MAX:
+        raise _bad("requests", f"at most {INLINE_MAX} inline requests; upload a batch file for more.")
+    lines = "\n".join(json.dumps(item) for item in raw).encode()
+    return _requests(lines, endpoint=endpoint, api=Batch.MISTRAL, where="requests", model=model)
+
+
 def batch_create(
     *,
     org_id: int,
@@ -132,10 +166,13 @@ def batch_create(
     metadata: Any = None,
     api: str = Batch.OPENAI,
     model: Any = None,
+    inline: Any = None,
 ) -> Batch:
-    """Check the input files and accept the batch (status `validating` until the consumer takes it).
+    """Check the request and the input files this service already has, and accept the batch (`validating`
+    until the worker takes it; waiting for input files not announced yet).
 
-    OpenAI's batch has one input file (`input_file_id`), Mistral's job a list (`input_files`) and a `model`."""
+    OpenAI's batch has one input file (`input_file_id`), Mistral's job a list (`input_files`) or inline
+    `requests`, and a `model`."""
     where = "input_file_id" if api == Batch.OPENAI else "input_files"
     if not isinstance(endpoint, str) or endpoint not in ENDPOINTS:
         raise _bad("endpoint", f"give one of {', '.join(ENDPOINTS)}; got {endpoint!r}.")
@@ -151,45 +188,50 @@ def batch_create(
         raise _bad("metadata", "give an object of at most 16 string values.")
     if model is not None and (not isinstance(model, str) or not model):
         raise _bad("model", "give a deployment or model name.")
-    if (
+    requests: list[_Request] = []
+    awaiting: list[str] = []
+    if inline is not None:
+        if input_file_ids:
+            raise _bad("requests", "give input_files or inline requests, not both.")
+        requests = _inline_requests(inline, endpoint=endpoint, model=model or "")
+        input_file_ids = []
+    elif (
         not isinstance(input_file_ids, list)
         or not input_file_ids
         or not all(isinstance(file_id, str) and file_id for file_id in input_file_ids)
     ):
         raise _bad(where, "give the id of a file uploaded with purpose 'batch'.")
-    requests: list[_Request] = []
     for file_id in input_file_ids:
         batch_file = BatchFile.objects.filter(file_id=file_id).first()
         if batch_file is None:
+            # A file just uploaded may still be on its way (`file.created`): wait for it. An id the files API
+            # never makes, or another org's file, is no file of this org's.
+            if _is_uuid(file_id) and not BatchFile.objects.unscoped().filter(file_id=file_id).exists():
+                awaiting.append(file_id)
+                continue
             raise _bad(
                 where,
-                f"no batch file with id '{file_id}' in this org (upload it with purpose 'batch'; "
-                "a file just uploaded may take a moment to arrive).",
+                f"no batch file with id '{file_id}' in this org (upload it with purpose 'batch').",
                 status=404,
                 code="not_found",
             )
-        requests += _requests(
-            get_blob_store().get_bytes(batch_file.blob),
-            endpoint=endpoint,
-            api=api,
-            where=where,
-            model=model or "",
-        )
+        requests += _file_requests(batch_file, endpoint=endpoint, api=api, where=where, model=model or "")
     if len({request.custom_id for request in requests}) < len(requests):
         raise _bad(where, "custom_id values must be unique across the input files.")
-    input_file_id = input_file_ids[0]
     now = timezone.now()
     with transaction.atomic(using=ALIAS):
         batch = Batch.objects.create(
             org_id=org_id,
             public_id=f"batch_{uuid.uuid4().hex}",
             api=api,
-            input_file_id=input_file_id,
+            input_file_id=input_file_ids[0] if input_file_ids else "",
             input_file_ids=input_file_ids,
+            awaiting_files=awaiting,
+            inline_requests=inline if inline is not None else [],
             model=model or "",
             endpoint=endpoint,
             completion_window=completion_window,
-            total=len(requests),
+            total=0 if awaiting else len(requests),
             metadata=metadata,
             api_key_id=api_key_id,
             created_at=now,
@@ -201,16 +243,78 @@ def batch_create(
             subject=f"batches/{batch.public_id}",
             data={
                 "batch_id": batch.public_id,
-                "input_file_id": input_file_id,
+                "input_file_id": batch.input_file_id,
                 "endpoint": endpoint,
-                "total": len(requests),
+                "total": batch.total,
             },
         )
     return batch
 
 
+def _batch_requests(batch: Batch) -> list[_Request]:
+    if batch.inline_requests:
+        return _inline_requests(batch.inline_requests, endpoint=batch.endpoint, model=batch.model)
+    requests: list[_Request] = []
+    where = "input_file_id" if batch.api == Batch.OPENAI else "input_files"
+    for file_id in batch.input_file_ids or [batch.input_file_id]:
+        batch_file = BatchFile.objects.get(file_id=file_id)
+        requests += _file_requests(
+            batch_file, endpoint=batch.endpoint, api=batch.api, where=where, model=batch.model
+        )
+    return requests
+
+
+def _batch_fail(batch: Batch, *, code: str, message: str, param: str) -> None:
+    batch.awaiting_files = []
+    batch.status, batch.failed_at = BatchStatus.FAILED, timezone.now()
+    batch.errors = [{"code": code, "message": message, "param": param, "line": None}]
+    batch.save(update_fields=["awaiting_files", "status", "failed_at", "errors"])
+
+
+def batches_awaiting_resolve(*, older_than: timedelta) -> int:
+    """The worker's check of batches waiting for input files: those whose files have all arrived are checked
+    (failed naming the line when one is broken, else ready to run); those that waited longer than `older_than`
+    fail naming the file. Returns how many stopped waiting."""
+    resolved = 0
+    waiting = Batch.objects.unscoped().filter(status=BatchStatus.VALIDATING).exclude(awaiting_files=[])
+    for batch_id, org_id in waiting.order_by("id").values_list("pk", "org_id"):
+        with transaction.atomic(using=ALIAS), org_scope(org_id):
+            batch = (
+                Batch.objects.select_for_update().filter(pk=batch_id, status=BatchStatus.VALIDATING).first()
+            )
+            if batch is None or not batch.awaiting_files:
+                continue
+            where = "input_file_id" if batch.api == Batch.OPENAI else "input_files"
+            known = set(
+                BatchFile.objects.filter(file_id__in=batch.awaiting_files).values_list("file_id", flat=True)
+            )
+            missing = [file_id for file_id in batch.awaiting_files if file_id not in known]
+            if missing:
+                if batch.created_at >= timezone.now() - older_than:
+                    continue
+                _batch_fail(
+                    batch,
+                    code="not_found",
+                    message=f"{where}: no batch file with id '{missing[0]}' reached the inference service (upload "
+                    "it with purpose 'batch'; if you did, check that the event relay and consumers are running).",
+                    param=where,
+                )
+            else:
+                try:
+                    requests = _batch_requests(batch)
+                    if len({request.custom_id for request in requests}) < len(requests):
+                        raise _bad(where, "custom_id values must be unique across the input files.")
+                except ApiError as error:
+                    _batch_fail(batch, code=error.error_code, message=error.message, param=where)
+                else:
+                    batch.awaiting_files, batch.total = [], len(requests)
+                    batch.save(update_fields=["awaiting_files", "total"])
+            resolved += 1
+    return resolved
+
+
 def batch_cancel(*, batch: Batch) -> Batch:
-    """Ask a batch to stop: one not yet taken by the consumer is cancelled when the consumer reaches it."""
+    """Ask a batch to stop: the worker stops it before its next chunk, keeping what it answered."""
     with transaction.atomic(using=ALIAS):
         batch = Batch.objects.select_for_update().get(pk=batch.pk)
         if batch.status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
@@ -264,36 +368,16 @@ def _line(custom_id: str, *, status: int, body: Any = None, error: dict[str, str
     )
 
 
-def batch_run(*, batch_id: str) -> Batch | None:
-    """Classify a batch's lines and write its output (the `batch.created` consumer); idempotent."""
-    batch = Batch.objects.select_for_update().filter(public_id=batch_id).first()
-    if batch is None or batch.status not in (BatchStatus.VALIDATING, BatchStatus.CANCELLING):
-        return batch
-    now = timezone.now()
-    if batch.status == BatchStatus.CANCELLING:
-        batch.status, batch.cancelled_at = BatchStatus.CANCELLED, now
-        batch.save(update_fields=["status", "cancelled_at"])
-        return batch
-    if now >= batch.expires_at:
-        batch.status = BatchStatus.EXPIRED
-        batch.save(update_fields=["status"])
-        return batch
-    batch.status, batch.in_progress_at = BatchStatus.IN_PROGRESS, now
-    batch.save(update_fields=["status", "in_progress_at"])
-    requests = []
-    for file_id in batch.input_file_ids or [batch.input_file_id]:
-        batch_file = BatchFile.objects.get(file_id=file_id)
-        requests += _requests(
-            get_blob_store().get_bytes(batch_file.blob),
-            endpoint=batch.endpoint,
-            api=batch.api,
-            model=batch.model,
-        )
+def _answer_requests(batch: Batch, requests: Sequence[_Request]) -> dict[str, tuple[str, bool]]:
+    """Each request's output or error line (and whether it is an error), many texts per model call."""
     caller = Caller(org_id=batch.org_id, api_key_id=batch.api_key_id, user_id=None)
     endpoint_name = batch.endpoint.rsplit("/", 1)[-1]
+    answers: dict[str, tuple[str, bool]] = {}
 
-    outputs: dict[str, str] = {}
-    errors: dict[str, str] = {}
+    def failed(request: _Request, error: ApiError) -> tuple[str, bool]:
+        body = {"code": error.error_code, "message": error.message}
+        return _line(request.custom_id, status=error.status_code, error=body), True
+
     groups: dict[int, _Group] = {}
     for request in requests:
         try:
@@ -306,11 +390,7 @@ def batch_run(*, batch_id: str) -> Batch | None:
             texts = inputs_validate(request.body[texts_field], field=texts_field)
             deployment = selectors.deployment_for_model(model=str(model) if model is not None else None)
         except ApiError as error:
-            errors[request.custom_id] = _line(
-                request.custom_id,
-                status=error.status_code,
-                error={"code": error.error_code, "message": error.message},
-            )
+            answers[request.custom_id] = failed(request, error)
             continue
         groups.setdefault(deployment.pk, _Group(deployment)).requests.append((request, texts, texts_field))
 
@@ -334,22 +414,50 @@ def batch_run(*, batch_id: str) -> Batch | None:
                     answered[index].append(result)
         except ApiError as error:
             for request, _, _ in group.requests:
-                errors[request.custom_id] = _line(
-                    request.custom_id,
-                    status=error.status_code,
-                    error={"code": error.error_code, "message": error.message},
-                )
+                answers[request.custom_id] = failed(request, error)
             continue
         for (request, _, texts_field), results in zip(group.requests, answered, strict=True):
             body = _answer(batch.endpoint, texts_field, group.deployment, results, heads)
-            outputs[request.custom_id] = _line(request.custom_id, status=200, body=body)
+            answers[request.custom_id] = (_line(request.custom_id, status=200, body=body), False)
+    return answers
 
-    order = [request.custom_id for request in requests]
+
+def _texts(request: _Request) -> int:
+    value = request.body.get("input", request.body.get("inputs"))
+    return len(value) if isinstance(value, list) else 1
+
+
+def _next_chunk(requests: Sequence[_Request], cursor: int) -> list[_Request]:
+    """The requests of the next transaction: at least one, then as many as fit one model call's inputs."""
+    limit = inference_settings().max_inputs
+    chunk, texts = [requests[cursor]], _texts(requests[cursor])
+    for request in requests[cursor + 1 :]:
+        texts += _texts(request)
+        if texts > limit:
+            break
+        chunk.append(request)
+    return chunk
+
+
+def _files_write(batch: Batch) -> None:
+    """Write the answered lines as the output (and error) file and ask for them to be registered; a batch
+    with nothing answered (cancelled before its first chunk) has no files and ends here."""
+    lines = list(BatchLine.objects.filter(batch=batch).order_by("position"))
+    batch.completed = sum(1 for line in lines if not line.error)
+    batch.failed = len(lines) - batch.completed
+    now = timezone.now()
+    if not lines:
+        batch.status, batch.cancelled_at = BatchStatus.CANCELLED, now
+        batch.save(update_fields=["status", "cancelled_at", "completed", "failed"])
+        return
     files = []
-    for kind, lines in (("output", outputs), ("error", errors)):
-        if kind == "error" and not lines:
+    for kind, chosen in (
+        ("output", [x for x in lines if not x.error]),
+        ("error", [x for x in lines if x.error]),
+    ):
+        if kind == "error" and not chosen:
             continue
-        content = "".join(lines[custom_id] + "\n" for custom_id in order if custom_id in lines).encode()
+        content = "".join(line.line + "\n" for line in chosen).encode()
         blob, _, size = get_blob_store().put_content_addressed("files", io.BytesIO(content), suffix=".jsonl")
         files.append(
             {
@@ -358,29 +466,100 @@ def batch_run(*, batch_id: str) -> Batch | None:
                 "filename": f"{batch.public_id}_{kind}.jsonl",
                 "blob": blob,
                 "bytes": size,
-                "num_lines": len(lines),
+                "num_lines": len(chosen),
             }
         )
-    batch.completed, batch.failed = len(outputs), len(errors)
     batch.output_file_id = files[0]["file_id"]
     batch.error_file_id = files[1]["file_id"] if len(files) > 1 else ""
-    batch.status, batch.finalizing_at = BatchStatus.FINALIZING, timezone.now()
+    if batch.status == BatchStatus.IN_PROGRESS:
+        batch.status, batch.finalizing_at = BatchStatus.FINALIZING, now
     batch.save(
         update_fields=["completed", "failed", "output_file_id", "error_file_id", "status", "finalizing_at"]
     )
+    BatchLine.objects.filter(batch=batch).delete()
     publish(
         type="batch.output_written",
         org_id=batch.org_id,
         subject=f"batches/{batch.public_id}",
         data={"batch_id": batch.public_id, "files": files},
     )
+
+
+def batch_process(*, batch_id: int, max_chunks: int | None = None) -> Batch | None:
+    """Run a batch a chunk of requests per transaction until it is done, cancelled, or `max_chunks` chunks
+    were answered (the worker gives every batch a share of each pass). Safe to call again at any point."""
+    requests: list[_Request] | None = None
+    chunks = 0
+    while max_chunks is None or chunks < max_chunks:
+        with transaction.atomic(using=ALIAS):
+            batch = Batch.objects.select_for_update().filter(pk=batch_id).first()
+            if batch is None or batch.awaiting_files:
+                return batch
+            if batch.status == BatchStatus.CANCELLING:
+                if not batch.output_file_id:
+                    _files_write(batch)
+                return batch
+            if batch.status == BatchStatus.VALIDATING:
+                now = timezone.now()
+                if now >= batch.expires_at:
+                    batch.status = BatchStatus.EXPIRED
+                    batch.save(update_fields=["status"])
+                    return batch
+                batch.status, batch.in_progress_at = BatchStatus.IN_PROGRESS, now
+                batch.save(update_fields=["status", "in_progress_at"])
+                continue
+            if batch.status != BatchStatus.IN_PROGRESS:
+                return batch
+            if requests is None:
+                requests = _batch_requests(batch)
+            if batch.cursor >= len(requests):
+                _files_write(batch)
+                return batch
+            chunk = _next_chunk(requests, batch.cursor)
+            answers = _answer_requests(batch, chunk)
+            BatchLine.objects.bulk_create(
+                [
+                    BatchLine(batch=batch, position=batch.cursor + offset, line=line, error=error)
+                    for offset, (line, error) in enumerate(answers[request.custom_id] for request in chunk)
+                ]
+            )
+            batch.cursor += len(chunk)
+            batch.failed += sum(1 for _, error in answers.values() if error)
+            batch.completed = batch.cursor - batch.failed
+            batch.save(update_fields=["cursor", "completed", "failed"])
+        chunks += 1
     return batch
 
 
+def batches_work(*, wait: timedelta, chunks_per_batch: int = 20) -> int:
+    """One pass of the batch worker: batches whose input files arrived stop waiting (those waited on too long
+    fail), then every runnable batch, oldest first, answers up to `chunks_per_batch` chunks. Returns how many
+    batches it ran."""
+    batches_awaiting_resolve(older_than=wait)
+    runnable = (
+        Batch.objects.unscoped()
+        .filter(status__in=(BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING))
+        .filter(awaiting_files=[], output_file_id="")
+        .order_by("id")
+        .values_list("pk", "org_id")
+    )
+    ran = 0
+    for batch_id, org_id in runnable:
+        with org_scope(org_id):
+            batch_process(batch_id=batch_id, max_chunks=chunks_per_batch)
+        ran += 1
+    return ran
+
+
 def batch_output_registered(*, data: Mapping[str, Any]) -> None:
-    """A batch's output file exists (`file.created`, purpose `batch_output`): the batch is `completed`."""
+    """A batch's output file exists (`file.created`, purpose `batch_output`): the batch is `completed`, or,
+    cancelled midway, `cancelled` with what it answered."""
     if data["purpose"] != OUTPUT_PURPOSE:
         return
+    now = timezone.now()
     Batch.objects.filter(output_file_id=data["file_id"], status=BatchStatus.FINALIZING).update(
-        status=BatchStatus.COMPLETED, completed_at=timezone.now()
+        status=BatchStatus.COMPLETED, completed_at=now
+    )
+    Batch.objects.filter(output_file_id=data["file_id"], status=BatchStatus.CANCELLING).update(
+        status=BatchStatus.CANCELLED, cancelled_at=now
     )

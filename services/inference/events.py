@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from arbiter.entitlements import entitlements_apply
 from arbiter.events import Event, handles
-from services.inference.batches import batch_file_record, batch_output_registered, batch_run
+from services.inference.batches import batch_file_record, batch_output_registered
 from services.inference.logic import (
     ALIAS,
     deployment_create,
@@ -67,12 +67,6 @@ def on_file_created(event: Event) -> None:
     """Remember a batch input file; a batch's output file, once registered, completes its batch."""
     batch_file_record(org_id=event.org_id, data=event.data)
     batch_output_registered(data=event.data)
-
-
-@handles("batch.created")
-def on_batch_created(event: Event) -> None:
-    """Classify the batch's lines and write its output and error files."""
-    batch_run(batch_id=str(event.data["batch_id"]))
 
 
 @handles("predictions.requested")

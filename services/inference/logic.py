@@ -122,12 +122,40 @@ def model_version_record(*, org_id: int, data: Mapping[str, Any]) -> ModelVersio
         for deployment in Deployment.objects.select_for_update().filter(
             model_id=version.model_id, version=version.version, reason=WAITING_FOR_VERSION
         ):
-            deployment.artifact = version.artifact
-            deployment.model_name = version.model_name
-            deployment.reason = deployment.message = ""
-            deployment.save(update_fields=["artifact", "model_name", "reason", "message"])
-            _deployment_request(deployment)
+            _deployment_resume(deployment, version)
     return version
+
+
+def _deployment_resume(deployment: Deployment, version: ModelVersion) -> None:
+    deployment.artifact = version.artifact
+    deployment.model_name = version.model_name
+    deployment.reason = deployment.message = ""
+    deployment.save(update_fields=["artifact", "model_name", "reason", "message"])
+    _deployment_request(deployment)
+
+
+def deployments_waiting_resume() -> int:
+    """Load the deployments still waiting for a version that has arrived; returns how many.
+
+    A deployment created while `training.completed` was being handled (each transaction blind to the other's
+    uncommitted row) would otherwise wait for an event that already came: the purge loop calls this."""
+    resumed = 0
+    with transaction.atomic(using=ALIAS):
+        waiting = (
+            Deployment.objects.unscoped()
+            .select_for_update()
+            .filter(reason=WAITING_FOR_VERSION, status=DeploymentStatus.PENDING)
+        )
+        for deployment in waiting:
+            version = (
+                ModelVersion.objects.unscoped()
+                .filter(org_id=deployment.org_id, model_id=deployment.model_id, version=deployment.version)
+                .first()
+            )
+            if version is not None:
+                _deployment_resume(deployment, version)
+                resumed += 1
+    return resumed
 
 
 def deployments_waiting_fail(*, model_id: int, version: int, message: str) -> int:

@@ -205,10 +205,12 @@ class BatchStatus(models.TextChoices):
 
 
 class Batch(OrgScopedModel):
-    """A batch of the OpenAI-compatible batches API: every line of an input file classified in the background.
+    """A batch of the OpenAI-compatible batches API: every line of an input file classified in the background
+    by the batch worker, a chunk of lines per transaction (`cursor` lines done, their answers in `BatchLine`).
 
     The output and error files are written here and registered as files by the dataset service
-    (`batch.output_written`); the batch is `completed` when `file.created` announces its output file."""
+    (`batch.output_written`); the batch is `completed` (or, cancelled midway with answers, `cancelled`) when
+    `file.created` announces its output file."""
 
     OPENAI, MISTRAL = "openai", "mistral"
 
@@ -217,6 +219,12 @@ class Batch(OrgScopedModel):
     api = models.CharField(max_length=10, default=OPENAI)
     input_file_id = models.CharField(max_length=64)
     input_file_ids = models.JSONField(default=list)
+    # Input files not yet announced to this service (`file.created` on its way): the batch waits for them.
+    awaiting_files = models.JSONField(default=list)
+    # Inline requests of a Mistral batch job (`requests` instead of `input_files`), as file lines.
+    inline_requests = models.JSONField(default=list)
+    # Requests answered so far, in file order: the worker goes on from here.
+    cursor = models.PositiveIntegerField(default=0)
     # Mistral's batch jobs name the model once for every line.
     model = models.CharField(max_length=200, blank=True, default="")
     endpoint = models.CharField(max_length=40)
@@ -244,3 +252,22 @@ class Batch(OrgScopedModel):
 
     def __str__(self) -> str:
         return f"batch {self.public_id} ({self.status})"
+
+
+class BatchLine(models.Model):
+    """One answered request of a running batch (an output or error line), kept until the batch's files are
+    written: a cancelled batch's output holds what was answered, and a restarted worker goes on from here."""
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="lines")
+    position = models.PositiveIntegerField()
+    error = models.BooleanField(default=False)
+    line = models.TextField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "position"], name="inference_batch_line_once")
+        ]
+        ordering = ["position"]
+
+    def __str__(self) -> str:
+        return f"line {self.position} of batch {self.batch_id}"

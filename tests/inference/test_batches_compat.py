@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import openai
@@ -25,6 +26,8 @@ from arbiter.events.models import OutboxEvent
 from arbiter.events.registry import get_event_type
 from arbiter.tenancy.scoping import org_scope
 from arbiter.testing.tenants import Tenant
+from services.inference.batches import batch_process, batches_work
+from services.inference.models import Batch
 from tests.inference.conftest import InferenceApi, published
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
@@ -34,7 +37,8 @@ INSULT, FRIENDLY, SPAM = "you are an idiot", "have a nice day", "buy cheap pills
 
 
 class Pump:
-    """Delivers the events the services publish from now on to their consumers' handlers, once each."""
+    """Delivers the events the services publish from now on to their consumers' handlers, once each, and runs
+    the batch worker's passes in between."""
 
     def __init__(self) -> None:
         self.seen = {
@@ -42,15 +46,22 @@ class Pump:
         }
 
     def __call__(self) -> None:
-        delivered = True
-        while delivered:
-            delivered = False
+        while self.deliver() + self.work():
+            pass
+
+    def work(self, *, waited: float = 600) -> int:
+        return batches_work(wait=timedelta(seconds=waited))
+
+    def deliver(self) -> int:
+        delivered = 0
+        while True:
+            before = delivered
             for producer in SERVICES:
                 for row in OutboxEvent.objects.using(db_alias(producer)).order_by("id"):
                     if row.event_id in self.seen:
                         continue
                     self.seen.add(row.event_id)
-                    delivered = True
+                    delivered += 1
                     event = Event.from_json(row.payload)
                     event_type = get_event_type(event.type)
                     event_type.validate(event.data)
@@ -59,6 +70,8 @@ class Pump:
                         if handler is not None:
                             with transaction.atomic(using=db_alias(consumer)), org_scope(event.org_id):
                                 handler(event)
+            if delivered == before:
+                return delivered
 
 
 @pytest.fixture
@@ -244,3 +257,102 @@ def test_a_mistral_batch_job_classifies_its_files_with_the_jobs_model(
             thief.batch.jobs.get(job_id=job.id)
         assert hidden.value.status_code == 404
         assert thief.batch.jobs.list().total == 0
+
+
+def test_a_batch_created_right_after_the_upload_waits_for_its_file(
+    openai_client: Callable[[str], OpenAI], api: InferenceApi, pump: Pump
+) -> None:
+    client = openai_client(api.tenant.key(["admin"]))
+    content = (line("a", {"model": "moderator", "input": INSULT}) + "\n").encode()
+    # Created before `file.created` reached the inference service: accepted, waiting for the file.
+    file = client.files.create(file=("requests.jsonl", content), purpose="batch")
+    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/moderations", completion_window="24h")
+    assert batch.status == "validating" and batch.request_counts and batch.request_counts.total == 0
+    assert pump.work() == 0  # nothing to run yet: the file has not arrived
+    pump()
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.request_counts and done.request_counts.completed == 1
+
+    # A broken file that arrives late fails the batch naming the line; a file that never arrives, naming it.
+    broken = client.files.create(file=("broken.jsonl", b'{"custom_id": "a", "body": \n'), purpose="batch")
+    late = client.batches.create(input_file_id=broken.id, endpoint="/v1/moderations", completion_window="24h")
+    never = "0b7c1d2e-0000-4000-8000-000000000000"
+    lost = client.batches.create(input_file_id=never, endpoint="/v1/moderations", completion_window="24h")
+    pump()
+    failed = client.batches.retrieve(late.id)
+    assert failed.status == "failed" and failed.errors and failed.errors.data
+    assert "line 1 is not valid JSON" in (failed.errors.data[0].message or "")
+    assert client.batches.retrieve(lost.id).status == "validating"
+    pump.work(waited=0)
+    gone = client.batches.retrieve(lost.id)
+    assert gone.status == "failed" and gone.errors and gone.errors.data
+    assert f"no batch file with id '{never}' reached the inference service" in (
+        gone.errors.data[0].message or ""
+    )
+
+
+def test_a_running_batch_shows_its_progress_and_a_cancelled_one_keeps_its_answers(
+    openai_client: Callable[[str], OpenAI],
+    api: InferenceApi,
+    pump: Pump,
+    override_arbiter_settings: Any,
+) -> None:
+    override_arbiter_settings(ARBITER_INFERENCE_MAX_INPUTS=2)  # two texts per chunk (per transaction)
+    client = openai_client(api.tenant.key(["admin"]))
+    texts = [INSULT, FRIENDLY, SPAM, INSULT, FRIENDLY, SPAM]
+    file_id = upload(
+        client, [line(f"r{i}", {"model": "moderator", "input": t}) for i, t in enumerate(texts)], pump
+    )
+    batch = client.batches.create(input_file_id=file_id, endpoint="/v1/moderations", completion_window="24h")
+    row = Batch.objects.unscoped().get(public_id=batch.id)
+
+    with org_scope(row.org_id):
+        batch_process(batch_id=row.pk, max_chunks=1)  # start, and the first chunk
+    running = client.batches.retrieve(batch.id)
+    assert running.status == "in_progress" and running.in_progress_at
+    assert running.request_counts and (running.request_counts.completed, running.request_counts.total) == (
+        2,
+        6,
+    )
+    with org_scope(row.org_id):
+        batch_process(batch_id=row.pk, max_chunks=1)
+    assert client.batches.retrieve(batch.id).request_counts.completed == 4  # type: ignore[union-attr]
+
+    assert client.batches.cancel(batch.id).status == "cancelling"
+    pump()
+    cancelled = client.batches.retrieve(batch.id)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at
+    assert cancelled.request_counts and cancelled.request_counts.completed == 4
+    # What was answered before the cancel is the output; the rest was never classified (nor metered).
+    assert cancelled.output_file_id and cancelled.error_file_id is None
+    output = [json.loads(text) for text in client.files.content(cancelled.output_file_id).text.splitlines()]
+    assert [item["custom_id"] for item in output] == ["r0", "r1", "r2", "r3"]
+    assert sum(event.data["units"] for event in published("usage.recorded", endpoint="moderations")) == 4
+
+
+def test_a_mistral_batch_job_takes_inline_requests(live_server: Any, api: InferenceApi, pump: Pump) -> None:
+    with Mistral(api_key=api.tenant.key(["admin"]), server_url=live_server.url) as client:
+        job = client.batch.jobs.create(
+            requests=[{"custom_id": "insult", "body": {"input": INSULT}}, {"body": {"input": [FRIENDLY]}}],
+            endpoint="/v1/moderations",
+            model="moderator",
+        )
+        assert job.status == "QUEUED" and job.total_requests == 2 and job.input_files == []
+        pump()
+        done = client.batch.jobs.get(job_id=job.id)
+        assert done.status == "SUCCESS" and done.succeeded_requests == 2 and done.output_file
+        output = [
+            json.loads(text) for text in client.files.download(file_id=done.output_file).read().splitlines()
+        ]
+        assert [item["custom_id"] for item in output] == ["insult", "1"]
+
+        for requests, complaint in (
+            (
+                [{"custom_id": "a", "body": {"input": INSULT}}, {"custom_id": "a", "body": {"input": SPAM}}],
+                "line 2: custom_id 'a' is not unique",
+            ),
+            ([], "requests: give a list"),
+        ):
+            with pytest.raises(SDKError) as bad:
+                client.batch.jobs.create(requests=requests, endpoint="/v1/moderations", model="moderator")
+            assert bad.value.status_code == 400 and complaint in bad.value.body

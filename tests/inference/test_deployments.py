@@ -8,7 +8,7 @@ from arbiter.events import Event
 from arbiter.storage import get_blob_store
 from arbiter.tenancy.scoping import org_scope
 from arbiter.testing.tenants import Tenant, assert_not_found
-from services.inference.logic import deployments_waiting_expire
+from services.inference.logic import deployments_waiting_expire, deployments_waiting_resume
 from services.inference.models import Deployment, ModelVersion
 from services.inference.serving.cache import model_cache
 from services.inference.serving.preload import live_deployments_preload
@@ -258,3 +258,27 @@ def test_a_waiting_deployment_fails_when_its_version_fails_or_never_comes(api: I
     expired = api.client.get(api.url(f"/deployments/{never['id']}")).json()
     assert (expired["status"], expired["reason"]) == ("failed", "version_not_found")
     assert not published("deployment.requested")
+
+
+def test_a_deployment_created_while_its_version_arrived_is_loaded_by_the_purge_loop(
+    api: InferenceApi, artifact_key: str
+) -> None:
+    """The deployment's request and `training.completed` committed at once, each blind to the other: the
+    version is here, the deployment still waits. The purge loop's re-check loads it."""
+    waiting = api.client.post(api.url("/deployments"), {"model": 4343, "version": 1}, format="json").json()
+    ModelVersion.objects.unscoped().create(
+        org_id=api.tenant.org.pk,
+        model_id=4343,
+        version=1,
+        model_name="toxicity",
+        artifact=artifact_key,
+        heads=[],
+    )
+    assert not published("deployment.requested")
+    assert deployments_waiting_resume() == 1  # what the purge loop runs every pass
+    (requested,) = published("deployment.requested", deployment_id=waiting["id"])
+    assert requested.data["artifact"] == artifact_key
+    deliver(requested)
+    live = api.client.get(api.url(f"/deployments/{waiting['id']}")).json()
+    assert (live["status"], live["reason"]) == ("live", "")
+    assert deployments_waiting_resume() == 0

@@ -101,8 +101,8 @@ EVENT_TYPES: dict[str, EventType] = {
             "batch.created",
             INFERENCE,
             "inference",
-            ("inference",),
-            "A batch was accepted; the inference service's consumer classifies its lines in the background.",
+            (),
+            "A batch was accepted; the inference service's batch worker classifies its lines in the background.",
         ),
         EventType(
             "batch.output_written",

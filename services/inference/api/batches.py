@@ -26,8 +26,13 @@ def _ts(value: datetime | None) -> int | None:
     return int(value.timestamp()) if value is not None else None
 
 
+def _has_output(batch: Batch) -> bool:
+    """The output file is there to read: the batch completed, or was cancelled after answering some lines."""
+    return batch.status in (BatchStatus.COMPLETED, BatchStatus.CANCELLED) and bool(batch.output_file_id)
+
+
 def batch_data(batch: Batch) -> dict[str, Any]:
-    done = batch.status == BatchStatus.COMPLETED
+    done = _has_output(batch)
     return {
         "id": batch.public_id,
         "object": "batch",
@@ -205,11 +210,11 @@ MISTRAL_STATUS = {
 
 
 def batch_job_data(batch: Batch) -> dict[str, Any]:
-    done = batch.status == BatchStatus.COMPLETED
+    done = _has_output(batch)
     return {
         "id": batch.public_id,
         "object": "batch",
-        "input_files": batch.input_file_ids or [batch.input_file_id],
+        "input_files": batch.input_file_ids or ([batch.input_file_id] if batch.input_file_id else []),
         "metadata": batch.metadata,
         "endpoint": batch.endpoint,
         "model": batch.model or None,
@@ -265,7 +270,17 @@ BatchJobCreateSerializer = inline_serializer(
     "CompatBatchJobCreate",
     {
         "input_files": serializers.ListField(
-            child=serializers.CharField(), help_text="Files of purpose `batch`."
+            child=serializers.CharField(), required=False, help_text="Files of purpose `batch`."
+        ),
+        "requests": inline_serializer(
+            "CompatBatchJobRequest",
+            {
+                "custom_id": serializers.CharField(required=False, allow_null=True),
+                "body": serializers.DictField(help_text="`{input}` (or `inputs`), as one call's body."),
+            },
+            many=True,
+            required=False,
+            help_text="Inline requests instead of input_files (at most 10,000).",
         ),
         "endpoint": serializers.ChoiceField(choices=logic.ENDPOINTS),
         "model": serializers.CharField(help_text="A deployment or model name, for every line."),
@@ -307,17 +322,11 @@ class BatchJobsView(_BatchesView):
         operation_id="compat_batch_jobs_create",
         request=BatchJobCreateSerializer,
         responses={200: BatchJobSerializer, **error_responses(400, 404)},
-        description="Mistral's batch job: every line (`{custom_id, body}`) of the input files classified by "
-        "`model` in the background, as `/v1/batches` does.",
+        description="Mistral's batch job: every line (`{custom_id, body}`) of the input files, or every inline "
+        "request, classified by `model` in the background, as `/v1/batches` does.",
     )
     def post(self, request: Request) -> Response:
         body = json_object(request)
-        if body.get("requests") is not None:
-            raise ApiError(
-                status=400,
-                code="invalid",
-                message="requests: inline requests are not supported; use input_files.",
-            )
         if body.get("timeout_hours") not in (None, 24):
             raise ApiError(status=400, code="invalid", message="timeout_hours: only 24 is supported.")
         key = request.auth
@@ -331,6 +340,7 @@ class BatchJobsView(_BatchesView):
             metadata=body.get("metadata"),
             api=Batch.MISTRAL,
             model=body.get("model"),
+            inline=body.get("requests"),
         )
         return Response(batch_job_data(job))
 

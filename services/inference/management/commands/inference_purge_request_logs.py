@@ -9,13 +9,18 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import connections
 
 from arbiter.config.typed_settings import arbiter_settings
-from services.inference.logic import deployments_waiting_expire, request_log_purge
+from services.inference.logic import (
+    deployments_waiting_expire,
+    deployments_waiting_resume,
+    request_log_purge,
+)
 
 
 class Command(BaseCommand):
     help = (
-        "Delete logged requests older than their deployment's retention (log_retention_days), and fail "
-        "deployments that waited too long for their version (ARBITER_WAIT_FOR_EVENTS_SECONDS). Run it "
+        "Delete logged requests older than their deployment's retention (log_retention_days), load deployments "
+        "whose version arrived while they were being created, and fail deployments that waited too long for "
+        "their version (ARBITER_WAIT_FOR_EVENTS_SECONDS). Run it "
         "periodically, or keep it running with --every SECONDS (as `arbiter up` does)."
     )
 
@@ -32,6 +37,9 @@ class Command(BaseCommand):
         while True:
             deleted = request_log_purge()
             self.stdout.write(f"Deleted {deleted} logged requests past their retention.")
+            resumed = deployments_waiting_resume()
+            if resumed:
+                self.stdout.write(f"Loading {resumed} deployments whose version had arrived unnoticed.")
             wait = timedelta(seconds=arbiter_settings().training.wait_for_events_s)
             expired = deployments_waiting_expire(older_than=wait)
             if expired:

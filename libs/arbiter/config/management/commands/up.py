@@ -162,4 +162,6 @@ def _service_workers(services: tuple[str, ...], env: dict[str, str] | None = Non
         children.append(
             Child("purge", [*ARBITER, "inference_purge_request_logs", "--every", "60"], dict(env or {}))
         )
+        # Batches run a chunk per transaction, outside the consumers: progress shows and cancelling stops them.
+        children.append(Child("batches", [*ARBITER, "inference_batches", "--every", "1"], dict(env or {})))
     return children
