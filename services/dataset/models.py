@@ -43,6 +43,8 @@ class DatasetJob(OrgScopedModel):
 
     KIND_IMPORT = "import"
     KIND_REMAP = "remap"
+    # Fetching the images an image column names (runs beside imports and edits; see logic/images.py).
+    KIND_FETCH_IMAGES = "fetch_images"
     QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
 
     dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="jobs")
@@ -111,6 +113,44 @@ class Row(OrgScopedModel):
 
     def __str__(self) -> str:
         return f"row {self.number} of dataset {self.dataset_id}"
+
+
+class RowImage(OrgScopedModel):
+    """The image a row's image cell names, as fetched: stored content-addressed in the blob store
+    (`arbiter.images.image_blob_key(sha256)`), or why it could not be. Keyed by the cell's value (`url`): an
+    edited cell is fetched again; the same picture in many rows is stored once."""
+
+    PENDING, FETCHED, FAILED = "pending", "fetched", "failed"
+
+    dataset = models.ForeignKey(
+        Dataset, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    row_number = models.BigIntegerField()
+    column = models.CharField(max_length=200)
+    url = models.TextField()
+    state = models.CharField(max_length=20, default=PENDING)
+    sha256 = models.CharField(max_length=64, blank=True, default="")
+    mime = models.CharField(max_length=40, blank=True, default="")
+    width = models.IntegerField(null=True, blank=True)
+    height = models.IntegerField(null=True, blank=True)
+    # ImageError's code and message (arbiter.images.ERROR_CODES).
+    error_code = models.CharField(max_length=40, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    attempts = models.IntegerField(default=0)
+    fetched_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["row_number", "column"]
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "row_number", "column"], name="dataset_row_image_once")
+        ]
+        indexes = [
+            models.Index(fields=["dataset", "state"], name="dataset_row_image_state"),
+            models.Index(fields=["sha256"], name="dataset_row_image_sha"),
+        ]
+
+    def __str__(self) -> str:
+        return f"image of row {self.row_number} ({self.column}): {self.state}"
 
 
 class DatasetChange(OrgScopedModel):

@@ -12,7 +12,7 @@ from typing import Any
 from django.db.models import Count, Max, Q, QuerySet
 from django.db.models.fields.json import HasKey, KeyTransform
 
-from services.dataset.models import Dataset, DatasetChange, DatasetJob, File, Row, Snapshot
+from services.dataset.models import Dataset, DatasetChange, DatasetJob, File, Row, RowImage, Snapshot
 
 EXPORT_BATCH = 2000
 # Cells starting with these make spreadsheet programs evaluate a formula (CSV injection).
@@ -65,7 +65,7 @@ def dataset_statuses(*, datasets: Sequence[Dataset]) -> dict[int, DatasetStatus]
     if not ids:
         return {}
     jobs = DatasetJob.objects.filter(dataset_id__in=ids)
-    latest_ids = jobs.order_by().values("dataset_id").annotate(latest=Max("pk")).values("latest")
+    latest_ids = jobs.exclude(kind=DatasetJob.KIND_FETCH_IMAGES).order_by().values("dataset_id").annotate(latest=Max("pk")).values("latest")
     latest = {job.dataset_id: job for job in DatasetJob.objects.filter(pk__in=latest_ids)}
     counted = (
         _without_unfinished_imports(Row.objects.filter(dataset_id__in=ids), jobs)
@@ -114,7 +114,17 @@ def job_list(*, dataset: Dataset) -> QuerySet[DatasetJob]:
 
 
 def job_latest(*, dataset: Dataset) -> DatasetJob | None:
-    return DatasetJob.objects.filter(dataset=dataset).order_by("-id").first()
+    """The latest import or remap (the dataset's state); image fetches are `image_fetch_latest`."""
+    return (
+        DatasetJob.objects.filter(dataset=dataset)
+        .exclude(kind=DatasetJob.KIND_FETCH_IMAGES)
+        .order_by("-id")
+        .first()
+    )
+
+
+def image_fetch_latest(*, dataset: Dataset) -> DatasetJob | None:
+    return DatasetJob.objects.filter(dataset=dataset, kind=DatasetJob.KIND_FETCH_IMAGES).order_by("-id").first()
 
 
 def job_get(*, dataset: Dataset, job_id: int | str) -> DatasetJob:
@@ -183,3 +193,19 @@ def file_list(*, purpose: str | None = None) -> QuerySet[File]:
 def file_get(*, file_id: str) -> File:
     """The file, or File.DoesNotExist: another org's answers like a missing one."""
     return File.objects.get(public_id=file_id, deleted_at__isnull=True)
+
+
+def row_image_by_hash(*, dataset: Dataset, sha256: str) -> RowImage | None:
+    """A fetched image of this dataset with this hash (None: no row of the dataset has it)."""
+    if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+        return None
+    return RowImage.objects.filter(dataset=dataset, sha256=sha256, state=RowImage.FETCHED).first()
+
+
+def image_counts(*, dataset: Dataset) -> dict[str, int]:
+    """How many image cells are fetched and failed."""
+    counts = RowImage.objects.filter(dataset=dataset).aggregate(
+        fetched=Count("pk", filter=Q(state=RowImage.FETCHED)),
+        failed=Count("pk", filter=Q(state=RowImage.FAILED)),
+    )
+    return {"fetched": counts["fetched"], "failed": counts["failed"]}

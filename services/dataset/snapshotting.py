@@ -3,6 +3,8 @@
 The snapshot file has one line per valid row, in this exact shape (shared with the trainer):
     {"row": 17, "input": "text", "labels": {"toxicity": ["toxic"], "insult": null}, "split": "train"}
 `split` is "train", "test" or null (no split requested). Rows are written in row-number order.
+In an image snapshot `input` is `"sha256:<hex>"`: the fetched image's normalised bytes, stored content-addressed
+in the blob store under `arbiter.images.image_blob_key(hex)` (never rewritten, so the snapshot stays as it was).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import random
 import tempfile
 from array import array
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -52,6 +54,9 @@ class BuiltSnapshot:
 
 
 Signature = tuple[tuple[Any, ...], ...]
+
+# (row number, input cell) -> (the input to write, None) or (None, the problem that makes the row invalid).
+InputResolver = Callable[[int, str], tuple[str | None, dict[str, Any] | None]]
 
 
 def _signature(labels: dict[str, list[str] | None]) -> Signature:
@@ -117,13 +122,14 @@ def build_snapshot(
     plan: RowPlan,
     test_percent: float | None = None,
     seed: int = 0,
+    resolve_input: InputResolver | None = None,
 ) -> BuiltSnapshot:
     """Validate `(number, line, cells)` rows with `plan` and write the valid ones.
 
     Memory grows with the number of distinct inputs (for duplicates and the split), not with their text.
     """
     with tempfile.TemporaryFile() as draft:
-        seen = _validate(rows, plan=plan, draft=draft)
+        seen = _validate(rows, plan=plan, draft=draft, resolve_input=resolve_input)
         splits = _split(seen.row_groups, seen.groups, test_percent=test_percent, seed=seed)
         final, per_split = _with_splits(draft, splits=splits, row_signatures=seen.row_signatures)
     split_info = None
@@ -153,7 +159,11 @@ def build_snapshot(
 
 
 def _validate(
-    rows: Iterable[tuple[int, int | None, Sequence[Any]]], *, plan: RowPlan, draft: IO[bytes]
+    rows: Iterable[tuple[int, int | None, Sequence[Any]]],
+    *,
+    plan: RowPlan,
+    draft: IO[bytes],
+    resolve_input: InputResolver | None = None,
 ) -> _Seen:
     """One pass over the rows: each is validated and counted; valid ones are written to `draft` without their
     split (which needs every row's group first)."""
@@ -165,6 +175,13 @@ def _validate(
             seen.add_invalid(number, line, problems)
             continue
         assert text is not None
+        if resolve_input is not None:
+            resolved, unusable = resolve_input(number, text)
+            if unusable is not None:
+                seen.add_invalid(number, line, [unusable])
+                continue
+            assert resolved is not None
+            text = resolved
         seen.add_valid(number, text, labels)
         draft.write(_dumps({"row": number, "input": text, "labels": labels})[:-1].encode() + b"\n")
     return seen

@@ -22,6 +22,9 @@ InputKind = Literal["text", "image"]
 EMPTY_INPUT = "empty_input"
 OVER_TOKEN_LIMIT = "over_token_limit"
 NOT_AN_IMAGE = "not_an_image"
+# In image snapshots: the row's image was not fetched (yet), or could not be.
+IMAGE_PENDING = "image_pending"
+IMAGE_FAILED = "image_failed"
 UNLABELED = "unlabeled"
 
 _IMAGE_INPUT = re.compile(r"^(?:https?://\S+|data:image/[\w.+-]+[;,]\S+)$", re.IGNORECASE)

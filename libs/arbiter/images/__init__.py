@@ -16,8 +16,20 @@ from arbiter.images.fetch import (
     open_rgb,
     thumbnail,
 )
+from arbiter.images.store import (
+    THUMBNAIL_SIZE,
+    image_blob_key,
+    image_load,
+    image_store,
+    thumbnail_blob_key,
+)
 
 __all__ = [
+    "THUMBNAIL_SIZE",
+    "image_blob_key",
+    "image_load",
+    "image_store",
+    "thumbnail_blob_key",
     "ACCEPTED_FORMATS",
     "ERROR_CODES",
     "FetchedImage",

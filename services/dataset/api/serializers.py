@@ -8,7 +8,7 @@ from rest_framework import serializers
 
 from services.dataset.example import EXAMPLE_NAMES
 from services.dataset.importing import FILE_FORMATS, ImportOptions
-from services.dataset.models import Dataset, DatasetChange, DatasetJob, Row, Snapshot
+from services.dataset.models import Dataset, DatasetChange, DatasetJob, Row, RowImage, Snapshot
 from services.dataset.validation import shown_labels
 
 LISTED_REJECTIONS = 20
@@ -154,6 +154,7 @@ def dataset_data(
     counts: dict[str, int] | None = None,
     job: DatasetJob | None = None,
     detail: bool = True,
+    images: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": dataset.pk,
@@ -172,15 +173,43 @@ def dataset_data(
         data |= counts
         data["state"] = dataset_state(job, counts["rows"])
     data["job"] = job_data(job, rejections=LISTED_REJECTIONS)
+    if images is not None:
+        data["images"] = images
     if detail:
         data["profiles"] = dataset.profiles
         data["preview"] = dataset.preview
     return data
 
 
-def row_data(row: Row, *, dataset: Dataset, input_column: str | None, heads: list[str]) -> dict[str, Any]:
+def image_data(image: RowImage | None, *, url: str) -> dict[str, Any]:
+    """An image cell's state: `pending` until the fetch job has tried its current value."""
+    if image is None or image.url != url:
+        return {"state": "pending", "url": url}
+    data: dict[str, Any] = {"state": image.state, "url": url, "attempts": image.attempts}
+    if image.state == RowImage.FETCHED:
+        data |= {"sha256": image.sha256, "mime": image.mime, "width": image.width, "height": image.height}
+    else:
+        data["error"] = {"code": image.error_code, "message": image.error_message}
+    return data
+
+
+def row_data(
+    row: Row,
+    *,
+    dataset: Dataset,
+    input_column: str | None,
+    heads: list[str],
+    images: dict[int, dict[str, RowImage]] | None = None,
+) -> dict[str, Any]:
     cells = row.cells
     named = {name: cells[i] if i < len(cells) else None for i, name in enumerate(dataset.columns)}
+    image_columns = [c["name"] for c in dataset.mapping.get("columns", []) if c.get("role") == "image"]
+    mine = (images or {}).get(row.number, {})
+    shown: dict[str, Any] = {}
+    for name in image_columns:
+        value = named.get(name)
+        if isinstance(value, str) and value.strip():
+            shown[name] = image_data(mine.get(name), url=value.strip())
     return {
         "number": row.number,
         "line": row.line,
@@ -189,6 +218,7 @@ def row_data(row: Row, *, dataset: Dataset, input_column: str | None, heads: lis
         "labels": shown_labels(row.labels, heads),
         "valid": row.is_valid,
         "problems": row.problems,
+        "images": shown,
         "created_at": _time(row.created_at),
         "updated_at": _time(row.updated_at),
     }
@@ -255,7 +285,10 @@ class JobErrorSerializer(serializers.Serializer):
 
 class DatasetJobSerializer(serializers.Serializer):
     id = serializers.IntegerField()
-    kind = serializers.ChoiceField(choices=[DatasetJob.KIND_IMPORT, DatasetJob.KIND_REMAP])
+    kind = serializers.ChoiceField(
+        choices=[DatasetJob.KIND_IMPORT, DatasetJob.KIND_REMAP, DatasetJob.KIND_FETCH_IMAGES],
+        help_text="fetch_images: rows_read images tried, rows_imported fetched, rows_rejected failed",
+    )
     state = serializers.ChoiceField(
         choices=[DatasetJob.QUEUED, DatasetJob.RUNNING, DatasetJob.COMPLETED, DatasetJob.FAILED]
     )
@@ -332,6 +365,12 @@ class PreviewRowSerializer(serializers.Serializer):
     cells = serializers.DictField(child=serializers.JSONField(allow_null=True))
 
 
+class DatasetImagesSerializer(serializers.Serializer):
+    fetched = serializers.IntegerField(help_text="image cells whose image is stored")
+    failed = serializers.IntegerField(help_text="image cells whose image could not be fetched (rows say why)")
+    job = DatasetJobSerializer(allow_null=True, help_text="the latest image fetch job")
+
+
 class DatasetSerializer(DatasetSummarySerializer):
     """A dataset with its row counts, state, column profiles and a preview of the first rows."""
 
@@ -341,12 +380,35 @@ class DatasetSerializer(DatasetSummarySerializer):
     state = serializers.ChoiceField(choices=["importing", "updating", "failed", "ready"])
     profiles = ColumnProfileSerializer(many=True)
     preview = PreviewRowSerializer(many=True)
+    images = DatasetImagesSerializer(required=False, help_text="only for a dataset with an image column")
 
 
 class RowProblemSerializer(serializers.Serializer):
     code = serializers.CharField(help_text="e.g. empty_input, unknown_label")
     column = serializers.CharField(allow_null=True)
     message = serializers.CharField()
+
+
+class RowImageErrorSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="e.g. http_status, not_an_image, too_large, address")
+    message = serializers.CharField()
+
+
+class RowImageSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(choices=["pending", "fetched", "failed"])
+    url = serializers.CharField(help_text="the cell's value: an http(s) URL or a data: URI")
+    attempts = serializers.IntegerField(required=False)
+    sha256 = serializers.CharField(required=False, help_text="the stored image: GET .../images/{sha256}")
+    mime = serializers.CharField(required=False)
+    width = serializers.IntegerField(required=False)
+    height = serializers.IntegerField(required=False)
+    error = RowImageErrorSerializer(required=False)
+
+
+class ImagesFetchSerializer(serializers.Serializer):
+    retry_failed = serializers.BooleanField(
+        default=True, help_text="fetch the images that failed again too (default); false: only new ones"
+    )
 
 
 class RowSerializer(serializers.Serializer):
@@ -360,6 +422,10 @@ class RowSerializer(serializers.Serializer):
     )
     valid = serializers.BooleanField()
     problems = RowProblemSerializer(many=True)
+    images = serializers.DictField(
+        child=RowImageSerializer(),
+        help_text="per image column with a value: fetched, failed (why) or pending",
+    )
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 

@@ -23,6 +23,16 @@ urlpatterns = [
     path(
         f"{DATASET}/jobs/<int:job>", views.DatasetViewSet.as_view({"get": "job"}), name="dataset-job-detail"
     ),
+    path(
+        f"{DATASET}/images/fetch",
+        views.DatasetViewSet.as_view({"post": "images_fetch"}),
+        name="dataset-images-fetch",
+    ),
+    path(
+        f"{DATASET}/images/<str:sha256>",
+        views.DatasetViewSet.as_view({"get": "image"}),
+        name="dataset-image",
+    ),
     path(f"{DATASET}/history", views.DatasetViewSet.as_view({"get": "history"}), name="dataset-history"),
     path(f"{DATASET}/export.csv", views.DatasetViewSet.as_view({"get": "export"}), name="dataset-export"),
     path(

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler
 from django.db import models
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -18,6 +18,8 @@ from rest_framework.response import Response
 
 from arbiter.api.errors import ApiError
 from arbiter.api.schema import error_responses
+from arbiter.images import image_blob_key, thumbnail_blob_key
+from arbiter.storage import BlobNotFoundError
 from arbiter.tenancy.scoping import org_scope
 from arbiter.tenancy.viewsets import OrgScopedViewSet
 from services.dataset import conf, logic, selectors
@@ -97,7 +99,13 @@ class DatasetScopedViewSet(OrgScopedViewSet):
     def render_dataset(self, dataset: Dataset, *, status_code: int = status.HTTP_200_OK) -> Response:
         job = selectors.job_latest(dataset=dataset)
         counts = selectors.dataset_row_counts(dataset=dataset)
-        return Response(s.dataset_data(dataset, counts=counts, job=job), status=status_code)
+        images = None
+        if any(c.get("role") == "image" for c in dataset.mapping.get("columns", [])):
+            images = {
+                **selectors.image_counts(dataset=dataset),
+                "job": s.job_data(selectors.image_fetch_latest(dataset=dataset)),
+            }
+        return Response(s.dataset_data(dataset, counts=counts, job=job, images=images), status=status_code)
 
 
 class DatasetViewSet(DatasetScopedViewSet):
@@ -276,6 +284,52 @@ class DatasetViewSet(DatasetScopedViewSet):
         response["Content-Disposition"] = f'attachment; filename="dataset-{instance.pk}.csv"'
         return response
 
+    @extend_schema(
+        operation_id="dataset_images_fetch",
+        request=s.ImagesFetchSerializer,
+        responses={202: s.DatasetJobSerializer, **error_responses(400)},
+    )
+    def images_fetch(self, request: Request, org: str, dataset: int) -> Response:
+        payload = s.ImagesFetchSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        instance = self.dataset()
+        job = logic.images_fetch_queue(
+            dataset=instance, actor=self.access.actor, retry_failed=payload.validated_data["retry_failed"]
+        )
+        if job is None:
+            raise ApiError(
+                status=400,
+                code="no_image_column",
+                message="the dataset has no column with the role 'image' (PATCH its mapping)",
+            )
+        return Response(s.job_data(job), status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        operation_id="dataset_image_retrieve",
+        parameters=[OpenApiParameter("thumbnail", bool, description="true: a small preview")],
+        responses={(200, "image/*"): OpenApiTypes.BINARY},
+    )
+    def image(self, request: Request, org: str, dataset: int, sha256: str) -> HttpResponse:
+        """An image a row of this dataset names, by the hash of its normalised bytes."""
+        instance = self.dataset()
+        found = selectors.row_image_by_hash(dataset=instance, sha256=sha256)
+        if found is None:
+            raise Http404
+        thumbnail = request.query_params.get("thumbnail") in ("true", "1")
+        store = conf.blob_store()
+        key = thumbnail_blob_key(sha256) if thumbnail else image_blob_key(sha256)
+        try:
+            with store.open(key) as stream:
+                body = stream.read()
+        except BlobNotFoundError:
+            raise Http404 from None
+        mime = ("image/png" if body.startswith(b"\x89PNG") else "image/jpeg") if thumbnail else found.mime
+        response = HttpResponse(body, content_type=mime)
+        # Content-addressed: the bytes under this URL never change.
+        response["Cache-Control"] = "private, max-age=31536000, immutable"
+        response["X-Content-Type-Options"] = "nosniff"
+        return response
+
 
 class RowViewSet(DatasetScopedViewSet):
     def _context(self, dataset: Dataset) -> tuple[str | None, list[str]]:
@@ -285,8 +339,10 @@ class RowViewSet(DatasetScopedViewSet):
 
     def _render(self, row: Row, dataset: Dataset, *, status_code: int = status.HTTP_200_OK) -> Response:
         input_column, heads = self._context(dataset)
+        images = logic.row_images(dataset=dataset, numbers=[row.number])
         return Response(
-            s.row_data(row, dataset=dataset, input_column=input_column, heads=heads), status=status_code
+            s.row_data(row, dataset=dataset, input_column=input_column, heads=heads, images=images),
+            status=status_code,
         )
 
     @extend_schema(
@@ -314,9 +370,13 @@ class RowViewSet(DatasetScopedViewSet):
             label=params.get("label") or None,
             invalid=None if invalid in (None, "") else invalid in ("true", "1"),
         )
-        page = self.paginate_queryset(rows)
+        page = self.paginate_queryset(rows) or []
+        images = logic.row_images(dataset=instance, numbers=[row.number for row in page])
         return self.get_paginated_response(
-            [s.row_data(row, dataset=instance, input_column=input_column, heads=heads) for row in page or []]
+            [
+                s.row_data(row, dataset=instance, input_column=input_column, heads=heads, images=images)
+                for row in page
+            ]
         )
 
     @extend_schema(request=s.RowWriteSerializer, responses={201: s.RowSerializer, **error_responses(409)})

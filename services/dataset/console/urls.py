@@ -19,4 +19,15 @@ urlpatterns = [
     path(
         PAGES["console-dataset"].route + "/progress", views.dataset_progress, name="console-dataset-progress"
     ),
+    # The rows grid's images and its "fetch again" button: parts of that page too.
+    path(
+        PAGES["console-dataset"].route + "/images/<str:sha256>",
+        views.dataset_image,
+        name="console-dataset-image",
+    ),
+    path(
+        PAGES["console-dataset"].route + "/images-fetch",
+        views.dataset_images_fetch,
+        name="console-dataset-images-fetch",
+    ),
 ]

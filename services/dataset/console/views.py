@@ -23,6 +23,8 @@ from django_htmx.http import HttpResponseClientRefresh
 
 from arbiter.api.errors import ApiError
 from arbiter.config.routes import page_path
+from arbiter.images import image_blob_key, thumbnail_blob_key
+from arbiter.storage import BlobNotFoundError
 from arbiter.console.forms import error_message
 from arbiter.console.pages import org_page
 from arbiter.tenancy.access import OrgAccess
@@ -103,13 +105,22 @@ def _summary(dataset: Dataset, status: selectors.DatasetStatus | None = None) ->
         counts = selectors.dataset_row_counts(dataset=dataset)
     else:
         job, counts = status.job, status.counts
-    return {
+    summary = {
         "dataset": dataset,
         "job": job,
         "counts": counts,
         "state": dataset_state(job, counts["rows"]),
         "heads": heads_data(dataset.mapping),
+        "images": None,
     }
+    if status is None and any(c.get("role") == "image" for c in dataset.mapping.get("columns", [])):
+        fetch_job = selectors.image_fetch_latest(dataset=dataset)
+        summary["images"] = {
+            **selectors.image_counts(dataset=dataset),
+            "job": fetch_job,
+            "running": fetch_job is not None and not fetch_job.finished,
+        }
+    return summary
 
 
 @org_page("datasets:read")
@@ -226,9 +237,52 @@ def dataset_progress(request: HttpRequest, dataset_id: int, *, org: str, access:
     """Polled by htmx while a dataset page shows an import or re-mapping at work: how far it got; once the
     job has ended, a reload of the whole page (HX-Refresh), which shows the rows or why the job failed."""
     summary = _summary(_dataset(dataset_id))
+    if request.GET.get("images"):
+        # The image fetch job: nothing to swap while it runs (204); a reload once it is done.
+        images = summary["images"]
+        if images is not None and images["running"]:
+            return HttpResponse(status=204)
+        return HttpResponseClientRefresh()
     if summary["state"] not in ("importing", "updating"):
         return HttpResponseClientRefresh()
     return render(request, "dataset/_import_progress.html", summary)
+
+
+@org_page("datasets:read")
+def dataset_image(
+    request: HttpRequest, dataset_id: int, sha256: str, *, org: str, access: OrgAccess
+) -> HttpResponse:
+    """A row's image (or with `?thumbnail=1` its preview), for the rows grid: only an image a row of this
+    dataset names is served."""
+    dataset = _dataset(dataset_id)
+    found = selectors.row_image_by_hash(dataset=dataset, sha256=sha256)
+    if found is None:
+        raise Http404("no such image")
+    thumbnail = request.GET.get("thumbnail") in ("1", "true")
+    key = thumbnail_blob_key(sha256) if thumbnail else image_blob_key(sha256)
+    try:
+        with conf.blob_store().open(key) as stream:
+            body = stream.read()
+    except BlobNotFoundError:
+        raise Http404("no such image") from None
+    mime = ("image/png" if body.startswith(b"\x89PNG") else "image/jpeg") if thumbnail else found.mime
+    response = HttpResponse(body, content_type=mime)
+    response["Cache-Control"] = "private, max-age=31536000, immutable"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@org_page("datasets:write")
+@require_POST
+def dataset_images_fetch(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess) -> HttpResponse:
+    """Fetch the dataset's failed (and new) images again."""
+    dataset = _dataset(dataset_id)
+    job = logic.images_fetch_queue(dataset=dataset, actor=access.actor, retry_failed=True)
+    if job is None:
+        messages.error(request, "This dataset has no image column.")
+    else:
+        messages.success(request, "Fetching the images again; the rows show each image as it arrives.")
+    return redirect(_back(request, page_path("console-dataset", org=org, dataset_id=dataset.pk)))
 
 
 @org_page("datasets:read")
@@ -368,7 +422,11 @@ def dataset_rows(request: HttpRequest, dataset_id: int, *, org: str, access: Org
     )
     page = Paginator(rows, ROWS_PER_PAGE).get_page(request.GET.get("page"))
     head_names = [head["name"] for head in heads]
-    shown = [row_data(row, dataset=dataset, input_column=input_column, heads=head_names) for row in page]
+    images = logic.row_images(dataset=dataset, numbers=[row.number for row in page])
+    shown = [
+        row_data(row, dataset=dataset, input_column=input_column, heads=head_names, images=images)
+        for row in page
+    ]
     filtered = {key: value for key, value in query.items() if value}
     context = {
         **summary,
@@ -412,13 +470,20 @@ def row_relabel(
         # htmx swaps the row in place; an error is shown in the row rather than losing the person's place.
         input_column = dataset.mapping.get("input_column")
         context = {
-            "row": row_data(row, dataset=dataset, input_column=input_column, heads=list(heads)),
+            "row": row_data(
+                row,
+                dataset=dataset,
+                input_column=input_column,
+                heads=list(heads),
+                images=logic.row_images(dataset=dataset, numbers=[row.number]),
+            ),
             "heads": list(heads.values()),
             "head_labels": _head_labels(dataset, list(heads.values())),
             "can_write": True,
             "here": _back(request, ""),
             "row_error": error,
             "dataset": dataset,
+            "input_column": input_column,
         }
         return render(request, "dataset/_row.html", context)
     if error:

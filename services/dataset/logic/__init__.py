@@ -9,6 +9,7 @@ from services.dataset.logic.datasets import (
     dataset_update,
     dataset_upload,
 )
+from services.dataset.logic.images import images_fetch_queue, row_images
 from services.dataset.logic.jobs import dataset_jobs_recover
 from services.dataset.logic.rowfeed import labels_apply
 from services.dataset.logic.rows import row_create, row_delete, row_update
@@ -22,9 +23,11 @@ __all__ = [
     "dataset_jobs_recover",
     "dataset_update",
     "dataset_upload",
+    "images_fetch_queue",
     "labels_apply",
     "row_create",
     "row_delete",
+    "row_images",
     "row_update",
     "snapshot_create",
     "snapshot_test_set_check",

@@ -28,6 +28,7 @@ from services.dataset.importing import (
     open_table,
     preview,
 )
+from services.dataset.logic.images import images_fetch_queue
 from services.dataset.logic.jobs import (
     IMPORT_BATCH_ROWS,
     import_limits,
@@ -49,9 +50,12 @@ def _suffix(file_name: str) -> str:
 
 def _check_not_busy(dataset: Dataset) -> None:
     jobs_fail_stale(dataset)
-    running = DatasetJob.objects.filter(
-        dataset=dataset, state__in=[DatasetJob.QUEUED, DatasetJob.RUNNING]
-    ).first()
+    # Fetching images runs beside everything else: it only reads rows and writes their images.
+    running = (
+        DatasetJob.objects.filter(dataset=dataset, state__in=[DatasetJob.QUEUED, DatasetJob.RUNNING])
+        .exclude(kind=DatasetJob.KIND_FETCH_IMAGES)
+        .first()
+    )
     if running is not None:
         raise ApiError(
             status=409,
@@ -297,6 +301,7 @@ def dataset_update(
         dataset.updated_at = timezone.now()
         dataset.save(update_fields=["mapping", "updated_at"])
         job = DatasetJob.objects.create(dataset=dataset, kind=DatasetJob.KIND_REMAP, created_by=actor)
+        images_fetch_queue(dataset=dataset, actor=actor)
     if Row.objects.filter(dataset=dataset).count() > conf.setting("ARBITER_MAPPING_BACKGROUND_ROWS"):
         job_start_in_background(job.pk, dataset.org_id)
         return job

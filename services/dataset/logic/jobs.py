@@ -33,6 +33,7 @@ from services.dataset.importing import (
     TableReader,
     open_table,
 )
+from services.dataset.logic.images import images_fetch_queue
 from services.dataset.logic.mapping import dataset_mapping, row_derived, row_plan
 from services.dataset.logic.rowfeed import dataset_rows_publish_all
 from services.dataset.logic.rowstore import bulk_session, reserve_numbers, row_records, rows_insert
@@ -290,6 +291,7 @@ def _import_complete(
             },
         )
         dataset_rows_publish_all(dataset=locked)
+        images_fetch_queue(dataset=locked, actor=job.created_by)
         publish(
             type="dataset.imported",
             org_id=locked.org_id,
@@ -367,13 +369,15 @@ def _job_interrupted(job: DatasetJob) -> None:
             "the import was interrupted (the process running it stopped); upload the file again",
         )
     else:
+        again = (
+            "fetching the images was interrupted; fetch them again"
+            if job.kind == DatasetJob.KIND_FETCH_IMAGES
+            else "re-reading the rows was interrupted; save the mapping again"
+        )
         DatasetJob.objects.filter(pk=job.pk).update(
             state=DatasetJob.FAILED,
             finished_at=Now(),
-            error={
-                "code": "interrupted",
-                "message": "re-reading the rows was interrupted; save the mapping again",
-            },
+            error={"code": "interrupted", "message": again},
         )
 
 

@@ -14,6 +14,7 @@ from services.dataset.importing import (
     LabelError,
 )
 from services.dataset.importing.mapping import DatasetMapping
+from services.dataset.logic.images import images_fetch_queue
 from services.dataset.logic.mapping import dataset_mapping, row_derived, row_plan
 from services.dataset.logic.rowfeed import dataset_rows_publish
 from services.dataset.logic.rowstore import reserve_numbers
@@ -104,6 +105,7 @@ def row_create(
             after=_named(dataset, values),
         )
         dataset_rows_publish(dataset=dataset, rows=[row])
+        images_fetch_queue(dataset=dataset, actor=actor)
     row.refresh_from_db()
     return row
 
@@ -147,6 +149,8 @@ def row_update(
         )
         if announce:
             dataset_rows_publish(dataset=dataset, rows=[row])
+        if any(mapping.column(name).role == "image" for name in changed):
+            images_fetch_queue(dataset=dataset, actor=actor)
     return row
 
 

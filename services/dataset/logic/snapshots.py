@@ -14,9 +14,15 @@ from services.dataset.conf import DB
 from services.dataset.importing import ColumnMapping
 from services.dataset.importing.mapping import DatasetMapping
 from services.dataset.logic.mapping import dataset_mapping
-from services.dataset.models import Dataset, DatasetJob, Snapshot
-from services.dataset.snapshotting import BuiltSnapshot, build_snapshot, check_test_set, snapshot_lines
-from services.dataset.validation import InputKind, RowPlan
+from services.dataset.models import Dataset, DatasetJob, RowImage, Snapshot
+from services.dataset.snapshotting import (
+    BuiltSnapshot,
+    InputResolver,
+    build_snapshot,
+    check_test_set,
+    snapshot_lines,
+)
+from services.dataset.validation import IMAGE_FAILED, IMAGE_PENDING, InputKind, RowPlan, problem
 
 SNAPSHOT_READ_BATCH = 5000
 REPORT_REJECTIONS = 100  # per import, in a snapshot report (the import job lists up to 1000)
@@ -58,7 +64,12 @@ def snapshot_create(
         type=type,
         max_tokens=max_tokens,
     )
-    built = build_snapshot(_snapshot_rows(dataset), plan=plan, test_percent=test_percent, seed=seed)
+    rows: Iterator[tuple[int, int | None, list[Any]]] = _snapshot_rows(dataset)
+    resolver = None
+    if type == Snapshot.IMAGE:
+        _check_images_settled(dataset)
+        rows, resolver = _image_inputs(dataset, plan.input_column or "", rows)
+    built = build_snapshot(rows, plan=plan, test_percent=test_percent, seed=seed, resolve_input=resolver)
     built.report["imports"] = _import_summaries(dataset)
     blob, sha256, size = _snapshot_store(built)
     with transaction.atomic(using=DB):
@@ -80,6 +91,59 @@ def snapshot_create(
         )
         _snapshot_announce(snapshot, built=built)
     return snapshot
+
+
+def _check_images_settled(dataset: Dataset) -> None:
+    if DatasetJob.objects.filter(
+        dataset=dataset,
+        kind=DatasetJob.KIND_FETCH_IMAGES,
+        state__in=[DatasetJob.QUEUED, DatasetJob.RUNNING],
+    ).exists():
+        raise ApiError(
+            status=409,
+            code="images_pending",
+            message="the dataset's images are still being fetched; create the snapshot when the job is done",
+        )
+
+
+def _image_inputs(
+    dataset: Dataset, column: str, rows: Iterator[tuple[int, int | None, list[Any]]]
+) -> tuple[Iterator[tuple[int, int | None, list[Any]]], InputResolver]:
+    """The rows, and a resolver that gives each row's input as the hash of its fetched image (or the reason
+    the row cannot be used). The rows' images are loaded a batch at a time, as the rows are read."""
+    images: dict[int, RowImage] = {}
+
+    def batched() -> Iterator[tuple[int, int | None, list[Any]]]:
+        chunk: list[tuple[int, int | None, list[Any]]] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= SNAPSHOT_READ_BATCH:
+                yield from load(chunk)
+                chunk = []
+        yield from load(chunk)
+
+    def load(chunk: list[tuple[int, int | None, list[Any]]]) -> list[tuple[int, int | None, list[Any]]]:
+        images.clear()
+        numbers = [number for number, _, _ in chunk]
+        for image in RowImage.objects.filter(dataset=dataset, column=column, row_number__in=numbers):
+            images[image.row_number] = image
+        return chunk
+
+    def resolve(number: int, url: str) -> tuple[str | None, dict[str, Any] | None]:
+        image = images.get(number)
+        if image is None or image.url != url.strip():
+            return None, problem(
+                IMAGE_PENDING, "the image has not been fetched yet (fetch the images)", column
+            )
+        if image.state != RowImage.FETCHED:
+            return None, problem(
+                IMAGE_FAILED,
+                f"the image could not be fetched ({image.error_code}): {image.error_message}",
+                column,
+            )
+        return f"sha256:{image.sha256}", None
+
+    return batched(), resolve
 
 
 def _snapshot_plan(
