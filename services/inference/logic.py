@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.text import slugify
@@ -751,6 +751,17 @@ def usage_record(
         _usage_group.submit(item)
 
 
+# One statement per day row, whether it exists or not (PostgreSQL and SQLite alike): the ORM's UPDATE, then
+# INSERT in a savepoint when nothing matched, cost several times more per call.
+_USAGE_UPSERT = (
+    f"INSERT INTO {UsageDay._meta.db_table} (org_id, day, meter, deployment_id, model_id, version, requests, units) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (org_id, day, meter, deployment_id, model_id, version) DO UPDATE SET "
+    f"requests = {UsageDay._meta.db_table}.requests + EXCLUDED.requests, "
+    f"units = {UsageDay._meta.db_table}.units + EXCLUDED.units"
+)
+
+
 def usage_write(items: Sequence[UsageItem]) -> None:
     """Record calls' usage in one transaction: one UPDATE per day row they touch (in a fixed order, so that
     processes writing the same rows cannot deadlock), their request-log rows, and one `usage.recorded` per
@@ -795,24 +806,8 @@ def usage_write(items: Sequence[UsageItem]) -> None:
             for text, result in item.logged
         )
     with transaction.atomic(using=ALIAS):
-        for (org_id, day_of, meter, deployment_id, model_id, version), (requests, units) in sorted(
-            days.items()
-        ):
-            key = {
-                "org_id": org_id,
-                "day": day_of,
-                "meter": meter,
-                "deployment_id": deployment_id,
-                "model_id": model_id,
-                "version": version,
-            }
-            added = {"requests": F("requests") + requests, "units": F("units") + units}
-            if not UsageDay.objects.unscoped().filter(**key).update(**added):
-                try:
-                    with transaction.atomic(using=ALIAS):
-                        UsageDay.objects.unscoped().create(requests=requests, units=units, **key)
-                except IntegrityError:
-                    UsageDay.objects.unscoped().filter(**key).update(**added)
+        with connections[ALIAS].cursor() as cursor:
+            cursor.executemany(_USAGE_UPSERT, [(*key, *counts) for key, counts in sorted(days.items())])
         if entries:
             RequestLogEntry.objects.unscoped().bulk_create(entries)
         for (org_id, meter, deployment_id, model_id, version, api_key_id, user_id, endpoint), (

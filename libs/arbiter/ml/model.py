@@ -18,6 +18,8 @@ from arbiter.ml.specs import HeadSpec
 from arbiter.ml.tfidf import TfidfFeatures
 
 ENCODER = "encoder"
+# Feature sources a base model brings (see arbiter.ml.image_encoders), computed by the runtime.
+BUILTIN_PREFIX = "builtin:"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -95,7 +97,11 @@ class ClassifierModel:
 
     @property
     def uses_encoder(self) -> bool:
-        return any(head.uses(ENCODER) for head in self.heads)
+        return any(head.uses(ENCODER) for head in self.heads) or bool(self.builtin_features)
+
+    @property
+    def builtin_features(self) -> set[str]:
+        return {c.features for h in self.heads for c in h.components if c.features.startswith(BUILTIN_PREFIX)}
 
     def encoder_logits(self, embeddings: np.ndarray) -> dict[str, np.ndarray]:
         """Logits of each head's encoder component from sentence embeddings `[rows, dim]`."""
@@ -127,6 +133,15 @@ class ClassifierModel:
                     if encoder_logits is None:
                         raise ValueError(f"Head '{head.spec.name}' reads the encoder: pass encoder_logits.")
                     logits[ENCODER] = encoder_logits[head.spec.name]
+                elif component.features.startswith(BUILTIN_PREFIX):
+                    # A base model's built-in network (vision-moderation's Open-NSFW): the runtime gives
+                    # its features under their name.
+                    if encoder_logits is None or component.features not in encoder_logits:
+                        raise ValueError(
+                            f"Head '{head.spec.name}' reads {component.features}: the runtime gives it."
+                        )
+                    features = encoder_logits[component.features]
+                    logits[component.features] = features @ component.weight.T + component.bias
                 else:
                     matrix = sparse[component.features]
                     logits[component.features] = np.asarray(matrix @ component.weight.T) + component.bias

@@ -181,6 +181,20 @@ class Predictor:
         encoder_path = artifact.encoder_path
         assert encoder_path is not None
         onnx_path = artifact.onnx_path(precision)
+        if model.encoder is not None and model.encoder.pooling == "image":
+            from arbiter.ml.image_encoders import ImageRuntime
+
+            use_image_onnx = runtime != "torch" and onnx_path is not None and not torch.cuda.is_available()
+            return cls(
+                model=model,
+                runtime=ImageRuntime(
+                    model=model,
+                    onnx_path=onnx_path if use_image_onnx else None,
+                    encoder_path=encoder_path,
+                    threads=threads,
+                    device=device,
+                ),
+            )
         use_onnx = runtime == "onnx" or (
             runtime == "auto" and onnx_path is not None and not torch.cuda.is_available()
         )
@@ -225,6 +239,17 @@ class Predictor:
             for i in range(len(texts))
         ]
 
+    @property
+    def input_kind(self) -> str:
+        """ "image" for a model on an image base (its inputs are image keys, `sha256:<hex>`), else "text"."""
+        encoder = self.model.encoder
+        return "image" if encoder is not None and encoder.pooling == "image" else "text"
+
     def warm_up(self) -> None:
         """Run one short input so the first real request does not pay for lazy initialisation."""
+        if self.input_kind == "image":
+            from arbiter.ml.image_encoders import warm_up_key
+
+            self.predict([warm_up_key()])
+            return
         self.predict(["warm up"])

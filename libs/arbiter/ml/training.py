@@ -23,10 +23,10 @@ from arbiter.ml.artifacts import (
 from arbiter.ml.automl import automl_search
 from arbiter.ml.data import LabelledRows, rows_check_trainable, rows_parse, rows_split
 from arbiter.ml.encoders import DEFAULT_BASE_MODEL, EmbeddingCache, Encoder
-from arbiter.ml.image_encoders import ImageEncoder, builtin_heads, image_encoder_add_onnx, is_image_base
 from arbiter.ml.errors import ArtifactError, BaseModelError, MLError
 from arbiter.ml.finetune import encoder_finetune
 from arbiter.ml.heads import CancelCheck, EpochProgress, ProgressCallback, cancel_check, heads_train_frozen
+from arbiter.ml.image_encoders import ImageEncoder, builtin_heads, image_encoder_add_onnx, is_image_base
 from arbiter.ml.metrics import model_evaluate, selection_score, threshold_for_precision
 from arbiter.ml.model import ENCODER, ClassifierModel, EncoderInfo, HeadModel, LinearComponent
 from arbiter.ml.onnx_export import artifact_add_onnx
