@@ -8,7 +8,6 @@ dies without reporting is noticed by the operator, which fails the run for it.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -30,6 +29,7 @@ from arbiter.tenancy.scoping import org_scope
 from services.training import logic
 from services.training.models import ModelVersion, RunState, Snapshot, TrainingRun
 from services.training.operator.conditions import TRAINER_EXIT_REPORTED_FAILURE
+from services.training.snapshots import snapshot_rows
 
 log = logging.getLogger(__name__)
 
@@ -153,20 +153,9 @@ def _rows(version: ModelVersion) -> Iterator[dict[str, Any]]:
     }
     for snapshot_id in version.snapshot_ids:
         # With a test snapshot, every training-snapshot row trains; otherwise the rows keep their split.
-        yield from _snapshot_rows(snapshots[snapshot_id], split="train" if test_id else None)
+        yield from snapshot_rows(snapshots[snapshot_id], split="train" if test_id else None)
     if test_id:
-        yield from _snapshot_rows(snapshots[test_id], split="test")
-
-
-def _snapshot_rows(snapshot: Snapshot, *, split: str | None) -> Iterator[dict[str, Any]]:
-    with get_blob_store().open(snapshot.blob) as stream:
-        for line in stream:
-            if line.strip():
-                row = json.loads(line)
-                row["row"] = f"{snapshot.snapshot_id}:{row.get('row')}"
-                if split is not None:
-                    row["split"] = split
-                yield row
+        yield from snapshot_rows(snapshots[test_id], split="test")
 
 
 def _parent_artifact(version: ModelVersion, folder: Path) -> Artifact | None:

@@ -159,20 +159,25 @@ def refuse_logprobs(then: Answer) -> Answer:
 
 
 def by_content(choose: Callable[[str], Answer]) -> Answer:
-    """Answer with `choose(<every text of the request's last user message>)`: one script for many inputs."""
+    """Answer with `choose(<the text of the request's user messages>)`: one script for many inputs (a repair
+    request still carries the input it repairs)."""
 
     def answer(body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
-        return choose(last_user_text(body))(body)
+        users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+        return choose("\n".join(_text_of(m) for m in users))(body)
 
     return answer
 
 
-def last_user_text(body: dict[str, Any]) -> str:
-    user = [m for m in body.get("messages", []) if m.get("role") == "user"][-1]
-    content = user["content"]
+def _text_of(message: dict[str, Any]) -> str:
+    content = message["content"]
     if isinstance(content, str):
         return content
     return "\n".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    return _text_of([m for m in body.get("messages", []) if m.get("role") == "user"][-1])
 
 
 def refuse_response_format(then: Answer) -> Answer:

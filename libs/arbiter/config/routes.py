@@ -46,8 +46,8 @@ _ORG_CONSOLE = "/console/[^/]+"
 ROUTES: tuple[Route, ...] = (
     Route("dataset", f"{_ORG_API}/(datasets|snapshots)(/|$)"),
     Route("dataset", f"{_ORG_CONSOLE}/(datasets|snapshots)(/|$)"),
-    Route("training", f"{_ORG_API}/(models|runs)(/|$)"),
-    Route("training", f"{_ORG_CONSOLE}/models(/|$)"),
+    Route("training", f"{_ORG_API}/(models|runs|policies)(/|$)"),
+    Route("training", f"{_ORG_CONSOLE}/(models|policies)(/|$)"),
     Route("training", "/static/training/"),
     Route("annotation", f"{_ORG_API}/(label-schemas|annotation-jobs|llm-providers)(/|$)"),
     Route("annotation", f"{_ORG_API}/datasets/[^/]+/(review|agreement)(/|$)"),

@@ -562,6 +562,8 @@ class LlmSettings(Concern):
     retry_max_s: float = Field(60.0, gt=0, validation_alias="ARBITER_LLM_RETRY_MAX_SECONDS")
     # Calls in flight at once per endpoint and process.
     concurrency: int = Field(4, ge=1, validation_alias="ARBITER_LLM_CONCURRENCY")
+    # Policy evaluations of up to this many rows finish within the request; larger ones run in the background.
+    policy_inline_rows: int = Field(50, ge=0, validation_alias="ARBITER_POLICY_INLINE_ROWS")
 
     split_networks = field_validator("allowed_networks", mode="before")(_split_commas)
 

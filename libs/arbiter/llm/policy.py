@@ -749,15 +749,17 @@ def is_policy_artifact(key: str) -> bool:
     return key.endswith(POLICY_ARTIFACT_SUFFIX)
 
 
-def policy_artifact_dump(document: PolicyDocument) -> bytes:
-    return json.dumps({"kind": "policy", "policy": document.to_dict()}, sort_keys=True).encode()
+def policy_artifact_dump(document: PolicyDocument, *, org_id: int, model_id: int, version: int) -> bytes:
+    meta = {"org_id": org_id, "model_id": model_id, "version": version}
+    return json.dumps({"kind": "policy", "meta": meta, "policy": document.to_dict()}, sort_keys=True).encode()
 
 
-def policy_artifact_load(data: bytes) -> PolicyDocument:
+def policy_artifact_load(data: bytes) -> tuple[PolicyDocument, dict[str, Any]]:
+    """The document and `{org_id, model_id, version}` of a policy artifact; `PolicyInvalid` if it is none."""
     try:
         body = json.loads(data)
         if body.get("kind") != "policy":
             raise ValueError("not a policy")
-        return PolicyDocument.from_dict(body["policy"])
-    except (ValueError, KeyError, TypeError) as error:
+        return PolicyDocument.from_dict(body["policy"]), dict(body["meta"])
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise PolicyInvalid(f"the policy artifact cannot be read: {error}") from error

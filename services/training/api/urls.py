@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from services.training.api import fine_tuning, views
+from services.training.api import fine_tuning, policies, views
 
 ORG = "api/v1/orgs/<slug:org>"
 
@@ -22,6 +22,37 @@ urlpatterns = [
     path(f"{ORG}/runs", views.RunViewSet.as_view({"get": "list"}), name="run-list"),
     path(f"{ORG}/runs/<int:pk>", views.RunViewSet.as_view({"get": "retrieve"}), name="run-detail"),
     path(f"{ORG}/runs/<int:pk>/cancel", views.RunViewSet.as_view({"post": "cancel"}), name="run-cancel"),
+    path(
+        f"{ORG}/policies",
+        policies.PolicyViewSet.as_view({"get": "list", "post": "create"}),
+        name="policy-list",
+    ),
+    path(
+        f"{ORG}/policies/<int:pk>", policies.PolicyViewSet.as_view({"get": "retrieve"}), name="policy-detail"
+    ),
+    path(
+        f"{ORG}/policies/<int:policy>/versions",
+        policies.PolicyVersionViewSet.as_view({"get": "list", "post": "create"}),
+        name="policy-version-list",
+    ),
+    path(
+        f"{ORG}/policies/<int:policy>/versions/<int:number>",
+        policies.PolicyVersionViewSet.as_view({"get": "retrieve"}),
+        name="policy-version-detail",
+    ),
+    path(
+        f"{ORG}/policies/<int:policy>/evaluations",
+        policies.PolicyEvaluationViewSet.as_view({"get": "list", "post": "create"}),
+        name="policy-evaluation-list",
+    ),
+    path(
+        f"{ORG}/policies/<int:policy>/evaluations/<int:pk>",
+        policies.PolicyEvaluationViewSet.as_view({"get": "retrieve"}),
+        name="policy-evaluation-detail",
+    ),
+    path(
+        f"{ORG}/policies/<int:pk>/diff", policies.PolicyViewSet.as_view({"post": "diff"}), name="policy-diff"
+    ),
     path("v1/fine_tuning/jobs", fine_tuning.JobsView.as_view(), name="compat-fine-tuning-jobs"),
     path("v1/fine_tuning/jobs/<str:job_id>", fine_tuning.JobView.as_view(), name="compat-fine-tuning-job"),
     path(

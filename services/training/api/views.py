@@ -10,11 +10,24 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from arbiter.api.errors import ApiError
 from arbiter.api.schema import error_responses
 from arbiter.tenancy.viewsets import OrgScopedViewSet
 from services.training import logic, selectors
 from services.training.api import serializers as s
 from services.training.models import Model, RunState
+
+
+def _not_a_policy(model_type: str) -> None:
+    """Policies are written, not trained: their own API makes them and their versions."""
+    if model_type == "policy":
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message="type: a policy is written, not trained; create it and its versions with "
+            "POST /api/v1/orgs/{org}/policies and POST .../policies/{id}/versions.",
+            details={"type": ["Use the policies API."]},
+        )
 
 
 class TrainingViewSet(OrgScopedViewSet):
@@ -35,6 +48,7 @@ class ModelViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.RetrieveModelM
         payload = s.ModelCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
+        _not_a_policy(data["type"])
         version = logic.model_create(
             org_id=self.org_id,
             name=data["name"],
@@ -61,6 +75,7 @@ class VersionViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.RetrieveMode
     )
     def create(self, request: Request, org: str, model: int) -> Response:
         parent_model = self._model()
+        _not_a_policy(parent_model.type)
         payload = s.VersionCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data

@@ -1,0 +1,213 @@
+"""The policies API: write a policy, edit it into new versions, evaluate a version on a labelled snapshot, and
+diff two versions on one snapshot. A policy is a model of type `policy` (its id is the model's id): it is
+deployed, served and metered through the same APIs as a trained model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import Http404
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, serializers, status
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from arbiter.api.schema import error_responses
+from arbiter.llm.policy import PROMPT_STYLES
+from services.training import policies
+from services.training.api.views import TrainingViewSet
+from services.training.models import Model, ModelVersion, PolicyEvaluation
+
+
+class ProviderSerializer(serializers.Serializer):
+    base_url = serializers.CharField(
+        help_text="An OpenAI-compatible endpoint, e.g. https://api.openai.com/v1"
+    )
+    model = serializers.CharField()
+    api_key = serializers.CharField(
+        required=False, write_only=True, help_text="Stored encrypted, never returned"
+    )
+    vision = serializers.BooleanField(
+        required=False, help_text="The endpoint reads images in the chat message"
+    )
+    logprobs = serializers.BooleanField(required=False, help_text="Score from token log-probabilities")
+
+
+class ExampleSerializer(serializers.Serializer):
+    content = serializers.CharField()
+    flag = serializers.ChoiceField(choices=["safe", "unsafe"])
+    note = serializers.CharField(required=False)
+
+
+class CategorySerializer(serializers.Serializer):
+    name = serializers.CharField()
+    definition = serializers.CharField()
+    violates = serializers.CharField(required=False)
+    safe = serializers.CharField(required=False)
+    examples = ExampleSerializer(many=True, required=False)
+
+
+class PolicyWriteSerializer(serializers.Serializer):
+    """Documents the body; `services.training.policies.policy_document` validates it, naming the field."""
+
+    name = serializers.CharField(required=False, help_text="Required when creating")
+    instructions = serializers.CharField(required=False)
+    prompt_style = serializers.ChoiceField(choices=list(PROMPT_STYLES), required=False)
+    provider = ProviderSerializer(required=False)
+    vision_provider = ProviderSerializer(required=False, allow_null=True)
+    checklist = serializers.ListField(child=serializers.CharField(), required=False)
+    categories = CategorySerializer(many=True, required=False)
+
+
+class PolicyVersionSerializer(serializers.ModelSerializer):
+    policy = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = ["number", "created_at", "heads", "artifact_key", "policy", "evaluation"]
+
+    def get_policy(self, version: ModelVersion) -> dict[str, Any]:
+        return policies.policy_public(version.policy or {})
+
+
+class PolicySerializer(serializers.ModelSerializer):
+    latest_version = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Model
+        fields = ["id", "name", "type", "base_model", "created_at", "latest_version"]
+
+    def get_latest_version(self, model: Model) -> dict[str, Any] | None:
+        latest = max(model.versions.all(), key=lambda v: v.number, default=None)
+        return PolicyVersionSerializer(latest).data if latest is not None else None
+
+
+class EvaluationRequestSerializer(serializers.Serializer):
+    version = serializers.IntegerField(required=False, help_text="Default: the newest version")
+    snapshot = serializers.IntegerField()
+    head = serializers.CharField(required=False, help_text="The label column; optional with one")
+    limit = serializers.IntegerField(required=False, help_text="At most this many rows (0: all)")
+
+
+class EvaluationSerializer(serializers.ModelSerializer):
+    version = serializers.IntegerField(source="version.number")
+    snapshot = serializers.IntegerField(source="snapshot_id")
+
+    class Meta:
+        model = PolicyEvaluation
+        fields = [
+            "id",
+            "version",
+            "snapshot",
+            "head",
+            "limit",
+            "state",
+            "rows",
+            "done",
+            "errors",
+            "message",
+            "warnings",
+            "llm_calls",
+            "prompt_tokens",
+            "completion_tokens",
+            "evaluation",
+            "decisions",
+            "created_at",
+            "finished_at",
+        ]
+
+
+class DiffRequestSerializer(serializers.Serializer):
+    snapshot = serializers.IntegerField()
+    from_version = serializers.IntegerField()
+    to_version = serializers.IntegerField()
+    head = serializers.CharField(required=False)
+    limit = serializers.IntegerField(required=False)
+
+
+def _body(request: Request) -> dict[str, Any]:
+    if not isinstance(request.data, dict):
+        raise serializers.ValidationError({"non_field_errors": ["Give a JSON object."]})
+    return dict(request.data)
+
+
+class PolicyViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+    serializer_class = PolicySerializer
+
+    def safely_get_queryset(self) -> QuerySet[Model]:
+        return Model.objects.filter(type=policies.POLICY).prefetch_related("versions")
+
+    @extend_schema(request=PolicyWriteSerializer, responses={201: PolicySerializer, **error_responses(409)})
+    def create(self, request: Request, org: str) -> Response:
+        data = _body(request)
+        version = policies.policy_create(org_id=self.org_id, name=data.get("name", ""), data=data)
+        return Response(PolicySerializer(version.model).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=DiffRequestSerializer, responses={200: dict})
+    @action(detail=True, methods=["post"])
+    def diff(self, request: Request, org: str, pk: int) -> Response:
+        data = _body(request)
+        body = policies.policy_diff(
+            model=self.get_object(),
+            snapshot_id=data.get("snapshot"),
+            head=data.get("head"),
+            from_version=data.get("from_version"),
+            to_version=data.get("to_version"),
+            limit=data.get("limit", 0),
+        )
+        return Response(body, status=status.HTTP_202_ACCEPTED if body["state"] == "running" else 200)
+
+
+class PolicyVersionViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+    serializer_class = PolicyVersionSerializer
+    lookup_field = "number"
+
+    def safely_get_queryset(self) -> Any:
+        return ModelVersion.objects.filter(model_id=self.kwargs["policy"], policy__isnull=False)
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        _policy(self.kwargs["policy"])
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=PolicyWriteSerializer, responses={201: PolicyVersionSerializer})
+    def create(self, request: Request, org: str, policy: int) -> Response:
+        """Edit the policy: a new version from the newest one with the fields given (others are kept)."""
+        version = policies.policy_version_create(model=_policy(policy), data=_body(request))
+        return Response(PolicyVersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+
+def _policy(pk: int) -> Model:
+    model = Model.objects.filter(pk=pk, type=policies.POLICY).first()
+    if model is None:
+        raise Http404
+    return model
+
+
+class PolicyEvaluationViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
+    serializer_class = EvaluationSerializer
+
+    def safely_get_queryset(self) -> Any:
+        return PolicyEvaluation.objects.select_related("version").filter(
+            version__model_id=self.kwargs["policy"]
+        )
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        _policy(self.kwargs["policy"])
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(
+        request=EvaluationRequestSerializer, responses={201: EvaluationSerializer, 200: EvaluationSerializer}
+    )
+    def create(self, request: Request, org: str, policy: int) -> Response:
+        data = _body(request)
+        version = policies.policy_version(model=_policy(policy), number=data.get("version"))
+        evaluation, created = policies.evaluation_request(
+            version=version,
+            snapshot_id=data.get("snapshot"),
+            head=data.get("head"),
+            limit=data.get("limit", 0),
+        )
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return Response(EvaluationSerializer(evaluation).data, status=code)
