@@ -271,3 +271,25 @@ class BatchLine(models.Model):
 
     def __str__(self) -> str:
         return f"line {self.position} of batch {self.batch_id}"
+
+
+class PolicyDecision(OrgScopedModel):
+    """A policy version's decision for one input, by (artifact, input hash): asked of the LLM once, served
+    from here after; its LLM calls and tokens are the policy's metered usage."""
+
+    artifact = models.CharField(max_length=500)
+    input_sha256 = models.CharField(max_length=64)
+    # `arbiter.llm.policy.PolicyDecision.to_dict()`: flag, category, reason, scores, raw answer, ...
+    decision = models.JSONField()
+    llm_calls = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["artifact", "input_sha256"], name="inference_policy_decision_once"
+            )
+        ]
+        indexes = [models.Index(fields=["org_id", "created_at"], name="inference_policy_decision_day")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import date, datetime
 
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet, Sum
 
 from arbiter.api.errors import ApiError
 from services.inference.models import (
@@ -13,6 +13,7 @@ from services.inference.models import (
     Deployment,
     DeploymentStatus,
     ModelVersion,
+    PolicyDecision,
     RequestLogEntry,
     UsageDay,
 )
@@ -72,6 +73,17 @@ def deployment_for_model(*, model: str | None) -> Deployment:
 
 def usage_days(*, start: date, end: date) -> QuerySet[UsageDay]:
     return UsageDay.objects.filter(day__gte=start, day__lte=end).order_by("day", "meter", "deployment_id")
+
+
+def policy_llm_usage(*, start: date, end: date) -> dict[str, int]:
+    """The LLM calls and tokens policies cost in the period: each cached decision was asked once."""
+    totals = PolicyDecision.objects.filter(created_at__date__gte=start, created_at__date__lte=end).aggregate(
+        decisions=Count("id"),
+        calls=Sum("llm_calls"),
+        prompt_tokens=Sum("prompt_tokens"),
+        completion_tokens=Sum("completion_tokens"),
+    )
+    return {key: int(value or 0) for key, value in totals.items()}
 
 
 def request_log_entries(

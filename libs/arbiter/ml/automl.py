@@ -75,6 +75,7 @@ LENGTH_PERCENTILE = 95
 # Logit offsets tried per label by the calibration, and the least gain on the validation rows it must bring.
 CALIBRATION_OFFSETS = tuple(np.round(np.linspace(-2.0, 2.0, 17), 2))
 CALIBRATION_MIN_GAIN = 1e-3
+CALIBRATION_MIN_ROWS = 150
 
 
 @dataclass
@@ -156,6 +157,7 @@ class _EncoderCandidate:
     valid_probabilities: dict[str, np.ndarray]
     valid_embeddings: np.ndarray
     fit_embeddings: np.ndarray | None  # the frozen encoder's, for the out-of-fold predictions of `head`
+    out_of_fold: dict[str, np.ndarray] | None = None  # `head`'s on the fit rows, once the blend made them
 
 
 def _probabilities(heads: Sequence[HeadModel], logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -679,6 +681,7 @@ def _shares_pick(search: _Search, *, tfidf: _Tfidf, best: _EncoderCandidate) -> 
             epochs=best.tracker.best_epoch,
             should_cancel=search.should_cancel,
         )
+        best.out_of_fold = encoder_oof
         share_rows = fit.concat(valid)
         encoder_probabilities = {
             n: np.concatenate([encoder_oof[n], best.valid_probabilities[n]]) for n in best.valid_probabilities
@@ -696,83 +699,141 @@ def _shares_pick(search: _Search, *, tfidf: _Tfidf, best: _EncoderCandidate) -> 
     )
 
 
+def _shifted(probabilities: np.ndarray, shift: np.ndarray, *, multi_label: bool) -> np.ndarray:
+    """Probabilities with `shift` added to the logits they came from."""
+    if multi_label:
+        clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
+        return sigmoid(np.log(clipped / (1 - clipped)) + shift)
+    weighted = probabilities * np.exp(shift)
+    return weighted / np.maximum(weighted.sum(axis=1, keepdims=True), 1e-12)
+
+
+def _calibration_rows(
+    search: _Search, *, head: HeadModel, tfidf: _Tfidf, encoder: _EncoderCandidate | None
+) -> tuple[HeadLabels, dict[str, np.ndarray]]:
+    """The labels and each component's probabilities to calibrate a head on: out-of-fold predictions on the
+    fit rows plus the validation rows when every component has them (a few dozen validation rows alone
+    would be chased, not calibrated on), else the validation rows."""
+    name = head.spec.name
+    valid = {tfidf.heads[0].components[0].features: tfidf.valid_probabilities[name]}
+    fit = {tfidf.heads[0].components[0].features: tfidf.out_of_fold[name]}
+    if encoder is not None:
+        valid[ENCODER] = encoder.valid_probabilities[name]
+        fit[ENCODER] = encoder.out_of_fold[name] if encoder.out_of_fold is not None else None  # type: ignore[assignment]
+    used = [component.features for component in head.components]
+    labels = search.fit.heads[name]
+    # A head too small for folds has no out-of-fold predictions (its rows stay zero).
+    complete = all(
+        fit.get(features) is not None and np.allclose(fit[features][labels.mask].sum(axis=1), 1.0)
+        if not head.spec.multi_label
+        else fit.get(features) is not None and bool(np.any(fit[features][labels.mask]))
+        for features in used
+    )
+    if not complete or not labels.mask.any():
+        return search.valid.heads[name], {features: valid[features] for features in used}
+    both = search.fit.concat(search.valid).heads[name]
+    return both, {features: np.concatenate([fit[features], valid[features]]) for features in used}
+
+
 def _calibrate(
     search: _Search, *, heads: list[HeadModel], tfidf: _Tfidf, encoder: _EncoderCandidate | None
 ) -> list[HeadModel]:
-    """Per head, logit offsets per label picked on the validation rows by coordinate ascent, folded into
-    every component's bias; a head keeps them only when its validation score rises by CALIBRATION_MIN_GAIN.
+    """Per head, logit offsets per label picked by coordinate ascent for the selection rule, folded into
+    every component's bias; a head keeps them only when its score rises by CALIBRATION_MIN_GAIN and they do
+    not lower its score on the validation rows.
 
     For a multi-class head an offset is a class prior (argmax decides); for a multi-label head it moves the
-    label's 0.5 threshold. The loss rule is left alone: offsets that help decisions cost likelihood.
-    It runs even when the budget is spent: a few hundred scorings of the validation rows take well under
-    a second.
+    label's 0.5 threshold. Offsets are picked on out-of-fold predictions for the fit rows plus the
+    validation rows (see `_calibration_rows`), and only for heads with CALIBRATION_MIN_ROWS such rows. The
+    loss rule is left alone: offsets that help decisions cost likelihood. It runs even when the budget is
+    spent: a few hundred scorings take well under a second.
     """
     if search.options.selection_rule == "loss":
         return heads
     started = time.monotonic()
-    logits = {}
-    for spec, tfidf_head in zip(search.specs, tfidf.heads, strict=True):
-        component = tfidf_head.components[0]
-        logits[(spec.name, component.features)] = (
-            np.asarray(tfidf.valid_features @ component.weight.T) + component.bias
-        )
-    if encoder is not None:
-        for spec, encoder_head in zip(search.specs, encoder.heads, strict=True):
-            component = encoder_head.components[0]
-            logits[(spec.name, ENCODER)] = encoder.valid_embeddings @ component.weight.T + component.bias
+    rule = search.options.selection_rule
     offsets: dict[str, dict[str, float]] = {}
     shifts: dict[str, np.ndarray] = {}
     calibrated = []
     for head in heads:
-        name = head.spec.name
+        labels, components = _calibration_rows(search, head=head, tfidf=tfidf, encoder=encoder)
+        if int(labels.mask.sum()) < CALIBRATION_MIN_ROWS:
+            calibrated.append(head)
+            continue
 
-        def probabilities(shift: np.ndarray, head: HeadModel = head, name: str = name) -> np.ndarray:
-            return head.probabilities(
-                {c.features: logits[(name, c.features)] + shift for c in head.components}
-            )
+        def score(
+            shift: np.ndarray,
+            head: HeadModel = head,
+            labels: HeadLabels = labels,
+            components: Any = components,
+        ) -> float:
+            value = head_score(probabilities=_mixed(head, components, shift), labels=labels, rule=rule)
+            return -np.inf if value is None else value
 
         shift = np.zeros(len(head.spec.labels))
-        before = best = search.head_score(name, probabilities(shift))
+        before = best = score(shift)
         for _ in range(2):
             for i in range(len(shift)):
                 for value in CALIBRATION_OFFSETS:
                     trial = shift.copy()
                     trial[i] = value
-                    score = search.head_score(name, probabilities(trial))
-                    if score > best + 1e-12:
-                        best, shift = score, trial
-        if best < before + CALIBRATION_MIN_GAIN or not np.any(shift):
+                    trial_score = score(trial)
+                    if trial_score > best + 1e-12:
+                        best, shift = trial_score, trial
+        name = head.spec.name
+        valid_components = _valid_components(head, tfidf=tfidf, encoder=encoder)
+        valid_before = search.head_score(name, _mixed(head, valid_components, np.zeros_like(shift)))
+        valid_after = search.head_score(name, _mixed(head, valid_components, shift))
+        if best < before + CALIBRATION_MIN_GAIN or not np.any(shift) or valid_after < valid_before:
             calibrated.append(head)
             continue
         offsets[name] = {label: float(value) for label, value in zip(head.spec.labels, shift, strict=True)}
         shifts[name] = shift
-        components = [
+        components_shifted = [
             LinearComponent(c.features, c.weight, (c.bias + shift).astype(c.bias.dtype), c.share)
             for c in head.components
         ]
-        adjusted = HeadModel(spec=head.spec, components=components, thresholds=dict(head.thresholds))
-        calibrated.append(adjusted)
+        calibrated.append(
+            HeadModel(spec=head.spec, components=components_shifted, thresholds=dict(head.thresholds))
+        )
     if offsets:
-        final = {
-            head.spec.name: head.probabilities(
-                {
-                    c.features: logits[(head.spec.name, c.features)] + shifts.get(head.spec.name, 0.0)
-                    for c in head.components
-                }
-            )
-            for head in calibrated
-        }
-        score, _ = search.score(final)
+        final = {}
+        for head in calibrated:
+            name = head.spec.name
+            valid_components = _valid_components(head, tfidf=tfidf, encoder=encoder)
+            final[name] = _mixed(head, valid_components, shifts.get(name, np.zeros(len(head.spec.labels))))
+        total_score, _ = search.score(final)
         search.candidates.append(
             {
                 "name": "calibrate",
-                "selection_metric": round(search.sign * score, 6),
+                "selection_metric": round(search.sign * total_score, 6),
                 "head_metrics": _head_metrics(search, final),
                 "seconds": round(time.monotonic() - started, 2),
                 "offsets": offsets,
             }
         )
     return calibrated
+
+
+def _valid_components(
+    head: HeadModel, *, tfidf: _Tfidf, encoder: _EncoderCandidate | None
+) -> dict[str, np.ndarray]:
+    """Each component's probabilities of the head on the validation rows."""
+    found = {}
+    for component in head.components:
+        source = tfidf if component.features != ENCODER else encoder
+        assert source is not None
+        found[component.features] = source.valid_probabilities[head.spec.name]
+    return found
+
+
+def _mixed(head: HeadModel, components: dict[str, np.ndarray], shift: np.ndarray) -> np.ndarray:
+    """A head's probabilities from its components' (before any shift), with `shift` added to the logits."""
+    total = sum(component.share for component in head.components)
+    return sum(  # type: ignore[return-value]
+        (c.share / total) * _shifted(components[c.features], shift, multi_label=head.spec.multi_label)
+        for c in head.components
+    )
 
 
 def _blended_head(

@@ -134,6 +134,10 @@ USAGE_RESPONSE = inline_serializer(
             child=serializers.DictField(child=serializers.IntegerField()),
             help_text="per meter: requests and units",
         ),
+        "llm": serializers.DictField(
+            child=serializers.IntegerField(),
+            help_text="policies: decisions asked of an LLM, its calls and tokens (cached decisions cost none)",
+        ),
     },
 )
 

@@ -261,5 +261,7 @@ class UsageViewSet(OrgScopedViewSet):
                 "to": end.isoformat(),
                 "days": [{**row.as_dict(), "deployment": names.get(row.deployment_id)} for row in rows],
                 "totals": totals,
+                # Policies' LLM calls (decisions asked of an LLM, each cached after): {decisions, calls, tokens}.
+                "llm": selectors.policy_llm_usage(start=start, end=end),
             }
         )

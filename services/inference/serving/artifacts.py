@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from arbiter.llm.policy import PolicyInvalid, is_policy_artifact, policy_artifact_load, policy_heads
 from arbiter.ml.artifacts import CONFIG_FILE, Artifact, artifact_load, artifact_unpack
 from arbiter.ml.errors import ArtifactError
 from arbiter.storage import get_blob_store
@@ -59,7 +60,14 @@ def artifact_config_read(key: str) -> dict[str, Any]:
 
     The tar is streamed member by member up to the config, which `artifact_pack` writes first: reading
     the heads of a version costs kilobytes, not the whole blob. Raises `BlobNotFoundError` or `ArtifactError`.
+    A policy version's artifact is its document: its heads are its categories.
     """
+    if is_policy_artifact(key):
+        try:
+            document, _ = policy_artifact_load(get_blob_store().get_bytes(key))
+        except PolicyInvalid as error:
+            raise ArtifactError(str(error)) from error
+        return {"heads": policy_heads(document)}
     with get_blob_store().open(key) as stream:
         try:
             with tarfile.open(fileobj=stream, mode="r|*") as archive:

@@ -15,14 +15,16 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from arbiter.llm.policy import is_policy_artifact
 from arbiter.ml.artifacts import TFIDF_FOLDER, WEIGHTS_FILE, Artifact
 from arbiter.ml.model import HeadModel
 from arbiter.ml.predict import OnnxRuntime, Predictor, TorchRuntime
 from services.inference.conf import inference_settings
 from services.inference.serving.artifacts import artifact_fetch
 from services.inference.serving.batcher import MicroBatcher
+from services.inference.serving.policy import policy_model_load
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,11 @@ class LoadedModel:
     def heads(self) -> list[HeadModel]:
         return self.artifact.model.heads
 
+    @property
+    def input_kind(self) -> str:
+        """ "image" or "text": what the model classifies (a served policy answers "text")."""
+        return self.predictor().input_kind
+
     def predictor(self, thresholds: Thresholds | None = None) -> Predictor:
         """A predictor deciding with the version's thresholds, overridden per head and label as given."""
         overrides = thresholds or {}
@@ -140,7 +147,10 @@ class LoadedModel:
 
 
 def model_load(key: str) -> LoadedModel:
-    """Fetch, load and warm the artifact stored under `key`."""
+    """Fetch, load and warm the artifact stored under `key` (a policy version: its document, see
+    `services.inference.serving.policy`)."""
+    if is_policy_artifact(key):
+        return cast(LoadedModel, policy_model_load(key))
     settings = inference_settings()
     artifact = artifact_fetch(key)
     predictor = predictor_load(artifact, runtime=settings.runtime, threads=settings.threads)
