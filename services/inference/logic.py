@@ -754,11 +754,11 @@ def usage_record(
 # One statement per day row, whether it exists or not (PostgreSQL and SQLite alike): the ORM's UPDATE, then
 # INSERT in a savepoint when nothing matched, cost several times more per call.
 _USAGE_UPSERT = (
-    f"INSERT INTO {UsageDay._meta.db_table} (org_id, day, meter, deployment_id, model_id, version, requests, units) "
+    "INSERT INTO inference_usageday (org_id, day, meter, deployment_id, model_id, version, requests, units) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (org_id, day, meter, deployment_id, model_id, version) DO UPDATE SET "
-    f"requests = {UsageDay._meta.db_table}.requests + EXCLUDED.requests, "
-    f"units = {UsageDay._meta.db_table}.units + EXCLUDED.units"
+    "requests = inference_usageday.requests + EXCLUDED.requests, "
+    "units = inference_usageday.units + EXCLUDED.units"
 )
 
 
