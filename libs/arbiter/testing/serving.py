@@ -86,10 +86,13 @@ def trained_artifact() -> bytes:
 
 def serving_env(database_url: str | None, home: Path) -> tuple[dict[str, str], list[str]]:
     """The environment of a server (and of this set-up) on `home`; creates its PostgreSQL databases."""
+    # The serving knobs (workers, threads, batching, the key cache) pass through, to be measured.
+    tuning = ("ARBITER_WEB_WORKERS", "ARBITER_WEB_THREADS", "ARBITER_INFERENCE_", "ARBITER_API_KEY_")
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("DATABASE_URL", "ARBITER_", "DJANGO_SETTINGS_MODULE"))
+        if key.startswith(tuning)
+        or not key.startswith(("DATABASE_URL", "ARBITER_", "DJANGO_SETTINGS_MODULE"))
     }
     env.update(
         ARBITER_HOME=str(home),
