@@ -35,10 +35,13 @@ def head_categories(spec: HeadSpec) -> list[tuple[str, str]]:
     return [(f"{spec.name}/{label}", label) for label in positive]
 
 
-def moderation_result(result: NativeResult, heads: Sequence[HeadSpec]) -> dict[str, Any]:
+def moderation_result(
+    result: NativeResult, heads: Sequence[HeadSpec], *, input_type: str = "text"
+) -> dict[str, Any]:
     """One input's OpenAI moderation result.
 
-    `{flagged, categories, category_scores, category_applied_input_types}`
+    `{flagged, categories, category_scores, category_applied_input_types}`; `input_type` ("text" or "image")
+    is what the model classified of the input.
     """
     categories: dict[str, bool] = {}
     scores: dict[str, float] = {}
@@ -51,7 +54,7 @@ def moderation_result(result: NativeResult, heads: Sequence[HeadSpec]) -> dict[s
         "flagged": any(categories.values()),
         "categories": categories,
         "category_scores": scores,
-        "category_applied_input_types": {category: ["text"] for category in categories},
+        "category_applied_input_types": {category: [input_type] for category in categories},
     }
 
 
@@ -64,3 +67,21 @@ def mistral_moderation_result(result: NativeResult, heads: Sequence[HeadSpec]) -
 def mistral_classification_result(result: NativeResult) -> dict[str, dict[str, dict[str, float]]]:
     """One input's Mistral classification result: `{<head>: {"scores": {<label>: p}}}`."""
     return {head: {"scores": dict(native["label_scores"])} for head, native in result.items()}
+
+
+def results_merge(results: Sequence[NativeResult], heads: Sequence[HeadSpec]) -> NativeResult:
+    """Several parts of one input (OpenAI's multi-modal input) as one result: per head, the part whose
+    flagging labels score highest answers (a flagged part flags the input)."""
+    merged: NativeResult = {}
+    for spec in heads:
+        negative = set(spec.resolved_negative_labels)
+
+        def weight(
+            result: NativeResult, name: str = spec.name, negative: set[str] = negative
+        ) -> tuple[bool, float]:
+            native = result[name]
+            scores = [score for label, score in native["label_scores"].items() if label not in negative]
+            return bool(native["flagged"]), max(scores, default=0.0)
+
+        merged[spec.name] = max(results, key=weight)[spec.name]
+    return merged

@@ -44,7 +44,11 @@ class Model(OrgScopedModel):
     """A trained classifier, or a policy: a written policy an LLM applies (each version is a policy document;
     see `services.training.policies`)."""
 
-    TYPES = [("text_classification", "text classification"), ("policy", "policy")]
+    TYPES = [
+        ("text_classification", "text classification"),
+        ("image_classification", "image classification"),
+        ("policy", "policy"),
+    ]
 
     name = models.CharField(max_length=200)
     type = models.CharField(max_length=40, choices=TYPES, default="text_classification")

@@ -74,7 +74,7 @@ def test_the_openai_client_moderates_with_a_deployed_model(
 
     with pytest.raises(openai.NotFoundError):
         client.moderations.create(model="omni-moderation-latest", input=INSULT)
-    with pytest.raises(openai.BadRequestError, match="only text inputs"):
+    with pytest.raises(openai.BadRequestError, match="classifies text"):
         client.moderations.create(model="moderator", input=[{"type": "image_url", "image_url": {"url": "x"}}])
     with pytest.raises(openai.AuthenticationError):
         openai_client("arb_wrong").moderations.create(input="x")

@@ -24,11 +24,12 @@ def cached_head_artifact(
     rows: Sequence[Mapping[str, Any]],
     heads: Sequence[Mapping[str, Any]],
     max_epochs: int,
+    base_model: str | None = None,
 ) -> bytes:
     """The packed artifact of a `head`-strategy model trained on `rows` (trained now only if not cached)."""
     from arbiter.ml import HeadSpec, TrainOptions, artifact_pack, train_from_snapshot
 
-    digest = hashlib.sha256(json.dumps([list(rows), list(heads), max_epochs]).encode())
+    digest = hashlib.sha256(json.dumps([list(rows), list(heads), max_epochs, base_model]).encode())
     for source in sorted(ML_SOURCES.glob("*.py")):
         digest.update(source.read_bytes())
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -39,8 +40,11 @@ def cached_head_artifact(
         result = train_from_snapshot(
             rows=rows,
             heads=[HeadSpec.from_dict(head) for head in heads],
-            options=TrainOptions(strategy="head", max_epochs=max_epochs, learning_rate=0.01, early_stopping=0),
+            options=TrainOptions(
+                strategy="head", max_epochs=max_epochs, learning_rate=0.01, early_stopping=0
+            ),
             out_dir=Path(folder) / "artifact",
+            base_model=base_model,
         )
         blob = artifact_pack(result.artifact_dir)
     for stale in cache_dir.glob(f"{prefix}*.tar.gz"):

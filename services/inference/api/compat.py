@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from arbiter.api.errors import ApiError
 from arbiter.api.keyscoped import KeyScopedView
 from arbiter.api.schema import error_responses
-from services.inference import compat, logic, selectors
+from services.inference import compat, images, logic, selectors
 from services.inference.api import serializers as s
 from services.inference.api.views import caller_of, json_object
 
@@ -38,32 +38,59 @@ class _KeyScopedView(KeyScopedView):
             raise ApiError(
                 status=400, code="invalid", message="model: give a deployment or model name or id."
             )
-        texts = logic.inputs_validate(raw_inputs, field=field)
         deployment = selectors.deployment_for_model(model=str(model) if model is not None else None)
+        kind = images.model_input_kind(deployment.artifact) if deployment.status == "live" else "text"
+        texts = (
+            images.classify_inputs(raw_inputs, field=field, kind=kind, store=deployment.log_requests)
+            if deployment.status == "live"
+            else []
+        )
         classification = logic.deployment_classify(
             deployment=deployment, texts=texts, caller=caller_of(request, self.org_id), endpoint=self.endpoint
         )
         return deployment, classification
 
-
-def _openai_texts(value: Any) -> Any:
-    """OpenAI's multi-modal input (`[{"type": "text", "text": ...}]`) as plain texts; images are refused."""
-    if not isinstance(value, list) or not any(isinstance(item, dict) for item in value):
-        return value
-    texts = []
-    for index, item in enumerate(value):
-        if isinstance(item, dict) and item.get("type") == "text":
-            texts.append(item.get("text"))
-        elif isinstance(item, dict):
+    def classify_multimodal(
+        self, request: Request, parts: list[dict[str, Any]]
+    ) -> tuple[Any, logic.Classification, str]:
+        """OpenAI's multi-modal input: one input made of parts; the parts of the kind the model classifies
+        are classified and, per head, the part that scores highest on a flagging label answers."""
+        body = json_object(request)
+        model = body.get("model")
+        deployment = selectors.deployment_for_model(model=str(model) if model is not None else None)
+        if deployment.status != "live":
+            return (
+                deployment,
+                logic.deployment_classify(
+                    deployment=deployment,
+                    texts=[],
+                    caller=caller_of(request, self.org_id),
+                    endpoint=self.endpoint,
+                ),
+                "text",
+            )
+        kind = images.model_input_kind(deployment.artifact)
+        usable = [
+            (index, part) for index, part in enumerate(parts) if ("image_url" in part) == (kind == "image")
+        ]
+        if not usable:
             raise ApiError(
                 status=400,
                 code="unsupported_input",
-                message=f"input[{index}]: only text inputs are supported, got {item.get('type')!r}.",
-                details={"index": index},
+                message=f"input: this model classifies {'images' if kind == 'image' else 'text'}, and the input "
+                f"has no {'image_url' if kind == 'image' else 'text'} part.",
+            )
+        if kind == "image":
+            texts = images.images_resolve(
+                [(f"input[{index}]", part) for index, part in usable], store=deployment.log_requests
             )
         else:
-            texts.append(item)
-    return texts
+            texts = logic.inputs_validate([part["text"] for _, part in usable], field="input")
+        classification = logic.deployment_classify(
+            deployment=deployment, texts=texts, caller=caller_of(request, self.org_id), endpoint=self.endpoint
+        )
+        merged = compat.results_merge(classification.results, classification.heads)
+        return deployment, logic.Classification(results=[merged], heads=classification.heads), kind
 
 
 class ModerationsView(_KeyScopedView):
@@ -78,9 +105,19 @@ class ModerationsView(_KeyScopedView):
     def post(self, request: Request) -> Response:
         body = json_object(request)
         if "input" in body:
-            deployment, classification = self.classify(request, _openai_texts(body["input"]), "input")
+            parts = images.openai_multimodal(body["input"])
+            if parts is not None:
+                deployment, classification, kind = self.classify_multimodal(request, parts)
+            else:
+                deployment, classification = self.classify(request, body["input"], "input")
+                kind = (
+                    "image"
+                    if deployment.status == "live" and images.model_input_kind(deployment.artifact) == "image"
+                    else "text"
+                )
             results = [
-                compat.moderation_result(result, classification.heads) for result in classification.results
+                compat.moderation_result(result, classification.heads, input_type=kind)
+                for result in classification.results
             ]
         elif "inputs" in body:
             deployment, classification = self.classify(request, body["inputs"], "inputs")

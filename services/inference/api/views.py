@@ -19,10 +19,10 @@ from arbiter.api.parsers import JSONParser
 from arbiter.api.schema import error_responses
 from arbiter.tenancy.models import ApiKey
 from arbiter.tenancy.viewsets import OrgScopedViewSet
-from services.inference import logic, selectors
+from services.inference import images, logic, selectors
 from services.inference.api import serializers as s
 from services.inference.exports import FORMATS, request_log_export
-from services.inference.models import Deployment
+from services.inference.models import Deployment, DeploymentStatus
 
 MAX_USAGE_DAYS = 366
 
@@ -136,7 +136,17 @@ class DeploymentViewSet(OrgScopedViewSet):
     )
     def classify(self, request: Request, org: str, pk: int) -> Response:
         deployment: Deployment = self.get_object()
-        texts = logic.inputs_validate(json_object(request).get("inputs"), field="inputs")
+        # A deployment that is not live answers 409 (deployment_classify) before its inputs are read.
+        texts = (
+            images.classify_inputs(
+                json_object(request).get("inputs"),
+                field="inputs",
+                kind=images.model_input_kind(deployment.artifact),
+                store=deployment.log_requests,
+            )
+            if deployment.status == DeploymentStatus.LIVE
+            else []
+        )
         classification = logic.deployment_classify(
             deployment=deployment, texts=texts, caller=caller_of(request, self.org_id), endpoint="classify"
         )
@@ -210,7 +220,10 @@ class PlaygroundViewSet(OrgScopedViewSet):
         responses={200: s.PlaygroundResponseSerializer, **error_responses(402, 413, 503)},
     )
     def create(self, request: Request, org: str, model_id: int, version: int) -> Response:
-        texts = logic.inputs_validate(json_object(request).get("input"), field="input")
+        artifact = logic.version_resolve(model=model_id, version=version).artifact
+        texts = images.classify_inputs(
+            json_object(request).get("input"), field="input", kind=images.model_input_kind(artifact)
+        )
         answer = logic.playground_query(
             model_id=model_id, version=version, texts=texts, caller=caller_of(request, self.org_id)
         )
