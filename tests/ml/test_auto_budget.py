@@ -83,8 +83,8 @@ def test_calibration_on_the_validation_rows_brings_back_a_rare_class_without_cla
     assert calibration["selection_metric"] > tfidf["selection_metric"]
     assert calibration["offsets"]["intent"]["threat"] > 0
     assert threat(result)["recall"] >= 0.5, threat(result)
-    # Folded into the served model: the artifact decides as the metrics say.
-    assert result.selection_metric == calibration["selection_metric"]
+    # The budget is spent: nothing more is trained (no refit on the validation rows).
+    assert result.candidates[-1]["name"] == "calibrate"
 
 
 def test_the_loss_rule_is_not_calibrated_and_without_class_weights_loses_the_rare_class(
@@ -181,3 +181,7 @@ def test_auto_plans_fine_tuning_and_never_ends_below_its_best_candidate(
     assert training["max_tokens"] < 128 and training["max_tokens"] % 8 == 0
     assert training["plan"]["budget_s"] <= 90 and training["seconds"] <= 90 + 30
     assert training["time_budget_s"] == 90
+    # The TF-IDF components, when kept, are trained again on the fit and validation rows.
+    if any(c.features.startswith("tfidf") for head in result.artifact.model.heads for c in head.components):
+        assert result.candidates[-1]["name"] == "refit"
+        assert result.candidates[-1]["rows"] == training["rows"]["train"] + training["rows"]["validation"]

@@ -184,7 +184,7 @@ def test_auto_keeps_the_candidate_that_wins_on_a_constructed_dataset(
         cache=embedding_cache,
     )
     names = [candidate["name"] for candidate in result.candidates if "skipped" not in candidate]
-    assert names[:2] == ["tfidf", "head"] and names[-1] == "blend"
+    assert names[:2] == ["tfidf", "head"] and names[-2:] == ["blend", "refit"]
     scores = {candidate["name"]: candidate.get("selection_metric") for candidate in result.candidates}
     assert scores["tfidf"] == 1.0 and scores["head"] < 0.8
     # Only TF-IDF separates parity: it wins, and the blend gives the encoder no share.
