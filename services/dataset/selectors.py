@@ -65,7 +65,13 @@ def dataset_statuses(*, datasets: Sequence[Dataset]) -> dict[int, DatasetStatus]
     if not ids:
         return {}
     jobs = DatasetJob.objects.filter(dataset_id__in=ids)
-    latest_ids = jobs.exclude(kind=DatasetJob.KIND_FETCH_IMAGES).order_by().values("dataset_id").annotate(latest=Max("pk")).values("latest")
+    latest_ids = (
+        jobs.exclude(kind=DatasetJob.KIND_FETCH_IMAGES)
+        .order_by()
+        .values("dataset_id")
+        .annotate(latest=Max("pk"))
+        .values("latest")
+    )
     latest = {job.dataset_id: job for job in DatasetJob.objects.filter(pk__in=latest_ids)}
     counted = (
         _without_unfinished_imports(Row.objects.filter(dataset_id__in=ids), jobs)
@@ -124,7 +130,9 @@ def job_latest(*, dataset: Dataset) -> DatasetJob | None:
 
 
 def image_fetch_latest(*, dataset: Dataset) -> DatasetJob | None:
-    return DatasetJob.objects.filter(dataset=dataset, kind=DatasetJob.KIND_FETCH_IMAGES).order_by("-id").first()
+    return (
+        DatasetJob.objects.filter(dataset=dataset, kind=DatasetJob.KIND_FETCH_IMAGES).order_by("-id").first()
+    )
 
 
 def job_get(*, dataset: Dataset, job_id: int | str) -> DatasetJob:

@@ -23,10 +23,10 @@ from django_htmx.http import HttpResponseClientRefresh
 
 from arbiter.api.errors import ApiError
 from arbiter.config.routes import page_path
-from arbiter.images import image_blob_key, thumbnail_blob_key
-from arbiter.storage import BlobNotFoundError
 from arbiter.console.forms import error_message
 from arbiter.console.pages import org_page
+from arbiter.images import image_blob_key, thumbnail_blob_key
+from arbiter.storage import BlobNotFoundError
 from arbiter.tenancy.access import OrgAccess
 from arbiter.tenancy.scopes import holds
 from services.dataset import conf, logic, selectors
@@ -105,7 +105,7 @@ def _summary(dataset: Dataset, status: selectors.DatasetStatus | None = None) ->
         counts = selectors.dataset_row_counts(dataset=dataset)
     else:
         job, counts = status.job, status.counts
-    summary = {
+    summary: dict[str, Any] = {
         "dataset": dataset,
         "job": job,
         "counts": counts,
@@ -274,7 +274,9 @@ def dataset_image(
 
 @org_page("datasets:write")
 @require_POST
-def dataset_images_fetch(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess) -> HttpResponse:
+def dataset_images_fetch(
+    request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess
+) -> HttpResponse:
     """Fetch the dataset's failed (and new) images again."""
     dataset = _dataset(dataset_id)
     job = logic.images_fetch_queue(dataset=dataset, actor=access.actor, retry_failed=True)
