@@ -8,14 +8,18 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, close_old_connections, connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from arbiter.api.errors import ApiError
+from arbiter.config.routes import page_path
 from arbiter.config.typed_settings import arbiter_settings
 from arbiter.egress import EgressRefused, check_url
 from arbiter.entitlements import entitlements_check
@@ -36,7 +40,9 @@ from arbiter.llm import (
     secret_hint,
 )
 from arbiter.llm.transport import llm_policy
+from arbiter.mail import mail_send
 from arbiter.storage import get_blob_store
+from arbiter.tenancy.models import ApiKey, Org
 from arbiter.tenancy.scoping import org_scope
 from services.annotation import selectors
 from services.annotation.models import (
@@ -391,6 +397,72 @@ def _job_thread(job_id: int, org_id: int) -> None:
         connections.close_all()
 
 
+MAX_RECOVERIES = 3
+
+
+def annotation_jobs_recover(*, resume: Callable[[AnnotationJob], None] | None = None) -> dict[str, int]:
+    """The sweep: settle the jobs whose process died. A running job whose heartbeat is older than
+    `ARBITER_ANNOTATION_STALE_SECONDS` (or a queued one that never started) is resumed from the rows it had
+    not reached, at most `MAX_RECOVERIES` times, then failed with the reason; a `model` job the inference
+    service never answered within `ARBITER_WAIT_FOR_EVENTS_SECONDS` fails saying so."""
+    now = timezone.now()
+    stale = timedelta(seconds=arbiter_settings().annotation.stale_after_s)
+    waited = timedelta(seconds=arbiter_settings().training.wait_for_events_s)
+    jobs = AnnotationJob.objects.unscoped()
+    counts = {"resumed": 0, "failed": 0}
+    dead = (
+        jobs.filter(state=AnnotationJob.RUNNING)
+        .exclude(provider_kind=AnnotationJob.MODEL)
+        .filter(Q(heartbeat_at__lt=now - stale) | Q(heartbeat_at=None, started_at__lt=now - stale))
+    )
+    never_started = jobs.filter(state=AnnotationJob.QUEUED, created_at__lt=now - waited - stale)
+    unanswered = jobs.filter(
+        state=AnnotationJob.RUNNING, provider_kind=AnnotationJob.MODEL, heartbeat_at__lt=now - waited
+    )
+    for job in [*dead, *never_started]:
+        # Claimed by moving its heartbeat: of two sweeps at once, one resumes it.
+        if not jobs.filter(pk=job.pk, state=job.state, heartbeat_at=job.heartbeat_at).update(
+            heartbeat_at=now
+        ):
+            continue
+        recoveries = int(job.rows_spec.get("recoveries", 0)) + 1
+        with org_scope(job.org_id):
+            if recoveries > MAX_RECOVERIES:
+                _job_finish(
+                    job,
+                    AnnotationJob.FAILED,
+                    {
+                        "code": "process_died",
+                        "message": f"the process running the job stopped {MAX_RECOVERIES} times; "
+                        f"{job.done} of {job.total} rows were labeled. Start a new job for the rest.",
+                    },
+                )
+                counts["failed"] += 1
+                continue
+            AnnotationJob.objects.filter(pk=job.pk).update(
+                rows_spec={**job.rows_spec, "recoveries": recoveries}
+            )
+        logger.warning("resuming an annotation job whose process stopped", extra={"job_id": job.pk})
+        if resume is not None:
+            resume(job)
+        else:
+            job_start_in_background(job_id=job.pk, org_id=job.org_id)
+        counts["resumed"] += 1
+    for job in unanswered:
+        with org_scope(job.org_id):
+            _job_finish(
+                job,
+                AnnotationJob.FAILED,
+                {
+                    "code": "no_answer",
+                    "message": f"the inference service did not answer within {int(waited.total_seconds())} s; "
+                    "is the deployment's service running?",
+                },
+            )
+        counts["failed"] += 1
+    return counts
+
+
 def job_cancel(*, job: AnnotationJob) -> AnnotationJob:
     if job.finished:
         raise ApiError(status=409, code="job_finished", message=f"the job is {job.state} already")
@@ -429,6 +501,7 @@ def _job_finish(job: AnnotationJob, state: str, error: dict[str, Any] | None = N
         job.agreement = selectors.job_agreement(job=job)
     with transaction.atomic(using=ALIAS):
         job.save(update_fields=["state", "error", "finished_at", "agreement"])
+        transaction.on_commit(lambda: job_notify(job=job), using=ALIAS)
         publish(
             type="annotation.completed",
             org_id=job.org_id,
@@ -443,6 +516,53 @@ def _job_finish(job: AnnotationJob, state: str, error: dict[str, Any] | None = N
                 "provider": job.agent,
             },
         )
+
+
+def _starter_email(actor: str) -> str:
+    """The email of whoever an actor names: the person (`user:<id>`), or the person who made the API key."""
+    kind, _, number = actor.partition(":")
+    if not number.isdigit():
+        return ""
+    # The identity tables are the gateway's, readable by every service.
+    if kind == "user":
+        found = get_user_model().objects.filter(pk=int(number)).values_list("email", flat=True).first()
+    elif kind == "api-key":
+        found = ApiKey.objects.filter(pk=int(number)).values_list("created_by__email", flat=True).first()
+    else:
+        found = None
+    return found or ""
+
+
+def job_notify(*, job: AnnotationJob) -> bool:
+    """Tell whoever started a job, by email, that it finished: how many rows, agreement, and where to review."""
+    to = _starter_email(job.created_by)
+    if not to:
+        return False
+    link = arbiter_settings().core.public_url.rstrip("/") + page_path(
+        "console-labeling-dataset", org=_org_slug(job.org_id), dataset_id=job.dataset_id
+    )
+    labeled = job.done - job.failed
+    lines = [
+        f"Auto-labeling job {job.pk} ({job.agent}) on head {job.head!r} of dataset {job.dataset_id} is {job.state}.",
+        "",
+        f"Rows labeled: {labeled} of {job.total}; failed: {job.failed}.",
+    ]
+    if job.error:
+        lines.append(f"Why it stopped: {job.error.get('message', '')}")
+    if job.agreement and job.agreement.get("rows"):
+        agreement = job.agreement
+        lines.append(
+            f"Agreement with people's labels on {agreement['rows']} rows: accuracy {agreement['accuracy']}, "
+            f"Cohen's kappa {agreement['kappa']}."
+        )
+    lines += ["", f"Review and accept the suggestions: {link}"]
+    return mail_send(
+        to=to, subject=f"Labeling job {job.pk} {job.state}: {labeled} rows labeled", body="\n".join(lines)
+    )
+
+
+def _org_slug(org_id: int) -> str:
+    return Org.objects.filter(pk=org_id).values_list("slug", flat=True).first() or str(org_id)
 
 
 class _Progress:
@@ -519,9 +639,12 @@ def job_run(*, job: AnnotationJob) -> None:
             )
         return
     job.state = AnnotationJob.RUNNING
-    job.started_at = job.heartbeat_at = timezone.now()
+    job.heartbeat_at = timezone.now()
+    job.started_at = job.started_at or job.heartbeat_at
     job.save(update_fields=["state", "started_at", "heartbeat_at"])
     progress = _Progress(job)
+    # A job resumed after its process died labels only the rows it had not reached.
+    reached = set(Suggestion.objects.filter(job=job).values_list("row_number", flat=True))
     rows = {
         number: text
         for number, text in RowCopy.objects.filter(
@@ -533,7 +656,7 @@ def job_run(*, job: AnnotationJob) -> None:
             AnnotationJob.SIMILARITY: _run_similarity,
             AnnotationJob.MODEL: _run_model,
         }.get(job.provider_kind, _run_llm)
-        stopped = runner(job, [(n, rows.get(n)) for n in job.row_numbers], progress)
+        stopped = runner(job, [(n, rows.get(n)) for n in job.row_numbers if n not in reached], progress)
     except Exception:
         logger.exception("annotation job failed", extra={"job_id": job.pk})
         _job_finish(

@@ -8,7 +8,10 @@ service's `labels.accepted` events to the dataset service's, as the consumer run
 from __future__ import annotations
 
 import io
+import socket
 from collections.abc import Iterator
+from email import message_from_bytes
+from email.message import Message
 from typing import Any
 
 import pytest
@@ -127,3 +130,32 @@ def fake_llm_server(override_arbiter_settings: Any) -> Iterator[fake_llm.FakeLlm
         ARBITER_LLM_RETRY_MAX_SECONDS="0.2",
     )
     yield from fake_llm.serve()
+
+
+class Mailbox:
+    """What a real SMTP server on loopback (aiosmtpd) received."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_server(override_arbiter_settings: Any) -> Iterator[Mailbox]:
+    """An SMTP server on a free loopback port, and ARBITER_EMAIL_URL pointing at it."""
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mailbox = Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    override_arbiter_settings(ARBITER_EMAIL_URL=f"smtp://127.0.0.1:{port}?timeout=5")
+    try:
+        yield mailbox
+    finally:
+        controller.stop()

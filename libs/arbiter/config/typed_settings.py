@@ -616,6 +616,45 @@ class AnnotationSettings(Concern):
     inline_rows: int = Field(100, ge=0, validation_alias="ARBITER_ANNOTATION_INLINE_ROWS")
     # A job whose first this many rows all fail stops there and says why.
     fail_fast_rows: int = Field(10, ge=1, validation_alias="ARBITER_ANNOTATION_FAIL_FAST_ROWS")
+    # A running job whose process has not moved its heartbeat for this long is recovered by the sweep.
+    stale_after_s: float = Field(300.0, gt=0, validation_alias="ARBITER_ANNOTATION_STALE_SECONDS")
+
+
+class EmailSettings(Concern):
+    """Email (Django's mail over SMTP), e.g. telling whoever started an auto-labeling job that it finished."""
+
+    # smtp://user:pass@host:587?tls=True, smtps://..., console://, or unset: no email is sent.
+    url: str | None = Field(None, validation_alias="ARBITER_EMAIL_URL")
+    from_address: str = Field("Arbiter <arbiter@localhost>", validation_alias="ARBITER_EMAIL_FROM")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        import dj_email_url
+
+        if value and "EMAIL_BACKEND" not in dj_email_url.parse(value):
+            raise ValueError(
+                f"{value.split('://')[0]!r} is not an email URL scheme: use smtp://, smtps:// or console://"
+            )
+        return value or None
+
+    def connection_options(self) -> dict[str, Any] | None:
+        """Keyword arguments of `django.core.mail.get_connection` for the URL (None: email is off)."""
+        import dj_email_url
+
+        if not self.url:
+            return None
+        parsed = dj_email_url.parse(self.url)
+        return {
+            "backend": parsed["EMAIL_BACKEND"],
+            "host": parsed["EMAIL_HOST"],
+            "port": parsed["EMAIL_PORT"],
+            "username": parsed["EMAIL_HOST_USER"],
+            "password": parsed["EMAIL_HOST_PASSWORD"],
+            "use_tls": parsed["EMAIL_USE_TLS"],
+            "use_ssl": parsed["EMAIL_USE_SSL"],
+            "timeout": parsed["EMAIL_TIMEOUT"],
+        }
 
 
 METERS = ("classification", "playground", "auto_label", "training_minute")
@@ -793,6 +832,7 @@ class ArbiterSettings(BaseModel):
         "llm": LlmSettings,
         "fetch": FetchSettings,
         "annotation": AnnotationSettings,
+        "email": EmailSettings,
     }
 
     core: CoreSettings
@@ -811,6 +851,7 @@ class ArbiterSettings(BaseModel):
     llm: LlmSettings
     fetch: FetchSettings
     annotation: AnnotationSettings
+    email: EmailSettings
 
 
 def all_variables() -> tuple[str, ...]:

@@ -150,6 +150,11 @@ def _service_workers(services: tuple[str, ...], env: dict[str, str] | None = Non
     if "dataset" in services:
         # Dataset jobs run in the web process that accepted them; this settles those a stopped process left.
         children.append(Child("jobs", [*ARBITER, "dataset_jobs_recover", "--every", "60"], dict(env or {})))
+    if "annotation" in services:
+        # Auto-labeling jobs run in the web process that accepted them; this resumes those a stopped one left.
+        children.append(
+            Child("labeling", [*ARBITER, "annotation_jobs_recover", "--every", "60"], dict(env or {}))
+        )
     if "training" in services:
         children.append(Child("operator", [*ARBITER, "operator"], dict(env or {})))
     if "billing" in services:

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import connections
+
+from services.annotation.logic import annotation_jobs_recover
+
+
+class Command(BaseCommand):
+    help = (
+        "Resume the auto-labeling jobs whose process stopped (a running job whose heartbeat is older than "
+        "ARBITER_ANNOTATION_STALE_SECONDS), fail those that stopped too often or whose model labeler never "
+        "answered. Run it every few minutes, or keep it running with --every SECONDS (as `arbiter up` does): "
+        "resumed jobs run in this process."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--every", type=float, default=0, help="look again every N seconds until stopped")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        stop = threading.Event()
+        if options["every"] > 0:
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+        while True:
+            counts = annotation_jobs_recover()
+            self.stdout.write(f"Resumed {counts['resumed']} and failed {counts['failed']} interrupted jobs.")
+            if options["every"] <= 0:
+                # Resumed jobs run in threads of this process: let them finish before it exits.
+                for thread in threading.enumerate():
+                    if thread.name.startswith("annotation-job-"):
+                        thread.join()
+                return
+            connections.close_all()  # not held while waiting
+            if stop.wait(options["every"]):
+                return
