@@ -337,3 +337,20 @@ def test_model_pages_of_another_org_are_404(tenant: Tenant, victim: Tenant) -> N
     with org_scope(victim.org.pk):
         assert TrainingRun.objects.get(version=version).state == RunState.QUEUED
         assert ModelVersion.objects.count() == 1
+
+
+def test_an_image_models_playground_takes_an_uploaded_pasted_or_linked_image(
+    tenant: Tenant, snapshot: int
+) -> None:
+    client = browser(tenant)
+    client.post(f"/console/{tenant.slug}/models/new", create_form(snapshot))
+    with org_scope(tenant.org.pk):
+        version = ModelVersion.objects.get()
+        Model.objects.filter(pk=version.model_id).update(type="image_classification")
+    train(tenant, version)
+
+    html = client.get(f"/console/{tenant.slug}/models/{version.model_id}/versions/1").content.decode()
+
+    assert 'data-kind="image"' in html
+    assert 'type="file" id="playground-image"' in html and 'id="playground-url"' in html
+    assert 'id="playground-input"' not in html  # no text box for an image model

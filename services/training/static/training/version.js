@@ -148,14 +148,38 @@
     var results = document.getElementById("playground-results");
     var errorBox = document.getElementById("playground-error");
     var free = document.getElementById("free-queries");
+    // An image model's playground: an uploaded or pasted image travels as a data: URI, or a URL as given.
+    var imageKind = form.dataset.kind === "image";
+    var pasted = null;
+    var preview = document.getElementById("playground-preview");
+    function show(file) {
+      var reader = new FileReader();
+      reader.onload = function () { pasted = reader.result; preview.src = pasted; preview.hidden = false; };
+      reader.readAsDataURL(file);
+    }
+    if (imageKind) {
+      form.image.addEventListener("change", function () { if (form.image.files[0]) { show(form.image.files[0]); } });
+      document.addEventListener("paste", function (event) {
+        var items = (event.clipboardData && event.clipboardData.files) || [];
+        if (items.length && items[0].type.indexOf("image/") === 0) { event.preventDefault(); show(items[0]); }
+      });
+    }
+    function playgroundInput() {
+      if (!imageKind) { return { input: form.input.value, shown: form.input.value }; }
+      if (form.url.value) { return { input: [{ image_url: form.url.value }], shown: form.url.value }; }
+      if (pasted) { return { input: [{ image_base64: pasted }], shown: "the image" }; }
+      return null;
+    }
     form.addEventListener("submit", function (event) {
       event.preventDefault();
       var button = form.querySelector("button");
+      var given = playgroundInput();
+      if (!given) { errorBox.textContent = "Choose, paste or link an image first."; errorBox.hidden = false; return; }
       button.disabled = true;
       errorBox.hidden = true;
-      Arbiter.api(api.playground, { method: "POST", json: { input: form.input.value } })
+      Arbiter.api(api.playground, { method: "POST", json: { input: given.input } })
         .then(function (body) {
-          ArbiterResults.render(results, body.results, [form.input.value]);
+          ArbiterResults.render(results, body.results, [given.shown]);
           if (body.quota) {
             free.textContent = body.quota.free === null
               ? "Unlimited playground queries on this plan"
