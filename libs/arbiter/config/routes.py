@@ -139,6 +139,14 @@ PAGES: dict[str, Page] = {
     "console-model-version-create": Page("training", f"{_MODEL}/versions/new"),
     "console-model-version": Page("training", _VERSION),
     "console-model-version-cancel": Page("training", f"{_VERSION}/cancel"),
+    "console-policies": Page("training", f"{_ORG}/policies"),
+    "console-policy-create": Page("training", f"{_ORG}/policies/new"),
+    "console-policy": Page("training", f"{_ORG}/policies/<int:policy_id>"),
+    "console-policy-evaluate": Page("training", f"{_ORG}/policies/<int:policy_id>/evaluate"),
+    "console-policy-evaluation": Page(
+        "training", f"{_ORG}/policies/<int:policy_id>/evaluations/<int:evaluation_id>"
+    ),
+    "console-policy-diff": Page("training", f"{_ORG}/policies/<int:policy_id>/diff"),
     # annotation
     "console-labeling": Page("annotation", f"{_ORG}/labeling"),
     "console-labeling-dataset": Page("annotation", f"{_ORG}/labeling/<int:dataset_id>"),

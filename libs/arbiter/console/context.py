@@ -26,6 +26,7 @@ NAV_SECTIONS: tuple[NavSection, ...] = (
     NavSection("Datasets", "console-datasets", "datasets"),
     NavSection("Labeling", "console-labeling", "labeling"),
     NavSection("Models", "console-models", "models"),
+    NavSection("Policies", "console-policies", "labeling"),
     NavSection("Deployments", "console-deployments", "deployments"),
     NavSection("Usage", "console-usage", "usage"),
     NavSection("Billing", "console-billing", "billing"),

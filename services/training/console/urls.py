@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.urls import path
 
 from arbiter.config.routes import PAGES, page
-from services.training.console import views
+from services.training.console import policies, views
 
 urlpatterns = [
     page("console-models", views.model_list),
@@ -12,6 +12,12 @@ urlpatterns = [
     page("console-model-version-create", views.version_create),
     page("console-model-version", views.version_detail),
     page("console-model-version-cancel", views.version_cancel),
+    page("console-policies", policies.policy_list),
+    page("console-policy-create", policies.policy_create),
+    page("console-policy", policies.policy_detail),
+    page("console-policy-evaluate", policies.policy_evaluate),
+    page("console-policy-evaluation", policies.policy_evaluation),
+    page("console-policy-diff", policies.policy_diff),
     # The version page's live training progress, polled by htmx:
     # a part of that page, not a page of its own, so not in the route table.
     path(
