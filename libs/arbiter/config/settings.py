@@ -54,6 +54,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "arbiter.api.middleware.RequestLogMiddleware",
+    # Ordinary API-key classify calls are answered here, before sessions, CSRF and DRF (see its docstring).
+    *(["services.inference.serving.fastpath.ClassifyFastPath"] if "inference" in ARBITER_SERVICES else []),
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
