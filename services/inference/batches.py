@@ -21,6 +21,7 @@ message a single call would have answered; the other lines still complete.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import uuid
@@ -476,7 +477,8 @@ def _files_write(batch: Batch) -> None:
     batch.save(
         update_fields=["completed", "failed", "output_file_id", "error_file_id", "status", "finalizing_at"]
     )
-    BatchLine.objects.filter(batch=batch).delete()
+    if batch.api != Batch.CONSOLE:  # the console's downloads are built from the lines
+        BatchLine.objects.filter(batch=batch).delete()
     publish(
         type="batch.output_written",
         org_id=batch.org_id,
@@ -563,3 +565,127 @@ def batch_output_registered(*, data: Mapping[str, Any]) -> None:
     Batch.objects.filter(output_file_id=data["file_id"], status=BatchStatus.CANCELLING).update(
         status=BatchStatus.CANCELLED, cancelled_at=now
     )
+
+
+# --- the console's batch classify (Hive's batch tasks): a CSV or JSONL of texts against a deployment ------------
+
+TEXT_COLUMNS = ("text", "input", "content", "message")
+ID_COLUMNS = ("id", "custom_id")
+
+
+def console_requests(data: bytes, *, filename: str) -> list[dict[str, Any]]:
+    """An uploaded CSV (a `text` column, else the first one; an optional `id` column) or JSONL (objects with
+    `text` or `input`, and `id`, or plain JSON strings) as inline requests; a bad row is a 400 naming it."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise _bad("file", f"the file is not UTF-8 (byte {error.start}).") from None
+    rows: list[tuple[str | None, Any]] = []
+    if filename.lower().endswith((".jsonl", ".ndjson", ".json")):
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise _bad("file", f"line {number} is not valid JSON ({error.msg}).") from None
+            if isinstance(item, dict):
+                key = next((c for c in TEXT_COLUMNS if c in item), None)
+                if key is None:
+                    raise _bad("file", f"line {number} has no text field ({', '.join(TEXT_COLUMNS)}).")
+                found = next((item[c] for c in ID_COLUMNS if item.get(c) not in (None, "")), None)
+                rows.append((None if found is None else str(found), item[key]))
+            else:
+                rows.append((None, item))
+    else:
+        reader = csv.reader(io.StringIO(text))
+        header = [column.strip().lower() for column in next(reader, [])]
+        if not header:
+            raise _bad("file", "the file is empty; give a CSV with a header row and a text column.")
+        text_at = next((header.index(c) for c in TEXT_COLUMNS if c in header), 0)
+        id_at = next((header.index(c) for c in ID_COLUMNS if c in header), None)
+        for values in reader:
+            if not any(value.strip() for value in values):
+                continue
+            if text_at >= len(values):
+                raise _bad("file", f"row {reader.line_num} has no value in column '{header[text_at]}'.")
+            found = values[id_at] if id_at is not None and id_at < len(values) and values[id_at] else None
+            rows.append((found, values[text_at]))
+    if not rows:
+        raise _bad("file", "the file has no rows to classify.")
+    return [
+        {"custom_id": found if found is not None else str(index + 1), "body": {"input": value}}
+        for index, (found, value) in enumerate(rows)
+    ]
+
+
+@dataclass(frozen=True)
+class ConsoleResult:
+    """One row of a console batch's results: its id and text, and per head the top label and every score (or
+    why the row was not classified)."""
+
+    id: str
+    text: str
+    heads: dict[str, dict[str, Any]]
+    error: str
+
+
+def console_results(batch: Batch) -> list[ConsoleResult]:
+    texts = {str(item["custom_id"]): item["body"]["input"] for item in batch.inline_requests}
+    results = []
+    for line in BatchLine.objects.filter(batch=batch).order_by("position"):
+        item = json.loads(line.line)
+        custom_id = str(item["custom_id"])
+        text = texts.get(custom_id, "")
+        if item.get("error"):
+            results.append(ConsoleResult(custom_id, str(text), {}, str(item["error"]["message"])))
+            continue
+        (result,) = item["response"]["body"]["results"]
+        heads = {
+            name: {"label": max(head["scores"], key=head["scores"].get), "scores": head["scores"]}
+            for name, head in result.items()
+        }
+        results.append(ConsoleResult(custom_id, str(text), heads, ""))
+    return results
+
+
+def console_results_jsonl(results: Sequence[ConsoleResult]) -> str:
+    return "".join(
+        json.dumps(
+            {"id": r.id, "text": r.text, "results": r.heads, "error": r.error or None}, ensure_ascii=False
+        )
+        + "\n"
+        for r in results
+    )
+
+
+def console_results_csv(results: Sequence[ConsoleResult]) -> str:
+    """One row per input: `id`, `text`, per head its label and one `<head>:<label>` score column per label,
+    and `error`."""
+    columns: dict[str, list[str]] = {}
+    for result in results:
+        for name, head in result.heads.items():
+            labels = columns.setdefault(name, [])
+            labels += [label for label in head["scores"] if label not in labels]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        ["id", "text"]
+        + [
+            col
+            for name, labels in columns.items()
+            for col in [name, *(f"{name}:{label}" for label in labels)]
+        ]
+        + ["error"]
+    )
+    for result in results:
+        cells: list[Any] = [result.id, result.text]
+        for name, labels in columns.items():
+            found = result.heads.get(name)
+            cells.append(found["label"] if found else "")
+            cells += [
+                f"{found['scores'][label]:.4f}" if found and label in found["scores"] else ""
+                for label in labels
+            ]
+        writer.writerow([*cells, result.error])
+    return out.getvalue()

@@ -212,10 +212,10 @@ class Batch(OrgScopedModel):
     (`batch.output_written`); the batch is `completed` (or, cancelled midway with answers, `cancelled`) when
     `file.created` announces its output file."""
 
-    OPENAI, MISTRAL = "openai", "mistral"
+    OPENAI, MISTRAL, CONSOLE = "openai", "mistral", "console"
 
     public_id = models.CharField(max_length=64, unique=True)
-    # Which API made it (`/v1/batches` or Mistral's `/v1/batch/jobs`): the shape it is answered in.
+    # Which API made it (`/v1/batches`, Mistral's `/v1/batch/jobs` or the console): the shape it is answered in.
     api = models.CharField(max_length=10, default=OPENAI)
     input_file_id = models.CharField(max_length=64)
     input_file_ids = models.JSONField(default=list)

@@ -54,7 +54,7 @@ ROUTES: tuple[Route, ...] = (
     Route("annotation", f"{_ORG_CONSOLE}/labeling(/|$)"),
     Route("inference", f"{_ORG_API}/models/[^/]+/versions/[^/]+/playground(/|$)"),
     Route("inference", f"{_ORG_API}/(deployments|usage)(/|$)"),
-    Route("inference", f"{_ORG_CONSOLE}/(deployments|usage)(/|$)"),
+    Route("inference", f"{_ORG_CONSOLE}/(deployments|usage|batches)(/|$)"),
     Route("inference", "/v1/"),
     # The compatibility files and fine-tuning APIs: a file becomes a dataset, a job a model version.
     Route("dataset", "/v1/files(/|$)"),
@@ -157,6 +157,9 @@ PAGES: dict[str, Page] = {
     "console-deployment": Page("inference", _DEPLOYMENT),
     "console-deployment-stop": Page("inference", f"{_DEPLOYMENT}/stop"),
     "console-usage": Page("inference", f"{_ORG}/usage"),
+    "console-batches": Page("inference", f"{_ORG}/batches"),
+    "console-batch": Page("inference", f"{_ORG}/batches/<int:batch_id>"),
+    "console-batch-cancel": Page("inference", f"{_ORG}/batches/<int:batch_id>/cancel"),
     # billing
     "console-billing": Page("billing", f"{_ORG}/billing"),
     "console-billing-plan": Page("billing", f"{_ORG}/billing/plan"),

@@ -28,6 +28,7 @@ NAV_SECTIONS: tuple[NavSection, ...] = (
     NavSection("Models", "console-models", "models"),
     NavSection("Policies", "console-policies", "labeling"),
     NavSection("Deployments", "console-deployments", "deployments"),
+    NavSection("Batches", "console-batches", "batches"),
     NavSection("Usage", "console-usage", "usage"),
     NavSection("Billing", "console-billing", "billing"),
     NavSection("Webhooks", "console-webhooks", "webhooks"),

@@ -11,6 +11,9 @@ urlpatterns = [
     page("console-deployment", views.deployment_detail),
     page("console-deployment-stop", views.deployment_stop),
     page("console-usage", views.usage),
+    page("console-batches", views.batch_list),
+    page("console-batch", views.batch_detail),
+    page("console-batch-cancel", views.batch_cancel),
     # The deployment page's wait for its deployment to go live, polled by htmx:
     # a part of that page, not a page of its own, so not in the route table.
     path(

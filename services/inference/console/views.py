@@ -1,5 +1,6 @@
-"""Console pages of the inference service: deployments (create, watch go live, stop, copy a ready snippet)
-and usage per day and deployment.
+"""Console pages of the inference service: deployments (create, watch go live, stop, copy a ready snippet),
+batch classify (a CSV or JSONL against a deployment, run by the batch worker, results as CSV or JSONL) and usage
+per day and deployment.
 
 Writes go through `logic`, reads through `selectors`. Going live happens in the background
 (`deployment.requested`); the deployment page polls its status partial (htmx) until the status settles.
@@ -12,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -24,9 +26,17 @@ from arbiter.console.pages import org_page
 from arbiter.entitlements import entitlements_for
 from arbiter.tenancy.access import OrgAccess
 from arbiter.tenancy.scopes import holds
-from services.inference import logic, selectors
+from services.inference import batches, logic, selectors
 from services.inference.conf import inference_settings
-from services.inference.models import ACTIVE_STATUSES, Deployment, DeploymentStatus, Entitlement, Meter
+from services.inference.models import (
+    ACTIVE_STATUSES,
+    Batch,
+    BatchStatus,
+    Deployment,
+    DeploymentStatus,
+    Entitlement,
+    Meter,
+)
 
 USAGE_PERIODS = (7, 30, 90)
 EXAMPLE_INPUTS = ["you are an idiot", "thanks, have a great day"]
@@ -235,3 +245,111 @@ def usage(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpResponse:
         .included,
     }
     return render(request, "inference/usage.html", context)
+
+
+# --- batch classify ------------------------------------------------------------------------------------------
+
+BATCH_RUNNING = (
+    BatchStatus.VALIDATING,
+    BatchStatus.IN_PROGRESS,
+    BatchStatus.FINALIZING,
+    BatchStatus.CANCELLING,
+)
+
+
+def _batch(batch_id: int) -> Batch:
+    batch = Batch.objects.filter(pk=batch_id, api=Batch.CONSOLE).first()
+    if batch is None:
+        raise Http404
+    return batch
+
+
+@org_page("models:read")
+@require_http_methods(["GET", "POST"])
+def batch_list(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpResponse:
+    """Upload a CSV or JSONL of texts and classify it with a live deployment in the background."""
+    live = list(selectors.deployments_list().filter(status=DeploymentStatus.LIVE).order_by("name"))
+    can_run = holds(access.scopes, "inference")
+    error = None
+    if request.method == "POST":
+        if not can_run:
+            raise PermissionDenied
+        upload = request.FILES.get("file")
+        name = request.POST.get("deployment", "")
+        try:
+            if upload is None:
+                raise ApiError(status=400, code="invalid", message="Choose a CSV or JSONL file to classify.")
+            if name not in {deployment.name for deployment in live}:
+                raise ApiError(
+                    status=400, code="invalid", message="Choose a live deployment to classify with."
+                )
+            batch = batches.batch_create(
+                org_id=access.org_id,
+                api_key_id=None,
+                input_file_ids=None,
+                endpoint="/v1/classifications",
+                completion_window="24h",
+                metadata={"filename": upload.name or "upload", "by": access.actor},
+                api=Batch.CONSOLE,
+                model=name,
+                inline=batches.console_requests(upload.read(), filename=upload.name or ""),
+            )
+        except ApiError as problem:
+            error = problem.message
+        else:
+            return redirect(page_path("console-batch", org=org, batch_id=batch.pk))
+    context = {
+        "deployments": live,
+        "chosen": request.POST.get("deployment", ""),
+        "batches": list(Batch.objects.filter(api=Batch.CONSOLE).order_by("-id")[:50]),
+        "running": BATCH_RUNNING,
+        "can_run": can_run,
+        "error": error,
+        "max_rows": batches.INLINE_MAX,
+    }
+    return render(request, "inference/batch_list.html", context, status=400 if error else 200)
+
+
+@org_page("models:read")
+def batch_detail(request: HttpRequest, batch_id: int, *, org: str, access: OrgAccess) -> HttpResponse:
+    """The batch's progress (its part re-fetched by htmx while it runs), and its results as CSV or JSONL."""
+    batch = _batch(batch_id)
+    done = batch.status in (BatchStatus.COMPLETED, BatchStatus.CANCELLED) and batch.cursor > 0
+    wanted = request.GET.get("download")
+    if wanted in ("csv", "jsonl") and done:
+        results = batches.console_results(batch)
+        stem = (batch.metadata or {}).get("filename", "batch").rsplit(".", 1)[0]
+        if wanted == "csv":
+            response = HttpResponse(
+                batches.console_results_csv(results), content_type="text/csv; charset=utf-8"
+            )
+        else:
+            response = HttpResponse(batches.console_results_jsonl(results), content_type="application/jsonl")
+        response["Content-Disposition"] = f'attachment; filename="{stem}-results.{wanted}"'
+        return response
+    context = {
+        "batch": batch,
+        "running": batch.status in BATCH_RUNNING,
+        "done": done,
+        "percent": round(100 * batch.cursor / batch.total) if batch.total else 0,
+        "preview": batches.console_results(batch)[:20] if done else [],
+        "can_run": holds(access.scopes, "inference"),
+    }
+    template = (
+        "inference/_batch_progress.html"
+        if request.GET.get("part") == "progress"
+        else "inference/batch_detail.html"
+    )
+    return render(request, template, context)
+
+
+@org_page("inference")
+@require_POST
+def batch_cancel(request: HttpRequest, batch_id: int, *, org: str, access: OrgAccess) -> HttpResponse:
+    try:
+        batches.batch_cancel(batch=_batch(batch_id))
+    except ApiError as problem:
+        messages.error(request, problem.message)
+    else:
+        messages.success(request, "Cancelling: the rows classified so far are kept as the results.")
+    return redirect(page_path("console-batch", org=org, batch_id=batch_id))
