@@ -82,6 +82,8 @@ def test_write_edit_evaluate_and_diff_a_policy_in_the_console(tenant: Tenant, fa
     # The disagreements: three insults the policy let pass ("loser", "fool", "jerk").
     assert evaluation.count('<span class="pill ok">safe</span>') == 3 and "you stupid fool" in evaluation
 
+    assert 'class="chart pr-chart" data-label="toxic"' in evaluation and "evaluation-metrics" in evaluation
+
     edit = form(fake, **{"category-0-violates": "idiot, moron, loser, fool, jerk", "api_key": ""})
     saved = client.post(page_url, edit)
     assert saved.status_code == 302 and saved["Location"].endswith("?saved=2")
