@@ -873,8 +873,15 @@ def predictions_apply(*, org_id: int, data: Mapping[str, Any]) -> None:
 # --- accepting: suggestions and reviews become labels of the dataset's rows ------------------------------------
 
 
-def _publish_accepted(*, schema: LabelSchema, decided: Sequence[tuple[int, list[str], str]]) -> None:
-    """Send accepted labels to the dataset service, and update the copy now (the echo confirms it later)."""
+def _publish_accepted(
+    *,
+    schema: LabelSchema,
+    decided: Sequence[tuple[int, list[str], str]],
+    texts: Mapping[int, str] | None = None,
+) -> None:
+    """Send accepted labels (and texts a reviewer edited) to the dataset service, and update the copy now (the
+    echo confirms it later)."""
+    texts = texts or {}
     for start in range(0, len(decided), ACCEPT_BATCH):
         chunk = decided[start : start + ACCEPT_BATCH]
         publish(
@@ -886,13 +893,22 @@ def _publish_accepted(*, schema: LabelSchema, decided: Sequence[tuple[int, list[
                 "head": schema.head,
                 "schema_labels": schema.label_names,
                 "multi_label": schema.multi_label,
-                "rows": [{"number": n, "labels": labels, "source": source} for n, labels, source in chunk],
+                "rows": [
+                    {
+                        "number": n,
+                        "labels": labels,
+                        "source": source,
+                        **({"text": texts[n]} if n in texts else {}),
+                    }
+                    for n, labels, source in chunk
+                ],
             },
         )
     by_number = {number: labels for number, labels, _ in decided}
     for row in RowCopy.objects.filter(dataset_id=schema.dataset_id, number__in=list(by_number)):
         row.labels = {**row.labels, schema.head: by_number[row.number]}
-        row.save(update_fields=["labels"])
+        row.text = texts.get(row.number, row.text)
+        row.save(update_fields=["labels", "text"])
 
 
 def suggestions_accept(
@@ -940,8 +956,10 @@ def review_save(
     row_number: int,
     head: str,
     labels: Sequence[str],
+    text: str | None = None,
 ) -> RowCopy:
-    """A person's labels for one row: sent to the dataset; the row's pending suggestions are decided."""
+    """A person's labels for one row (and its text, if they edited it): sent to the dataset; the row's pending
+    suggestions are decided."""
     schema = selectors.label_schema_current(dataset_id=dataset_id, head=head)
     if schema is None:
         raise ApiError(status=400, code="no_label_schema", message=f"head: no label schema for {head!r}")
@@ -971,6 +989,7 @@ def review_save(
             suggestion.state = Suggestion.ACCEPTED if suggestion.labels == chosen else Suggestion.REJECTED
             suggestion.decided_at, suggestion.decided_by = now, actor
             suggestion.save(update_fields=["state", "decided_at", "decided_by"])
-        _publish_accepted(schema=schema, decided=[(row_number, chosen, user_source)])
+        edited = {row_number: text} if text is not None and text != row.text else None
+        _publish_accepted(schema=schema, decided=[(row_number, chosen, user_source)], texts=edited)
     row.refresh_from_db()
     return row

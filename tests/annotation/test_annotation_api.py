@@ -140,9 +140,7 @@ def test_bad_requests_name_the_field(api: AnnotationApi) -> None:
     huge = api.post("/label-schemas", {"dataset": 2**80, "head": "h", "labels": [{"name": "a"}]})
     assert huge.status_code == 400 and "dataset" in huge.json()["error"]["message"]
     admin = AnnotationApi(api.tenant, ["admin"])
-    keyless = admin.post(
-        "/llm-providers", {"name": "local", "base_url": "https://8.8.8.8/v1", "model": "m"}
-    )
+    keyless = admin.post("/llm-providers", {"name": "local", "base_url": "https://8.8.8.8/v1", "model": "m"})
     assert keyless.status_code == 201, keyless.content
     assert keyless.json()["has_api_key"] is False
 
@@ -270,3 +268,26 @@ def test_a_victims_annotation_is_404_everywhere(tenant: Tenant, victim: Tenant) 
         assert (listed if isinstance(listed, list) else listed["results"]) == []
     mine = attacker.post("/annotation-jobs", {"dataset": dataset["id"], "head": "toxicity"})
     assert mine.status_code == 400  # the victim's schema is not the attacker's
+
+
+def test_a_reviewer_edits_the_text_and_the_dataset_row_and_history_follow(
+    api: AnnotationApi, tenant: Tenant
+) -> None:
+    dataset = api.dataset(comments_csv(4))
+    api.schema(dataset["id"])
+    person = tenant.session_client()
+    saved = person.post(
+        tenant.url(f"/datasets/{dataset['id']}/review/2"),
+        {"head": "toxicity", "labels": ["safe"], "text": "have a really nice day"},
+        format="json",
+    )
+    assert saved.status_code == 200, saved.content
+    assert labels_to_dataset() == 1
+    row = next(r for r in api.dataset_rows(dataset["id"]) if r["number"] == 2)
+    assert row["cells"]["comment"] == "have a really nice day" and row["labels"]["toxicity"] == ["safe"]
+    history = api.get(f"/datasets/{dataset['id']}/history").json()["results"]
+    assert any(h["action"] == "edit" and h["actor"] == f"human:user:{tenant.owner.pk}" for h in history), history
+    # The annotation service's copy follows the dataset's echo: the next job labels the edited text.
+    assert api.get(f"/datasets/{dataset['id']}/review/next", head="toxicity", after=1).json()["row"]["number"] == 3
+    job = api.job(dataset["id"], rows="labeled")
+    assert job["progress"]["total"] == 1

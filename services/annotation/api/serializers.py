@@ -295,6 +295,12 @@ class ReviewNextSerializer(serializers.Serializer):
 class ReviewSaveSerializer(serializers.Serializer):
     head = serializers.CharField(max_length=200)
     labels = serializers.ListField(child=serializers.CharField(max_length=200), min_length=1, max_length=100)
+    text = serializers.CharField(
+        required=False,
+        allow_blank=False,
+        trim_whitespace=False,
+        help_text="The row's text, edited (optional)",
+    )
 
 
 class AgreementSerializer(serializers.Serializer):

@@ -292,6 +292,7 @@ class ReviewViewSet(OrgScopedViewSet):
             row_number=_id(row),
             head=payload.validated_data["head"],
             labels=payload.validated_data["labels"],
+            text=payload.validated_data.get("text"),
         )
         return Response(s.ReviewRowSerializer(saved).data)
 

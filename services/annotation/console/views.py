@@ -209,6 +209,7 @@ def review(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess
                 row_number=number,
                 head=head,
                 labels=request.POST.getlist("labels"),
+                text=request.POST.get("text") or None,
             )
         except ApiError as error:
             messages.error(request, error.message)

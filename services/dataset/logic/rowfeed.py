@@ -126,7 +126,8 @@ def _head_column(
 
 
 def labels_apply(*, org_id: int, data: Mapping[str, Any]) -> int:
-    """Apply `labels.accepted`: relabel each named row that still exists; returns how many changed.
+    """Apply `labels.accepted`: relabel each named row that still exists (and set its text where a reviewer
+    edited it); returns how many changed.
 
     Runs in the consumer's transaction. A row deleted meanwhile is skipped; a label the head does not take is
     logged and skipped (the rest still apply), since a consumer cannot answer anyone.
@@ -154,6 +155,7 @@ def labels_apply(*, org_id: int, data: Mapping[str, Any]) -> int:
                 updated = row_update(
                     row=row,
                     actor=str(item["source"])[:64],
+                    text=item.get("text"),
                     labels={head: list(item["labels"])},
                     announce=False,
                 )
