@@ -289,7 +289,7 @@ def batch_list(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpResp
                 input_file_ids=None,
                 endpoint="/v1/classifications",
                 completion_window="24h",
-                metadata={"filename": upload.name or "upload", "by": access.actor},
+                metadata={"filename": upload.name or "upload", "by": request.user.get_username()},
                 api=Batch.CONSOLE,
                 model=name,
                 inline=batches.console_requests(upload.read(), filename=upload.name or ""),
@@ -305,7 +305,7 @@ def batch_list(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpResp
         "running": BATCH_RUNNING,
         "can_run": can_run,
         "error": error,
-        "max_rows": batches.INLINE_MAX,
+        "max_rows": f"{batches.INLINE_MAX:,}",
     }
     return render(request, "inference/batch_list.html", context, status=400 if error else 200)
 
