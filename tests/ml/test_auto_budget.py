@@ -83,8 +83,11 @@ def test_calibration_on_the_validation_rows_brings_back_a_rare_class_without_cla
     assert calibration["selection_metric"] > tfidf["selection_metric"]
     assert calibration["offsets"]["intent"]["threat"] > 0
     assert threat(result)["recall"] >= 0.5, threat(result)
-    # The budget is spent: nothing more is trained (no refit on the validation rows).
-    assert result.candidates[-1]["name"] == "calibrate"
+    # The TF-IDF components are trained again on the fit and validation rows, offsets kept.
+    refit = result.candidates[-1]
+    training = result.metrics["training"]
+    assert refit["name"] == "refit"
+    assert refit["rows"] == training["rows"]["train"] + training["rows"]["validation"]
 
 
 def test_the_loss_rule_is_not_calibrated_and_without_class_weights_loses_the_rare_class(

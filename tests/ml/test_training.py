@@ -137,7 +137,7 @@ def test_auto_within_a_tiny_budget_serves_tfidf_without_an_encoder(tmp_path: Pat
         out_dir=tmp_path / "artifact",
     )
     assert result.selected == "tfidf"
-    assert [candidate["name"] for candidate in result.candidates] == ["tfidf", "head", "full"]
+    assert [candidate["name"] for candidate in result.candidates] == ["tfidf", "head", "full", "refit"]
     assert result.candidates[1]["skipped"] == "the time budget was spent"
     assert result.candidates[2]["skipped"] == "the time budget was spent"
     assert result.metrics["heads"]["toxicity"]["macro"]["f1"] >= 0.95
