@@ -29,7 +29,13 @@ SPECTACULAR_SETTINGS: dict[str, Any] = {
     # which a test refuses.
     "ENUM_NAME_OVERRIDES": {
         "MemberRoleEnum": [role.value for role in Role],
-        "ModelTypeEnum": ["text_classification"],
+        "ModelTypeEnum": ["text_classification", "image_classification", "policy"],
+        # The same set read from the model field, with its labels.
+        "ModelTypeLabelledEnum": [
+            ("text_classification", "text classification"),
+            ("image_classification", "image classification"),
+            ("policy", "policy"),
+        ],
         "SnapshotTypeEnum": ["text_classification", "image_classification"],
     },
 }
