@@ -942,7 +942,14 @@ def suggestions_accept(
         if accepted:
             _publish_accepted(
                 schema=job.schema,
-                decided=[(s.row_number, list(s.labels), f"llm:{s.agent}"[:64]) for s in accepted],
+                decided=[
+                    (
+                        s.row_number,
+                        list(s.labels),
+                        (s.agent if s.agent.startswith("model:") else f"llm:{s.agent}")[:64],
+                    )
+                    for s in accepted
+                ],
             )
     return {"accepted": len(accepted), "kept_labels": len(chosen) - len(accepted)}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import models
+from django.db.models import Value
 from django.db.models.functions import Now
 
 from arbiter.tenancy.scoping import OrgScopedModel
@@ -101,6 +102,10 @@ class Row(OrgScopedModel):
     # Derived from the cells by the mapping: {head: {label: true}} for heads that apply to the row (the
     # object form makes "has label" a portable has-key lookup), and the problems that make it invalid.
     labels = models.JSONField(default=dict)
+    # Who last set each head's labels, for heads relabeled since the import ({head: "human:user:4",
+    # "llm:<provider>:<model>@v2", "model:<model>.v1@v2"}); a head absent here has its labels from the import.
+    # The database default too: imports COPY rows without naming this column.
+    label_sources = models.JSONField(default=dict, db_default=Value({}, output_field=models.JSONField()))
     problems = models.JSONField(default=list)
     is_valid = models.BooleanField(default=True)
     created_at = models.DateTimeField(db_default=Now())

@@ -96,9 +96,12 @@ def rows_filtered(
     head: str | None = None,
     label: str | None = None,
     invalid: bool | None = None,
+    source: str | None = None,
 ) -> QuerySet[Row]:
     """Rows for the preview: `q` searches the input text (case-insensitive); `head` keeps rows the head
-    applies to, `label` (with `head`) those with that label; `invalid` keeps invalid (True) or valid rows."""
+    applies to, `label` (with `head`) those with that label, `source` (with `head`) those whose labels on it
+    came from there (`import`, or the start of a source: `human`, `human:user:4`, `llm`, `model:toxicity.v2`);
+    `invalid` keeps invalid (True) or valid rows."""
     rows = rows_visible(dataset=dataset)
     if q and input_column is not None and input_column in dataset.columns:
         rows = rows.filter(**{f"cells__{dataset.columns.index(input_column)}__icontains": q})
@@ -106,6 +109,10 @@ def rows_filtered(
         rows = rows.filter(HasKey(KeyTransform(head, "labels"), label))
     elif head:
         rows = rows.filter(labels__has_key=head)
+    if head and source == "import":
+        rows = rows.filter(labels__has_key=head).exclude(label_sources__has_key=head)
+    elif head and source:
+        rows = rows.filter(**{f"label_sources__{head}__startswith": source})
     if invalid is not None:
         rows = rows.filter(is_valid=not invalid)
     return rows.order_by("number")

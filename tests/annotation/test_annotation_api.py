@@ -286,8 +286,46 @@ def test_a_reviewer_edits_the_text_and_the_dataset_row_and_history_follow(
     row = next(r for r in api.dataset_rows(dataset["id"]) if r["number"] == 2)
     assert row["cells"]["comment"] == "have a really nice day" and row["labels"]["toxicity"] == ["safe"]
     history = api.get(f"/datasets/{dataset['id']}/history").json()["results"]
-    assert any(h["action"] == "edit" and h["actor"] == f"human:user:{tenant.owner.pk}" for h in history), history
+    assert any(h["action"] == "edit" and h["actor"] == f"human:user:{tenant.owner.pk}" for h in history), (
+        history
+    )
     # The annotation service's copy follows the dataset's echo: the next job labels the edited text.
-    assert api.get(f"/datasets/{dataset['id']}/review/next", head="toxicity", after=1).json()["row"]["number"] == 3
+    assert (
+        api.get(f"/datasets/{dataset['id']}/review/next", head="toxicity", after=1).json()["row"]["number"]
+        == 3
+    )
     job = api.job(dataset["id"], rows="labeled")
     assert job["progress"]["total"] == 1
+
+
+def test_the_rows_grid_filters_by_where_each_heads_labels_came_from(
+    api: AnnotationApi, tenant: Tenant
+) -> None:
+    dataset = api.dataset(comments_csv(8, labeled=2))
+    api.schema(dataset["id"])
+    job = api.job(dataset["id"], rows={"sample": 3, "seed": 1})
+    api.post(f"/annotation-jobs/{job['id']}/accept", {"min_score": 0})
+    unlabeled = api.get(f"/datasets/{dataset['id']}/review/next", head="toxicity").json()["row"]["number"]
+    tenant.session_client().post(
+        tenant.url(f"/datasets/{dataset['id']}/review/{unlabeled}"),
+        {"head": "toxicity", "labels": ["toxic"]},
+        format="json",
+    )
+    labels_to_dataset()
+
+    def numbers(source: str) -> list[int]:
+        response = api.get(f"/datasets/{dataset['id']}/rows", head="toxicity", source=source)
+        assert response.status_code == 200, response.content
+        return [row["number"] for row in response.json()["results"]]
+
+    accepted = sorted(
+        s["row"] for s in api.get(f"/annotation-jobs/{job['id']}/suggestions").json()["results"]
+    )
+    assert numbers("import") == [1, 2]
+    assert numbers("llm") == accepted == numbers("llm:similarity")
+    assert numbers("human") == [unlabeled] == numbers(f"human:user:{tenant.owner.pk}")
+    assert numbers("model") == []
+    row = next(r for r in api.dataset_rows(dataset["id"]) if r["number"] == accepted[0])
+    assert row["label_sources"] == {"toxicity": "llm:similarity:all-MiniLM-L6-v2@v1"}
+    missing_head = api.get(f"/datasets/{dataset['id']}/rows", source="llm")
+    assert missing_head.status_code == 400 and "head" in missing_head.json()["error"]["message"]

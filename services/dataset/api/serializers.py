@@ -216,6 +216,9 @@ def row_data(
         "input": named.get(input_column) if input_column else None,
         "cells": named,
         "labels": shown_labels(row.labels, heads),
+        "label_sources": {
+            head: row.label_sources.get(head, "import") for head in heads if head in row.labels
+        },
         "valid": row.is_valid,
         "problems": row.problems,
         "images": shown,
@@ -419,6 +422,10 @@ class RowSerializer(serializers.Serializer):
     labels = serializers.DictField(
         child=serializers.ListField(child=serializers.CharField(), allow_null=True),
         help_text="per head: its labels (null: the head does not apply)",
+    )
+    label_sources = serializers.DictField(
+        child=serializers.CharField(),
+        help_text="per labeled head: where its labels came from (import, human:user:<id>, llm:..., model:...)",
     )
     valid = serializers.BooleanField()
     problems = RowProblemSerializer(many=True)

@@ -351,6 +351,12 @@ class RowViewSet(DatasetScopedViewSet):
             OpenApiParameter("q", str, description="text to search for in the input column"),
             OpenApiParameter("head", str, description="only rows this head applies to"),
             OpenApiParameter("label", str, description="with `head`: only rows with this label"),
+            OpenApiParameter(
+                "source",
+                str,
+                description="with `head`: only rows whose labels came from `import`, or from a source starting "
+                "with this (`human`, `human:user:4`, `llm`, `model`, `model:toxicity.v2`)",
+            ),
             OpenApiParameter("invalid", bool, description="true: only invalid rows; false: only valid rows"),
         ],
         responses=s.RowSerializer(many=True),
@@ -361,6 +367,11 @@ class RowViewSet(DatasetScopedViewSet):
         invalid = params.get("invalid")
         if invalid not in (None, "", "true", "false", "1", "0"):
             raise ApiError(status=400, code="invalid", message="invalid: true or false")
+        source = params.get("source") or None
+        if source and not params.get("head"):
+            raise ApiError(
+                status=400, code="invalid", message="source: name the head too (?head=...&source=...)"
+            )
         input_column, heads = self._context(instance)
         rows = selectors.rows_filtered(
             dataset=instance,
@@ -369,6 +380,7 @@ class RowViewSet(DatasetScopedViewSet):
             head=params.get("head") or None,
             label=params.get("label") or None,
             invalid=None if invalid in (None, "") else invalid in ("true", "1"),
+            source=source,
         )
         page = self.paginate_queryset(rows) or []
         images = logic.row_images(dataset=instance, numbers=[row.number for row in page])

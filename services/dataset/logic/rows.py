@@ -110,6 +110,15 @@ def row_create(
     return row
 
 
+LABEL_SOURCES = ("import", "human", "llm", "model")
+
+
+def label_source(actor: str) -> str:
+    """A label's source as the rows grid filters it: the annotation service's sources as they come
+    (`human:user:4`, `llm:...`, `model:...`), and a person or key editing through the dataset API as `human:`."""
+    return actor if actor.split(":", 1)[0] in LABEL_SOURCES else f"human:{actor}"
+
+
 def row_update(
     *,
     row: Row,
@@ -136,9 +145,13 @@ def row_update(
     row.is_valid = not row.problems
     label_columns = {column.name for column in mapping.label_columns}
     action = DatasetChange.RELABEL if set(changed) <= label_columns else DatasetChange.EDIT
+    row.label_sources = {
+        **row.label_sources,
+        **{column.head: label_source(actor) for column in mapping.label_columns if column.name in changed},
+    }
     with transaction.atomic(using=DB):
         row.updated_at = timezone.now()
-        row.save(update_fields=["cells", "labels", "problems", "is_valid", "updated_at"])
+        row.save(update_fields=["cells", "labels", "label_sources", "problems", "is_valid", "updated_at"])
         DatasetChange.objects.create(
             dataset=dataset,
             action=action,
