@@ -79,3 +79,20 @@ def test_another_orgs_labeling_pages_are_404(tenant: Tenant, victim: Tenant) -> 
         dataset["name"] + "<"
         not in attacker.get(page_path("console-labeling", org=tenant.slug)).content.decode()
     )
+
+
+def test_the_rows_grid_filters_by_label_source(tenant: Tenant, api: AnnotationApi) -> None:
+    dataset = api.dataset(comments_csv(6, labeled=2))
+    api.schema(dataset["id"])
+    job = api.job(dataset["id"], rows={"sample": 2, "seed": 5})
+    api.post(f"/annotation-jobs/{job['id']}/accept", {"min_score": 0})
+    labels_to_dataset()
+    grid = page_path("console-dataset", org=tenant.slug, dataset_id=dataset["id"])
+    person = tenant.session_client()
+    page = person.get(grid, {"head": "toxicity", "source": "llm"}).content.decode()
+    assert 'id="filter-source"' in page and '<option value="llm" selected>' in page
+    accepted = {s["row"] for s in api.get(f"/annotation-jobs/{job['id']}/suggestions").json()["results"]}
+    shown = {int(n) for n in re.findall(r'<tr id="row-(\d+)"', page)}
+    assert shown == accepted, page
+    imported = person.get(grid, {"head": "toxicity", "source": "import"}).content.decode()
+    assert {int(n) for n in re.findall(r'<tr id="row-(\d+)"', imported)} == {1, 2}

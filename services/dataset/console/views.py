@@ -384,7 +384,7 @@ def _labels_value(raw: str, *, multi: bool) -> list[str] | None:
 
 
 def _grid_query(request: HttpRequest) -> dict[str, str]:
-    return {key: request.GET.get(key, "") for key in ("q", "head", "label", "validity")}
+    return {key: request.GET.get(key, "") for key in ("q", "head", "label", "source", "validity")}
 
 
 @org_page("datasets:read")
@@ -421,6 +421,8 @@ def dataset_rows(request: HttpRequest, dataset_id: int, *, org: str, access: Org
         head=query["head"] or None,
         label=query["label"] or None,
         invalid={"invalid": True, "valid": False}.get(query["validity"]),
+        # Where the labels came from needs a head; without one the choice is ignored.
+        source=query["source"] or None,
     )
     page = Paginator(rows, ROWS_PER_PAGE).get_page(request.GET.get("page"))
     head_names = [head["name"] for head in heads]
@@ -437,6 +439,12 @@ def dataset_rows(request: HttpRequest, dataset_id: int, *, org: str, access: Org
         "query": query,
         "filtered": bool(filtered),
         "page_query": urlencode(filtered),
+        "label_sources": [
+            ("import", "from the import"),
+            ("human", "people (review, edits)"),
+            ("llm", "an LLM or similarity labeler"),
+            ("model", "a trained model"),
+        ],
         "head_labels": _head_labels(dataset, heads),
         "input_column": input_column,
         "here": request.get_full_path(),
