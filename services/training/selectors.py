@@ -76,4 +76,3 @@ def version_candidates(version: ModelVersion) -> list[dict[str, Any]]:
         }
         for candidate in training.get("candidates") or []
     ]
-
