@@ -451,7 +451,7 @@ def _files_write(batch: Batch) -> None:
         batch.status, batch.cancelled_at = BatchStatus.CANCELLED, now
         batch.save(update_fields=["status", "cancelled_at", "completed", "failed"])
         return
-    files = []
+    files: list[dict[str, Any]] = []
     for kind, chosen in (
         ("output", [x for x in lines if not x.error]),
         ("error", [x for x in lines if x.error]),
