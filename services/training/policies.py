@@ -13,9 +13,11 @@ A diff compares two versions' evaluations of one snapshot and lists the rows who
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,9 +45,11 @@ from arbiter.llm.policy import (
     policy_heads,
 )
 from arbiter.llm.transport import llm_policy
+from arbiter.ml.artifacts import artifact_unpack
 from arbiter.ml.data import HeadLabels, rows_parse
 from arbiter.ml.errors import MLError
 from arbiter.ml.metrics import head_evaluate
+from arbiter.ml.predict import Predictor
 from arbiter.ml.specs import HeadSpec
 from arbiter.storage import get_blob_store
 from arbiter.tenancy.scoping import org_scope
@@ -453,6 +457,44 @@ def _evaluate(evaluation: PolicyEvaluation) -> None:
         ModelVersion.objects.filter(pk=version.pk).update(evaluation=metrics)
 
 
+def _label_map(document: PolicyDocument, spec: HeadSpec) -> tuple[set[str], bool, list[str]]:
+    """How a head's labels meet the policy's categories: its negative labels, whether it is a binary head whose
+    one other label stands for any category, and warnings for what does not match."""
+    categories = document.category_names
+    negative = set(spec.resolved_negative_labels)
+    positive = [label for label in spec.labels if label not in negative]
+    binary = len(positive) == 1 and positive[0] not in categories
+    warnings = []
+    if binary:
+        warnings.append(f"Any flagged category counts as '{positive[0]}'.")
+    else:
+        missing = [label for label in positive if label not in categories]
+        if missing:
+            warnings.append(f"Labels without a policy category (never predicted): {', '.join(missing)}.")
+        extra = [name for name in categories if name not in spec.labels]
+        if extra:
+            warnings.append(f"Policy categories the head has no label for: {', '.join(extra)}.")
+    return negative, binary, warnings
+
+
+def _policy_labels(
+    decision: Mapping[str, Any], spec: HeadSpec, negative: set[str], binary: bool
+) -> list[str]:
+    """The head's labels a policy decision stands for."""
+    flagged = decision["flag"] == UNSAFE
+    return [
+        label
+        for label in spec.labels
+        if (
+            not flagged
+            if label in negative
+            else flagged
+            if binary
+            else flagged and decision["category"] == label
+        )
+    ]
+
+
 def _head_metrics(
     document: PolicyDocument,
     spec: HeadSpec,
@@ -463,37 +505,115 @@ def _head_metrics(
     """The head's evaluation from the decisions: each label of the head is scored and decided by the policy
     category of the same name; a negative label (safe, none, ...) by "not flagged"; a head with one other label
     (toxic/safe) by "flagged in any category"."""
-    categories = document.category_names
-    negative = set(spec.resolved_negative_labels)
-    positive = [label for label in spec.labels if label not in negative]
-    binary = len(positive) == 1 and positive[0] not in categories
-    warnings = []
-    if not binary:
-        missing = [label for label in positive if label not in categories]
-        if missing:
-            warnings.append(f"Labels without a policy category (never predicted): {', '.join(missing)}.")
-        extra = [name for name in categories if name not in spec.labels]
-        if extra:
-            warnings.append(f"Policy categories the head has no label for: {', '.join(extra)}.")
-    else:
-        warnings.append(f"Any flagged category counts as '{positive[0]}'.")
+    negative, binary, warnings = _label_map(document, spec)
     scores = np.zeros((len(decisions), len(spec.labels)), dtype=np.float64)
     decided = np.zeros((len(decisions), len(spec.labels)), dtype=bool)
     for r, decision in enumerate(decisions):
-        flagged = decision["flag"] == UNSAFE
         category_scores = decision["scores"]
         p_unsafe = max(category_scores.values(), default=0.0)
+        chosen = _policy_labels(decision, spec, negative, binary)
         for i, label in enumerate(spec.labels):
+            decided[r, i] = label in chosen
             if label in negative:
-                scores[r, i], decided[r, i] = 1.0 - p_unsafe, not flagged
-            elif binary:
-                scores[r, i], decided[r, i] = p_unsafe, flagged
+                scores[r, i] = 1.0 - p_unsafe
             else:
-                scores[r, i] = category_scores.get(label, 0.0)
-                decided[r, i] = flagged and decision["category"] == label
+                scores[r, i] = p_unsafe if binary else category_scores.get(label, 0.0)
     subset = labels.subset(np.asarray(indices, dtype=np.int64))
     head = head_evaluate(probabilities=scores, labels=subset, decided=decided)
     return {"split": "all", "rows": len(decisions), "source": POLICY, "heads": {spec.name: head}}, warnings
+
+
+# --- comparing with a trained model -------------------------------------------------------------------------
+
+
+def policy_compare(*, model: Model, evaluation_id: Any, against: Any) -> dict[str, Any]:
+    """A policy's evaluation beside a trained version's answers on the same rows and head: the share of rows on
+    which they agree and every row on which they do not, with the policy's reason and the model's scores."""
+    if isinstance(evaluation_id, bool) or not isinstance(evaluation_id, int):
+        raise _invalid("evaluation: give the id of an evaluation of this policy.", "evaluation")
+    evaluation = (
+        PolicyEvaluation.objects.filter(pk=evaluation_id, version__model=model)
+        .select_related("version")
+        .first()
+    )
+    if evaluation is None:
+        raise ApiError(
+            status=404,
+            code="not_found",
+            message=f"evaluation: this policy has no evaluation {evaluation_id}.",
+        )
+    if evaluation.state != PolicyEvaluation.SUCCEEDED:
+        raise ApiError(
+            status=409,
+            code="not_ready",
+            message=f"evaluation: it is {evaluation.state}; compare once it succeeded.",
+        )
+    if not isinstance(against, dict) or not all(
+        isinstance(against.get(k), int) and not isinstance(against.get(k), bool) for k in ("model", "version")
+    ):
+        raise _invalid('model: give the trained version as {"model": <id>, "version": <number>}.', "model")
+    trained = (
+        ModelVersion.objects.select_related("run")
+        .filter(
+            model_id=against["model"],
+            number=against["version"],
+            policy__isnull=True,
+            run__state=RunState.SUCCEEDED,
+        )
+        .first()
+    )
+    if trained is None:
+        raise ApiError(
+            status=404,
+            code="not_found",
+            message=f"model: model {against['model']} has no trained version {against['version']} in this org.",
+        )
+    if evaluation.head not in [h["name"] for h in trained.heads]:
+        raise _invalid(
+            f"model: version {trained.number} of '{against['model']}' has no head '{evaluation.head}'.",
+            "model",
+        )
+    assert evaluation.version.policy is not None
+    document = PolicyDocument.from_dict(evaluation.version.policy)
+    snapshot = Snapshot.objects.get(snapshot_id=evaluation.snapshot_id)
+    spec = next(HeadSpec.from_dict(h) for h in snapshot.heads if h["name"] == evaluation.head)
+    negative, binary, _ = _label_map(document, spec)
+    answered = [d for d in evaluation.decisions if "error" not in d]
+    predictions = _trained_predictions(trained, [d["text"] for d in answered])
+    disagreements = []
+    for decision, prediction in zip(answered, predictions, strict=True):
+        ours = _policy_labels(decision, spec, negative, binary)
+        theirs = list(prediction[evaluation.head]["labels"])
+        if sorted(ours) != sorted(theirs):
+            disagreements.append(
+                {
+                    "row": decision["row"],
+                    "text": decision["text"],
+                    "truth": decision["truth"],
+                    "policy": {**_verdict(decision), "labels": ours},
+                    "model": {"labels": theirs, "label_scores": prediction[evaluation.head]["label_scores"]},
+                }
+            )
+    rows = len(answered)
+    return {
+        "evaluation": evaluation.pk,
+        "policy_version": evaluation.version.number,
+        "model": {"model": trained.model_id, "version": trained.number},
+        "snapshot": evaluation.snapshot_id,
+        "head": evaluation.head,
+        "rows": rows,
+        "agreement": round((rows - len(disagreements)) / rows, 6) if rows else None,
+        "disagreements": disagreements,
+    }
+
+
+def _trained_predictions(version: ModelVersion, texts: list[str]) -> list[dict[str, dict[str, Any]]]:
+    """A trained version's answers, from its artifact (the ML core's predictor, as the trainer evaluates)."""
+    with tempfile.TemporaryDirectory(prefix="arbiter-compare-") as folder:
+        artifact = artifact_unpack(
+            get_blob_store().get_bytes(version.artifact_key), Path(folder) / "artifact"
+        )
+        return Predictor.load(artifact, runtime="auto").predict(texts)
 
 
 # --- the diff -----------------------------------------------------------------------------------------------

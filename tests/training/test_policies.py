@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 
 from arbiter.storage import get_blob_store
+from arbiter.tenancy.scoping import org_scope
+from arbiter.testing.artifacts import cached_head_artifact
 from arbiter.testing.tenants import Tenant, assert_not_found
+from services.training.models import Model, ModelVersion, RunState, TrainingRun
 from tests.annotation import fake_llm
 from tests.annotation.fake_llm import FakeLlm
 from tests.training.conftest import TOXIC, TOXICITY, published, snapshot_publish, toxicity_rows
@@ -309,3 +312,91 @@ def test_another_orgs_policy_is_not_found(tenant: Tenant, victim: Tenant, fake: 
     own = create(tenant, fake, name="mine")
     response = evaluate(tenant, own["id"], snapshot)
     assert response.status_code == 404
+
+
+@pytest.fixture(scope="module")
+def toxicity_artifact(pytestconfig: pytest.Config) -> bytes:
+    rows = [{**row, "split": "train"} for row in toxicity_rows(40, with_topic=False)]
+    return cached_head_artifact(
+        cache_dir=pytestconfig.cache.mkdir("policy-compare-artifacts"),
+        prefix="",
+        rows=rows,
+        heads=[TOXICITY],
+        max_epochs=60,
+    )
+
+
+def trained_version(tenant: Tenant, blob: bytes) -> ModelVersion:
+    """A trained toxicity model in the training service, as a finished run leaves it."""
+    key = f"artifacts/org-{tenant.org.pk}/compare/v1.tar.gz"
+    get_blob_store().put_bytes(key, blob)
+    with org_scope(tenant.org.pk):
+        model = Model.objects.create(org_id=tenant.org.pk, name="trained-toxicity", base_model="minilm")
+        version = ModelVersion.objects.create(
+            org_id=tenant.org.pk,
+            model=model,
+            number=1,
+            base_model="minilm",
+            heads=[TOXICITY],
+            artifact_key=key,
+        )
+        TrainingRun.objects.create(org_id=tenant.org.pk, version=version, state=RunState.SUCCEEDED)
+    return version
+
+
+def test_comparing_with_a_trained_model_gives_agreement_and_the_disagreements(
+    tenant: Tenant, fake: FakeLlm, toxicity_artifact: bytes
+) -> None:
+    fake.script(strict_judge(("idiot", "moron", "loser", "fool")))  # lets "get lost, jerk" pass
+    snapshot = snapshot_publish(
+        org_id=tenant.org.pk, rows=toxicity_rows(10, with_topic=False), heads=[TOXICITY]
+    )
+    policy = create(tenant, fake)
+    evaluation = evaluate(tenant, policy["id"], snapshot).json()
+    trained = trained_version(tenant, toxicity_artifact)
+    client = tenant.client(["models:write", "models:read"])
+    response = client.post(
+        tenant.url(f"/policies/{policy['id']}/compare"),
+        {"evaluation": evaluation["id"], "model": {"model": trained.model_id, "version": 1}},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["rows"] == 10 and body["head"] == "toxicity"
+    # The trained model learnt the toxic rows, "jerk" included: the policy disagrees on that row.
+    (disagreement,) = body["disagreements"]
+    assert "jerk" in disagreement["text"] and body["agreement"] == 0.9
+    assert (
+        disagreement["policy"]["labels"] == ["safe"]
+        and disagreement["policy"]["reason"] == "Friendly small talk."
+    )
+    assert (
+        disagreement["model"]["labels"] == ["toxic"] and disagreement["model"]["label_scores"]["toxic"] > 0.5
+    )
+    missing = client.post(
+        tenant.url(f"/policies/{policy['id']}/compare"),
+        {"evaluation": evaluation["id"], "model": {"model": trained.model_id, "version": 7}},
+        format="json",
+    )
+    assert missing.status_code == 404 and "no trained version 7" in missing.json()["error"]["message"]
+    bad = client.post(tenant.url(f"/policies/{policy['id']}/compare"), {"evaluation": "x"}, format="json")
+    assert bad.status_code == 400
+
+
+@pytest.mark.cross_tenant("policy-compare")
+def test_another_orgs_policy_cannot_be_compared(
+    tenant: Tenant, victim: Tenant, fake: FakeLlm, toxicity_artifact: bytes
+) -> None:
+    fake.script(strict_judge())
+    snapshot = snapshot_publish(
+        org_id=victim.org.pk, rows=toxicity_rows(4, with_topic=False), heads=[TOXICITY]
+    )
+    policy = create(victim, fake)
+    evaluation = evaluate(victim, policy["id"], snapshot).json()
+    trained = trained_version(victim, toxicity_artifact)
+    body = {"evaluation": evaluation["id"], "model": {"model": trained.model_id, "version": 1}}
+    mine = tenant.client(["models:write", "models:read"])
+    assert_not_found(mine.post(tenant.url(f"/policies/{policy['id']}/compare"), body, format="json"))
+    own = create(tenant, fake, name="mine")
+    # My policy against the victim's evaluation and trained model: neither is mine.
+    assert_not_found(mine.post(tenant.url(f"/policies/{own['id']}/compare"), body, format="json"))

@@ -119,6 +119,18 @@ class EvaluationSerializer(serializers.ModelSerializer):
         ]
 
 
+class VersionRefSerializer(serializers.Serializer):
+    model = serializers.IntegerField()
+    version = serializers.IntegerField()
+
+
+class CompareRequestSerializer(serializers.Serializer):
+    evaluation = serializers.IntegerField(
+        help_text="An evaluation of this policy (its snapshot, head and version)"
+    )
+    model = VersionRefSerializer(help_text="The trained version to compare with")
+
+
 class DiffRequestSerializer(serializers.Serializer):
     snapshot = serializers.IntegerField()
     from_version = serializers.IntegerField()
@@ -158,6 +170,16 @@ class PolicyViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.RetrieveModel
             limit=data.get("limit", 0),
         )
         return Response(body, status=status.HTTP_202_ACCEPTED if body["state"] == "running" else 200)
+
+    @extend_schema(request=CompareRequestSerializer, responses={200: dict, **error_responses(409)})
+    @action(detail=True, methods=["post"])
+    def compare(self, request: Request, org: str, pk: int) -> Response:
+        """Agreement with a trained version on an evaluation's rows, and every row where they disagree."""
+        data = _body(request)
+        body = policies.policy_compare(
+            model=self.get_object(), evaluation_id=data.get("evaluation"), against=data.get("model")
+        )
+        return Response(body)
 
 
 class PolicyVersionViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):

@@ -53,6 +53,11 @@ urlpatterns = [
     path(
         f"{ORG}/policies/<int:pk>/diff", policies.PolicyViewSet.as_view({"post": "diff"}), name="policy-diff"
     ),
+    path(
+        f"{ORG}/policies/<int:pk>/compare",
+        policies.PolicyViewSet.as_view({"post": "compare"}),
+        name="policy-compare",
+    ),
     path("v1/fine_tuning/jobs", fine_tuning.JobsView.as_view(), name="compat-fine-tuning-jobs"),
     path("v1/fine_tuning/jobs/<str:job_id>", fine_tuning.JobView.as_view(), name="compat-fine-tuning-job"),
     path(
