@@ -218,6 +218,24 @@ class Result:
     texts_per_s: float
     p50_ms: float
     p99_ms: float
+    # The server's CPU time (all its processes and threads) per request: where the load goes, whatever else
+    # the machine is doing.
+    cpu_ms: float = 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by a process and its children that are still running (gunicorn's workers)."""
+    import psutil
+
+    process = psutil.Process(pid)
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            times = member.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 class Client:
@@ -301,7 +319,7 @@ def wait_until(check: Callable[[], bool], *, timeout: float, what: str) -> None:
 
 
 def workload(
-    port: int, path: str, headers: dict[str, str], texts: list[str], *, quick: bool, slow: bool
+    port: int, path: str, headers: dict[str, str], texts: list[str], *, quick: bool, slow: bool, pid: int
 ) -> dict[str, Result]:
     seconds = 4.0 if quick else 15.0
     batches = [
@@ -311,13 +329,19 @@ def workload(
     results = {}
     # Throughput: one client shows a lone caller's rate; four keep a server that overlaps requests busy.
     for clients in (1, 4):
-        results[f"batch64 x{clients}"] = load(
+        before = cpu_seconds(pid)
+        result = load(
             port, path, headers, batches, clients=clients, seconds=seconds, min_requests=3 if slow else 10
         )
+        result.cpu_ms = (cpu_seconds(pid) - before) * 1000 / max(result.requests, 1)
+        results[f"batch64 x{clients}"] = result
     for clients in (1, 8, 32):
-        results[f"single x{clients}"] = load(
+        before = cpu_seconds(pid)
+        result = load(
             port, path, headers, singles, clients=clients, seconds=seconds, min_requests=max(clients * 2, 20)
         )
+        result.cpu_ms = (cpu_seconds(pid) - before) * 1000 / max(result.requests, 1)
+        results[f"single x{clients}"] = result
     return results
 
 
@@ -338,7 +362,7 @@ def serve(environment: Environment, quick: bool, texts: list[str]) -> dict[str, 
             timeout=180,
             what="the Arbiter server answering a classify request",
         )
-        return workload(port, environment.path, headers, texts, quick=quick, slow=False)
+        return workload(port, environment.path, headers, texts, quick=quick, slow=False, pid=server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -356,7 +380,7 @@ def baseline(folder: Path, environment: Environment, quick: bool, texts: list[st
         assert server.stdout is not None
         if server.stdout.readline().strip() != b"ready":
             raise SystemExit("the baseline server did not start")
-        return workload(port, "/classify", {}, texts, quick=quick, slow=True)
+        return workload(port, "/classify", {}, texts, quick=quick, slow=True, pid=server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -415,7 +439,7 @@ def main() -> int:
         f"eager torch fp32 (the baseline's engine, one at a time) {torch_ceiling:.0f} texts/s"
     )
     print(
-        f"{'workload':<13}{'server':<16}{'texts/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}"
+        f"{'workload':<13}{'server':<16}{'texts/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>11}{'errors':>7}"
         f"{'x ceiling':>10}{'x baseline':>11}"
     )
     for workload_name in naive:
@@ -425,7 +449,7 @@ def main() -> int:
             own_ceiling = torch_ceiling if name == "baseline" else onnx_ceiling
             print(
                 f"{workload_name:<13}{name:<16}{result.texts_per_s:>9.1f}{result.p50_ms:>9.1f}"
-                f"{result.p99_ms:>9.1f}{result.errors:>7}{result.texts_per_s / own_ceiling:>9.2f}x"
+                f"{result.p99_ms:>9.1f}{result.cpu_ms:>11.1f}{result.errors:>7}{result.texts_per_s / own_ceiling:>9.2f}x"
                 + (
                     f"{result.texts_per_s / max(theirs.texts_per_s, 1e-9):>10.1f}x"
                     if name != "baseline"
