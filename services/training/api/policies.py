@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.http import Http404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -21,7 +21,7 @@ from services.training.api.views import TrainingViewSet
 from services.training.models import Model, ModelVersion, PolicyEvaluation
 
 
-class ProviderSerializer(serializers.Serializer):
+class PolicyProviderSerializer(serializers.Serializer):
     base_url = serializers.CharField(
         help_text="An OpenAI-compatible endpoint, e.g. https://api.openai.com/v1"
     )
@@ -35,18 +35,18 @@ class ProviderSerializer(serializers.Serializer):
     logprobs = serializers.BooleanField(required=False, help_text="Score from token log-probabilities")
 
 
-class ExampleSerializer(serializers.Serializer):
+class PolicyExampleSerializer(serializers.Serializer):
     content = serializers.CharField()
     flag = serializers.ChoiceField(choices=["safe", "unsafe"])
     note = serializers.CharField(required=False)
 
 
-class CategorySerializer(serializers.Serializer):
+class PolicyCategorySerializer(serializers.Serializer):
     name = serializers.CharField()
     definition = serializers.CharField()
     violates = serializers.CharField(required=False)
     safe = serializers.CharField(required=False)
-    examples = ExampleSerializer(many=True, required=False)
+    examples = PolicyExampleSerializer(many=True, required=False)
 
 
 class PolicyWriteSerializer(serializers.Serializer):
@@ -55,10 +55,28 @@ class PolicyWriteSerializer(serializers.Serializer):
     name = serializers.CharField(required=False, help_text="Required when creating")
     instructions = serializers.CharField(required=False)
     prompt_style = serializers.ChoiceField(choices=list(PROMPT_STYLES), required=False)
-    provider = ProviderSerializer(required=False)
-    vision_provider = ProviderSerializer(required=False, allow_null=True)
+    provider = PolicyProviderSerializer(required=False)
+    vision_provider = PolicyProviderSerializer(required=False, allow_null=True)
     checklist = serializers.ListField(child=serializers.CharField(), required=False)
-    categories = CategorySerializer(many=True, required=False)
+    categories = PolicyCategorySerializer(many=True, required=False)
+
+
+class PolicyProviderOutSerializer(serializers.Serializer):
+    base_url = serializers.CharField()
+    model = serializers.CharField()
+    api_key_hint = serializers.CharField(help_text="The key's last characters; the key is never returned")
+    vision = serializers.BooleanField()
+    logprobs = serializers.BooleanField()
+
+
+class PolicyDocumentSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    instructions = serializers.CharField()
+    prompt_style = serializers.ChoiceField(choices=list(PROMPT_STYLES))
+    provider = PolicyProviderOutSerializer()
+    vision_provider = PolicyProviderOutSerializer(allow_null=True)
+    checklist = serializers.ListField(child=serializers.CharField())
+    categories = PolicyCategorySerializer(many=True)
 
 
 class PolicyVersionSerializer(serializers.ModelSerializer):
@@ -68,6 +86,7 @@ class PolicyVersionSerializer(serializers.ModelSerializer):
         model = ModelVersion
         fields = ["number", "created_at", "heads", "artifact_key", "policy", "evaluation"]
 
+    @extend_schema_field(PolicyDocumentSerializer)
     def get_policy(self, version: ModelVersion) -> dict[str, Any]:
         return policies.policy_public(version.policy or {})
 
@@ -79,19 +98,20 @@ class PolicySerializer(serializers.ModelSerializer):
         model = Model
         fields = ["id", "name", "type", "base_model", "created_at", "latest_version"]
 
+    @extend_schema_field(PolicyVersionSerializer(allow_null=True))
     def get_latest_version(self, model: Model) -> dict[str, Any] | None:
         latest = max(model.versions.all(), key=lambda v: v.number, default=None)
         return PolicyVersionSerializer(latest).data if latest is not None else None
 
 
-class EvaluationRequestSerializer(serializers.Serializer):
+class PolicyEvaluationRequestSerializer(serializers.Serializer):
     version = serializers.IntegerField(required=False, help_text="Default: the newest version")
     snapshot = serializers.IntegerField()
     head = serializers.CharField(required=False, help_text="The label column; optional with one")
     limit = serializers.IntegerField(required=False, help_text="At most this many rows (0: all)")
 
 
-class EvaluationSerializer(serializers.ModelSerializer):
+class PolicyEvaluationSerializer(serializers.ModelSerializer):
     version = serializers.IntegerField(source="version.number")
     snapshot = serializers.IntegerField(source="snapshot_id")
 
@@ -119,19 +139,86 @@ class EvaluationSerializer(serializers.ModelSerializer):
         ]
 
 
-class VersionRefSerializer(serializers.Serializer):
+class TrainedVersionRefSerializer(serializers.Serializer):
     model = serializers.IntegerField()
     version = serializers.IntegerField()
 
 
-class CompareRequestSerializer(serializers.Serializer):
+class PolicyCompareRequestSerializer(serializers.Serializer):
     evaluation = serializers.IntegerField(
         help_text="An evaluation of this policy (its snapshot, head and version)"
     )
-    model = VersionRefSerializer(help_text="The trained version to compare with")
+    model = TrainedVersionRefSerializer(help_text="The trained version to compare with")
 
 
-class DiffRequestSerializer(serializers.Serializer):
+class PolicyVerdictSerializer(serializers.Serializer):
+    flag = serializers.ChoiceField(choices=["safe", "unsafe"], required=False)
+    category = serializers.CharField(allow_null=True, required=False)
+    reason = serializers.CharField(required=False)
+    error = serializers.CharField(required=False, help_text="Why the model gave no usable decision")
+    message = serializers.CharField(required=False)
+    raw = serializers.CharField(allow_null=True, required=False, help_text="What the model answered")
+    labels = serializers.ListField(child=serializers.CharField(), required=False)
+
+
+class PolicyFlipSerializer(serializers.Serializer):
+    row = serializers.CharField()
+    text = serializers.CharField()
+    truth = serializers.ListField(child=serializers.CharField(), allow_null=True)
+    to = PolicyVerdictSerializer()
+
+    def get_fields(self) -> dict[str, Any]:
+        fields = super().get_fields()
+        fields["from"] = PolicyVerdictSerializer()  # a Python keyword
+        return fields
+
+
+class PolicyDiffCountsSerializer(serializers.Serializer):
+    rows = serializers.IntegerField()
+    flipped = serializers.IntegerField()
+    to_unsafe = serializers.IntegerField()
+    to_safe = serializers.IntegerField()
+
+
+class PolicyDiffSerializer(serializers.Serializer):
+    snapshot = serializers.IntegerField()
+    head = serializers.CharField()
+    from_version = serializers.IntegerField()
+    to_version = serializers.IntegerField()
+    evaluations = serializers.DictField(
+        child=serializers.IntegerField(), help_text="{from, to}: evaluation ids"
+    )
+    state = serializers.ChoiceField(choices=["succeeded", "running", "failed"])
+    message = serializers.CharField(required=False)
+    flips = PolicyFlipSerializer(many=True)
+    counts = PolicyDiffCountsSerializer(required=False)
+
+
+class PolicyModelAnswerSerializer(serializers.Serializer):
+    labels = serializers.ListField(child=serializers.CharField())
+    label_scores = serializers.DictField(child=serializers.FloatField())
+
+
+class PolicyDisagreementSerializer(serializers.Serializer):
+    row = serializers.CharField()
+    text = serializers.CharField()
+    truth = serializers.ListField(child=serializers.CharField(), allow_null=True)
+    policy = PolicyVerdictSerializer()
+    model = PolicyModelAnswerSerializer()
+
+
+class PolicyCompareSerializer(serializers.Serializer):
+    evaluation = serializers.IntegerField()
+    policy_version = serializers.IntegerField()
+    model = TrainedVersionRefSerializer()
+    snapshot = serializers.IntegerField()
+    head = serializers.CharField()
+    rows = serializers.IntegerField()
+    agreement = serializers.FloatField(allow_null=True, help_text="Share of rows with the same labels")
+    disagreements = PolicyDisagreementSerializer(many=True)
+
+
+class PolicyDiffRequestSerializer(serializers.Serializer):
     snapshot = serializers.IntegerField()
     from_version = serializers.IntegerField()
     to_version = serializers.IntegerField()
@@ -157,7 +244,9 @@ class PolicyViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.RetrieveModel
         version = policies.policy_create(org_id=self.org_id, name=data.get("name", ""), data=data)
         return Response(PolicySerializer(version.model).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=DiffRequestSerializer, responses={200: dict})
+    @extend_schema(
+        request=PolicyDiffRequestSerializer, responses={200: PolicyDiffSerializer, 202: PolicyDiffSerializer}
+    )
     @action(detail=True, methods=["post"])
     def diff(self, request: Request, org: str, pk: int) -> Response:
         data = _body(request)
@@ -171,7 +260,10 @@ class PolicyViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.RetrieveModel
         )
         return Response(body, status=status.HTTP_202_ACCEPTED if body["state"] == "running" else 200)
 
-    @extend_schema(request=CompareRequestSerializer, responses={200: dict, **error_responses(409)})
+    @extend_schema(
+        request=PolicyCompareRequestSerializer,
+        responses={200: PolicyCompareSerializer, **error_responses(409)},
+    )
     @action(detail=True, methods=["post"])
     def compare(self, request: Request, org: str, pk: int) -> Response:
         """Agreement with a trained version on an evaluation's rows, and every row where they disagree."""
@@ -208,7 +300,7 @@ def _policy(pk: int) -> Model:
 
 
 class PolicyEvaluationViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
-    serializer_class = EvaluationSerializer
+    serializer_class = PolicyEvaluationSerializer
 
     def safely_get_queryset(self) -> Any:
         return PolicyEvaluation.objects.select_related("version").filter(
@@ -220,7 +312,8 @@ class PolicyEvaluationViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.Ret
         return super().list(request, *args, **kwargs)
 
     @extend_schema(
-        request=EvaluationRequestSerializer, responses={201: EvaluationSerializer, 200: EvaluationSerializer}
+        request=PolicyEvaluationRequestSerializer,
+        responses={201: PolicyEvaluationSerializer, 200: PolicyEvaluationSerializer},
     )
     def create(self, request: Request, org: str, policy: int) -> Response:
         data = _body(request)
@@ -232,4 +325,4 @@ class PolicyEvaluationViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.Ret
             limit=data.get("limit", 0),
         )
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-        return Response(EvaluationSerializer(evaluation).data, status=code)
+        return Response(PolicyEvaluationSerializer(evaluation).data, status=code)
