@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -46,12 +47,14 @@ from arbiter.tenancy.models import ApiKey, Org
 from arbiter.tenancy.scoping import org_scope
 from services.annotation import selectors
 from services.annotation.models import (
+    Annotation,
     AnnotationJob,
     DatasetCopy,
     DeploymentCopy,
     Entitlement,
     LabelSchema,
     LlmProvider,
+    ReviewSetting,
     RowCopy,
     Suggestion,
 )
@@ -954,6 +957,90 @@ def suggestions_accept(
     return {"accepted": len(accepted), "kept_labels": len(chosen) - len(accepted)}
 
 
+MAX_OVERLAP = 20
+CONSENSUS = "human:consensus"  # the source of labels that several people agreed on
+
+
+@dataclass(frozen=True)
+class ReviewSaved:
+    """What a person's labels did: the row `accepted` (its labels are the dataset's now), `pending` (fewer than
+    `overlap` people labeled it) or `disputed` (they did, and their votes tie: it comes back in the queue)."""
+
+    row: RowCopy
+    state: str
+    annotators: int
+    overlap: int
+
+
+def review_overlap_set(*, org_id: int, actor: str, dataset_id: int, head: str, overlap: int) -> int:
+    """Set how many different people label each row of the head; rows already labeled by that many are decided
+    now (their majority accepted, a tie left disputed)."""
+    if not 1 <= overlap <= MAX_OVERLAP:
+        raise ApiError(status=400, code="invalid", message=f"overlap: a number of people, 1 to {MAX_OVERLAP}")
+    if selectors.label_schema_current(dataset_id=dataset_id, head=head) is None:
+        raise ApiError(status=400, code="no_label_schema", message=f"head: no label schema for {head!r}")
+    with transaction.atomic(using=ALIAS):
+        ReviewSetting.objects.update_or_create(
+            dataset_id=dataset_id,
+            head=head,
+            defaults={
+                "org_id": org_id,
+                "overlap": overlap,
+                "updated_by": actor,
+                "updated_at": timezone.now(),
+            },
+        )
+        for number in selectors.rows_disputed(dataset_id=dataset_id, head=head, overlap=overlap).values_list(
+            "row_number", flat=True
+        ):
+            _decide(dataset_id=dataset_id, head=head, row_number=number, actor=actor, overlap=overlap)
+    return overlap
+
+
+def _majority(votes: Sequence[Annotation]) -> list[str] | None:
+    """The labels most of the people gave (a multi-label head's set counts as one answer); None on a tie."""
+    counted = Counter(tuple(sorted(vote.labels)) for vote in votes).most_common()
+    if len(counted) > 1 and counted[0][1] == counted[1][1]:
+        return None
+    return list(next(vote.labels for vote in votes if tuple(sorted(vote.labels)) == counted[0][0]))
+
+
+def _decide(*, dataset_id: int, head: str, row_number: int, actor: str, overlap: int) -> str:
+    """Accept a row's majority labels once `overlap` people labeled it (in a transaction); answers the state."""
+    votes = list(
+        selectors.head_annotations(dataset_id=dataset_id, head=head)
+        .filter(row_number=row_number)
+        .order_by("updated_at", "id")
+    )
+    if len(votes) < overlap:
+        return "pending"
+    agreed = _majority(votes)
+    if agreed is None:
+        return "disputed"
+    schema = selectors.label_schema_current(dataset_id=dataset_id, head=head)
+    assert schema is not None  # a vote is only stored against a schema
+    edited = [vote.text for vote in votes if vote.text is not None]
+    row = RowCopy.objects.filter(dataset_id=dataset_id, number=row_number).first()
+    texts = {row_number: edited[-1]} if edited and row is not None and edited[-1] != row.text else None
+    source = votes[0].annotator if len(votes) == 1 else CONSENSUS
+    _suggestions_decide(dataset_id=dataset_id, head=head, row_number=row_number, chosen=agreed, actor=actor)
+    _publish_accepted(schema=schema, decided=[(row_number, agreed, source)], texts=texts)
+    return "accepted"
+
+
+def _suggestions_decide(
+    *, dataset_id: int, head: str, row_number: int, chosen: list[str], actor: str
+) -> None:
+    pending = Suggestion.objects.filter(
+        dataset_id=dataset_id, head=head, row_number=row_number, state=Suggestion.PENDING
+    )
+    now = timezone.now()
+    for suggestion in pending:
+        suggestion.state = Suggestion.ACCEPTED if suggestion.labels == chosen else Suggestion.REJECTED
+        suggestion.decided_at, suggestion.decided_by = now, actor
+        suggestion.save(update_fields=["state", "decided_at", "decided_by"])
+
+
 def review_save(
     *,
     org_id: int,
@@ -964,9 +1051,10 @@ def review_save(
     head: str,
     labels: Sequence[str],
     text: str | None = None,
-) -> RowCopy:
-    """A person's labels for one row (and its text, if they edited it): sent to the dataset; the row's pending
-    suggestions are decided."""
+) -> ReviewSaved:
+    """A person's labels for one row (and its text, if they edited it). Each person's vote is kept; once the
+    head's `overlap` different people labeled the row, their majority is sent to the dataset and the row's
+    pending suggestions are decided. A row already done takes the person's labels at once (a correction)."""
     schema = selectors.label_schema_current(dataset_id=dataset_id, head=head)
     if schema is None:
         raise ApiError(status=400, code="no_label_schema", message=f"head: no label schema for {head!r}")
@@ -987,16 +1075,35 @@ def review_save(
     if row is None:
         raise ApiError(status=404, code="not_found", message=f"row {row_number} not found")
     chosen = list(dict.fromkeys(labels))
+    overlap = selectors.review_overlap(dataset_id=dataset_id, head=head)
     with transaction.atomic(using=ALIAS):
-        pending = Suggestion.objects.filter(
-            dataset_id=dataset_id, head=head, row_number=row_number, state=Suggestion.PENDING
-        )
-        now = timezone.now()
-        for suggestion in pending:
-            suggestion.state = Suggestion.ACCEPTED if suggestion.labels == chosen else Suggestion.REJECTED
-            suggestion.decided_at, suggestion.decided_by = now, actor
-            suggestion.save(update_fields=["state", "decided_at", "decided_by"])
-        edited = {row_number: text} if text is not None and text != row.text else None
-        _publish_accepted(schema=schema, decided=[(row_number, chosen, user_source)], texts=edited)
+        # One save of the row at a time: two people's last votes must not both see the other's missing.
+        row = RowCopy.objects.select_for_update().get(pk=row.pk)
+        if row.labels.get(head):
+            _suggestions_decide(
+                dataset_id=dataset_id, head=head, row_number=row_number, chosen=chosen, actor=actor
+            )
+            edited = {row_number: text} if text is not None and text != row.text else None
+            _publish_accepted(schema=schema, decided=[(row_number, chosen, user_source)], texts=edited)
+            state = "accepted"
+        else:
+            Annotation.objects.update_or_create(
+                dataset_id=dataset_id,
+                head=head,
+                row_number=row_number,
+                annotator=user_source[:64],
+                defaults={
+                    "org_id": org_id,
+                    "labels": chosen,
+                    "text": text if text is not None and text != row.text else None,
+                    "updated_at": timezone.now(),
+                },
+            )
+            state = _decide(
+                dataset_id=dataset_id, head=head, row_number=row_number, actor=actor, overlap=overlap
+            )
     row.refresh_from_db()
-    return row
+    people = (
+        selectors.head_annotations(dataset_id=dataset_id, head=head).filter(row_number=row_number).count()
+    )
+    return ReviewSaved(row=row, state=state, annotators=people, overlap=overlap)

@@ -212,3 +212,50 @@ class Suggestion(OrgScopedModel):
 
     def __str__(self) -> str:
         return f"suggestion for row {self.row_number} ({self.state})"
+
+
+class ReviewSetting(OrgScopedModel):
+    """How a head of a dataset is reviewed: `overlap` different people label each row before it is done (1:
+    the first person's labels are accepted at once)."""
+
+    dataset_id = models.BigIntegerField()
+    head = models.CharField(max_length=200)
+    overlap = models.PositiveSmallIntegerField(default=1)
+    updated_by = models.CharField(max_length=64)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["org_id", "dataset_id", "head"], name="annotation_review_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"review of {self.head!r} of dataset {self.dataset_id} (overlap {self.overlap})"
+
+
+class Annotation(OrgScopedModel):
+    """One person's labels for one row of a head. The review API answers a person only their own; the row's
+    labels become the dataset's when `overlap` people agree (see `logic.review_save`)."""
+
+    dataset_id = models.BigIntegerField()
+    head = models.CharField(max_length=200)
+    row_number = models.BigIntegerField()
+    # Who: the `labels.accepted` source of a person (human:user:<id>), or of an API key's actor.
+    annotator = models.CharField(max_length=64)
+    labels = models.JSONField(default=list)
+    # The row's text as this person edited it (None: unchanged); sent with the labels the row is accepted with.
+    text = models.TextField(null=True, blank=True)  # noqa: DJ001
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["row_number", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["org_id", "dataset_id", "head", "row_number", "annotator"],
+                name="annotation_annotation_once",
+            )
+        ]
+        indexes = [models.Index(fields=["dataset_id", "head", "row_number"], name="annotation_annot_row")]
+
+    def __str__(self) -> str:
+        return f"{self.annotator}'s labels for row {self.row_number} of {self.head!r}"

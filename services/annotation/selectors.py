@@ -7,18 +7,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from arbiter.api.errors import ApiError
 from arbiter.entitlements import entitlements_for
 from services.annotation.models import (
+    Annotation,
     AnnotationJob,
     DatasetCopy,
     DeploymentCopy,
     Entitlement,
     LabelSchema,
     LlmProvider,
+    ReviewSetting,
     RowCopy,
     Suggestion,
 )
@@ -156,17 +158,55 @@ def job_estimate(*, org_id: int, dataset_id: int, head: str, provider: Any, rows
     }
 
 
+def review_overlap(*, dataset_id: int, head: str) -> int:
+    """How many different people label each row of the head before it is done (1 unless set)."""
+    setting = ReviewSetting.objects.filter(dataset_id=dataset_id, head=head).first()
+    return setting.overlap if setting else 1
+
+
+def head_annotations(*, dataset_id: int, head: str) -> QuerySet[Annotation]:
+    return Annotation.objects.filter(dataset_id=dataset_id, head=head)
+
+
+def rows_disputed(*, dataset_id: int, head: str, overlap: int) -> QuerySet[Annotation]:
+    """The numbers (a `values` query) of the head's rows not done although `overlap` people labeled them:
+    their votes tie."""
+    return (
+        head_annotations(dataset_id=dataset_id, head=head)
+        .filter(row_number__in=rows_unlabeled(dataset_id=dataset_id, head=head).values("number"))
+        .values("row_number")
+        .annotate(people=Count("annotator"))
+        .filter(people__gte=overlap)
+        .values("row_number")
+    )
+
+
 @dataclass(frozen=True)
 class ReviewItem:
     row: RowCopy
     suggestion: Suggestion | None
     labeled: int
     total: int
+    overlap: int = 1
+    # How many people labeled the row so far, whether their votes tie, and the asking person's own labels:
+    # never anyone else's (annotators are blind to each other until the row is done).
+    annotators: int = 0
+    disputed: bool = False
+    mine: list[str] | None = None
 
 
-def review_next(*, dataset_id: int, head: str, after: int = 0) -> ReviewItem | None:
-    """The next row to review: the first unlabeled row after `after`, with its newest suggestion."""
-    row = rows_unlabeled(dataset_id=dataset_id, head=head).filter(number__gt=after).order_by("number").first()
+def review_next(
+    *, dataset_id: int, head: str, after: int = 0, annotator: str | None = None
+) -> ReviewItem | None:
+    """The next row for `annotator` to review: the first row after `after` that is not done and that they have
+    not labeled yet (or whose votes tie), with its newest suggestion."""
+    overlap = review_overlap(dataset_id=dataset_id, head=head)
+    rows = rows_unlabeled(dataset_id=dataset_id, head=head).filter(number__gt=after)
+    if annotator is not None:
+        mine = head_annotations(dataset_id=dataset_id, head=head).filter(annotator=annotator)
+        disputed = rows_disputed(dataset_id=dataset_id, head=head, overlap=overlap)
+        rows = rows.exclude(Q(number__in=mine.values("row_number")) & ~Q(number__in=disputed))
+    row = rows.order_by("number").first()
     total = RowCopy.objects.filter(dataset_id=dataset_id).count()
     labeled = RowCopy.objects.filter(dataset_id=dataset_id).filter(_labeled(head)).count()
     if row is None:
@@ -178,7 +218,21 @@ def review_next(*, dataset_id: int, head: str, after: int = 0) -> ReviewItem | N
         .order_by("-id")
         .first()
     )
-    return ReviewItem(row=row, suggestion=suggestion, labeled=labeled, total=total)
+    votes = dict(
+        head_annotations(dataset_id=dataset_id, head=head)
+        .filter(row_number=row.number)
+        .values_list("annotator", "labels")
+    )
+    return ReviewItem(
+        row=row,
+        suggestion=suggestion,
+        labeled=labeled,
+        total=total,
+        overlap=overlap,
+        annotators=len(votes),
+        disputed=bool(votes) and len(votes) >= overlap,
+        mine=votes.get(annotator) if annotator is not None else None,
+    )
 
 
 def agreement(*, truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
@@ -263,9 +317,75 @@ def head_agreement(*, dataset_id: int, head: str) -> dict[str, Any]:
         .order_by("-id")
         .first()
     )
+    people = annotator_agreement(dataset_id=dataset_id, head=head)
     if job is None:
-        return {"head": head, "job": None, "agent": None, "agreement": None}
-    return {"head": head, "job": job.pk, "agent": job.agent, "agreement": job_agreement(job=job)}
+        return {"head": head, "job": None, "agent": None, "agreement": None, "annotators": people}
+    return {
+        "head": head,
+        "job": job.pk,
+        "agent": job.agent,
+        "agreement": job_agreement(job=job),
+        "annotators": people,
+    }
+
+
+def _vote(labels: Sequence[str]) -> str:
+    """One person's answer for a row as one value: a multi-label head's set of labels counts as a whole."""
+    return "|".join(sorted(labels))
+
+
+def annotator_agreement(*, dataset_id: int, head: str) -> dict[str, Any]:
+    """How people agree on the head's rows that several of them labeled: the raw percent of those rows where
+    everyone gave the same answer, and chance-corrected, Cohen's kappa (two annotators) or Krippendorff's alpha
+    (nominal, three or more; a row may miss some of them). None where it is undefined (no rows, or every answer
+    the same)."""
+    import krippendorff
+    import numpy as np
+    from sklearn.metrics import cohen_kappa_score
+
+    votes: dict[int, dict[str, str]] = {}
+    for number, annotator, labels in head_annotations(dataset_id=dataset_id, head=head).values_list(
+        "row_number", "annotator", "labels"
+    ):
+        votes.setdefault(number, {})[annotator] = _vote(labels)
+    shared = {number: answers for number, answers in sorted(votes.items()) if len(answers) >= 2}
+    people = sorted({annotator for answers in shared.values() for annotator in answers})
+    body: dict[str, Any] = {
+        "overlap": review_overlap(dataset_id=dataset_id, head=head),
+        "annotators": len(people),
+        "rows": len(shared),
+        "percent_agreement": None,
+        "method": None,
+        "value": None,
+    }
+    if not shared:
+        return body
+    agreed = sum(len(set(answers.values())) == 1 for answers in shared.values())
+    body["percent_agreement"] = round(100 * agreed / len(shared), 2)
+    values = sorted({answer for answers in shared.values() for answer in answers.values()})
+    if len(people) == 2:
+        first, second = people
+        body["method"] = "cohen_kappa"
+        if len(values) > 1:
+            kappa = cohen_kappa_score(
+                [answers[first] for answers in shared.values()],
+                [answers[second] for answers in shared.values()],
+            )
+            body["value"] = None if np.isnan(kappa) else round(float(kappa), 4)
+    else:
+        body["method"] = "krippendorff_alpha"
+        if len(values) > 1:
+            code = {value: i for i, value in enumerate(values)}
+            # Annotators by rows, NaN where a person did not label the row.
+            matrix = [
+                [code[answers[person]] if person in answers else np.nan for answers in shared.values()]
+                for person in people
+            ]
+            alpha = krippendorff.alpha(
+                reliability_data=np.array(matrix, dtype=float), level_of_measurement="nominal"
+            )
+            body["value"] = None if np.isnan(alpha) else round(float(alpha), 4)
+    return body
 
 
 def similarity_suggest(*, schema: LabelSchema, text: str) -> dict[str, Any]:

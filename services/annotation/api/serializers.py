@@ -286,10 +286,46 @@ class ReviewProgressSerializer(serializers.Serializer):
     total = serializers.IntegerField()
 
 
+class ReviewStateSerializer(serializers.Serializer):
+    overlap = serializers.IntegerField(help_text="How many different people label each row of the head")
+    annotators = serializers.IntegerField(help_text="How many people labeled this row so far")
+    disputed = serializers.BooleanField(help_text="`overlap` people labeled it and their votes tie")
+    mine = serializers.ListField(
+        child=serializers.CharField(),
+        allow_null=True,
+        help_text="Your own labels for the row, if you gave some; never another person's",
+    )
+
+
 class ReviewNextSerializer(serializers.Serializer):
     row = ReviewRowSerializer(allow_null=True)
     suggestion = ReviewSuggestionSerializer(allow_null=True)
     progress = ReviewProgressSerializer()
+    review = ReviewStateSerializer(allow_null=True)
+
+
+class ReviewSavedSerializer(serializers.Serializer):
+    number = serializers.IntegerField(source="row.number")
+    text = serializers.CharField(source="row.text", allow_null=True)
+    labels = serializers.DictField(
+        source="row.labels",
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text="The row's labels per head as the dataset has them: a pending vote is not among them",
+    )
+    state = serializers.ChoiceField(
+        choices=["accepted", "pending", "disputed"],
+        help_text="accepted: the row's labels are decided; pending: fewer than `overlap` people labeled it; "
+        "disputed: they did and their votes tie, so it comes back in the queue",
+    )
+    annotators = serializers.IntegerField()
+    overlap = serializers.IntegerField()
+
+
+class ReviewSettingSerializer(serializers.Serializer):
+    head = serializers.CharField(max_length=200)
+    overlap = serializers.IntegerField(
+        min_value=1, max_value=20, help_text="How many different people label each row before it is done"
+    )
 
 
 class ReviewSaveSerializer(serializers.Serializer):
@@ -303,6 +339,23 @@ class ReviewSaveSerializer(serializers.Serializer):
     )
 
 
+class AnnotatorAgreementSerializer(serializers.Serializer):
+    overlap = serializers.IntegerField()
+    annotators = serializers.IntegerField(help_text="People who labeled rows another person labeled too")
+    rows = serializers.IntegerField(help_text="Rows that two or more people labeled")
+    percent_agreement = serializers.FloatField(
+        allow_null=True, help_text="Of those rows, the percent where everyone gave the same labels"
+    )
+    method = serializers.ChoiceField(
+        choices=["cohen_kappa", "krippendorff_alpha"],
+        allow_null=True,
+        help_text="Cohen's kappa for two annotators, Krippendorff's alpha (nominal) for more",
+    )
+    value = serializers.FloatField(
+        allow_null=True, help_text="Undefined (null) when every answer is the same"
+    )
+
+
 class AgreementSerializer(serializers.Serializer):
     head = serializers.CharField()
     job = serializers.IntegerField(allow_null=True)
@@ -310,3 +363,4 @@ class AgreementSerializer(serializers.Serializer):
     agreement = serializers.JSONField(
         allow_null=True, help_text="accuracy, Cohen's kappa, per-label P/R/F1, confusion"
     )
+    annotators = AnnotatorAgreementSerializer(help_text="How the people who labeled the head agree")

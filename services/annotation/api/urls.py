@@ -63,6 +63,11 @@ urlpatterns = [
         name="annotation-job-compare",
     ),
     path(
+        f"{_ORG}/datasets/<str:dataset_id>/review",
+        views.ReviewViewSet.as_view({"get": "setting", "put": "set_overlap"}),
+        name="dataset-review",
+    ),
+    path(
         f"{_ORG}/datasets/<str:dataset_id>/review/next",
         views.ReviewViewSet.as_view({"get": "next"}),
         name="dataset-review-next",

@@ -217,7 +217,8 @@ class JobViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMi
 
 
 class ReviewViewSet(OrgScopedViewSet):
-    """The review queue of a dataset's head: the next unlabeled row with a suggestion, and a person's labels."""
+    """The review queue of a dataset's head: the next row with a suggestion, a person's labels (a vote when the
+    head's `overlap` asks several people per row), the overlap, and agreement per head."""
 
     def safely_get_queryset(self) -> Any:
         return DatasetCopy.objects.all()
@@ -242,7 +243,9 @@ class ReviewViewSet(OrgScopedViewSet):
             after = int(request.query_params.get("after") or 0)
         except ValueError:
             raise ApiError(status=400, code="invalid", message="after: a row number") from None
-        item = selectors.review_next(dataset_id=dataset.dataset_id, head=head, after=after)
+        item = selectors.review_next(
+            dataset_id=dataset.dataset_id, head=head, after=after, annotator=self._annotator()
+        )
         if item is None:
             labeled = RowCopy.objects.filter(dataset_id=dataset.dataset_id, labels__has_key=head).count()
             total = RowCopy.objects.filter(dataset_id=dataset.dataset_id).count()
@@ -250,6 +253,7 @@ class ReviewViewSet(OrgScopedViewSet):
                 "row": None,
                 "suggestion": None,
                 "progress": {"labeled": labeled, "total": total},
+                "review": None,
             }
             return Response(s.ReviewNextSerializer(empty).data)
         suggestion: dict[str, Any] | None = None
@@ -271,30 +275,62 @@ class ReviewViewSet(OrgScopedViewSet):
             "row": item.row,
             "suggestion": suggestion,
             "progress": {"labeled": item.labeled, "total": item.total},
+            "review": {
+                "overlap": item.overlap,
+                "annotators": item.annotators,
+                "disputed": item.disputed,
+                "mine": item.mine,
+            },
         }
         return Response(s.ReviewNextSerializer(body).data)
 
-    @extend_schema(request=s.ReviewSaveSerializer, responses=s.ReviewRowSerializer)
+    def _annotator(self) -> str:
+        """Who labels: the person signed in, or the API key's actor (the `labels.accepted` source)."""
+        if self.access.user_id is not None:
+            return f"human:user:{self.access.user_id}"
+        return f"human:{self.access.actor}"[:64]
+
+    @extend_schema(parameters=[HEAD], responses=s.ReviewSettingSerializer)
+    def setting(self, request: Request, org: str, dataset_id: str) -> Response:
+        """How many different people label each row of the head before it is done."""
+        dataset = self._dataset(dataset_id)
+        head = _head(request)
+        overlap = selectors.review_overlap(dataset_id=dataset.dataset_id, head=head)
+        return Response(s.ReviewSettingSerializer({"head": head, "overlap": overlap}).data)
+
+    @extend_schema(request=s.ReviewSettingSerializer, responses=s.ReviewSettingSerializer)
+    def set_overlap(self, request: Request, org: str, dataset_id: str) -> Response:
+        """Set the overlap: rows that many people labeled already are decided at once."""
+        dataset = self._dataset(dataset_id)
+        payload = s.ReviewSettingSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        head = payload.validated_data["head"]
+        overlap = logic.review_overlap_set(
+            org_id=self.org_id,
+            actor=self.access.actor,
+            dataset_id=dataset.dataset_id,
+            head=head,
+            overlap=payload.validated_data["overlap"],
+        )
+        return Response(s.ReviewSettingSerializer({"head": head, "overlap": overlap}).data)
+
+    @extend_schema(request=s.ReviewSaveSerializer, responses=s.ReviewSavedSerializer)
     def save(self, request: Request, org: str, dataset_id: str, row: str) -> Response:
+        """A person's labels for a row: accepted at once, or kept as their vote until `overlap` people voted."""
         dataset = self._dataset(dataset_id)
         payload = s.ReviewSaveSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        source = (
-            f"human:user:{self.access.user_id}"
-            if self.access.user_id is not None
-            else f"human:{self.access.actor}"
-        )
         saved = logic.review_save(
             org_id=self.org_id,
             actor=self.access.actor,
-            user_source=source,
+            user_source=self._annotator(),
             dataset_id=dataset.dataset_id,
             row_number=_id(row),
             head=payload.validated_data["head"],
             labels=payload.validated_data["labels"],
             text=payload.validated_data.get("text"),
         )
-        return Response(s.ReviewRowSerializer(saved).data)
+        return Response(s.ReviewSavedSerializer(saved).data)
 
     @extend_schema(parameters=[HEAD], responses=s.AgreementSerializer)
     def agreement(self, request: Request, org: str, dataset_id: str) -> Response:

@@ -162,6 +162,19 @@ def labeling_dataset(request: HttpRequest, dataset_id: int, *, org: str, access:
                     request,
                     f"{result['accepted']} suggestions accepted; {result['kept_labels']} rows kept the labels they had.",
                 )
+            elif action == "overlap":
+                overlap = logic.review_overlap_set(
+                    org_id=access.org_id,
+                    actor=access.actor,
+                    dataset_id=dataset_id,
+                    head=head,
+                    overlap=int(request.POST.get("overlap") or 1),
+                )
+                messages.success(
+                    request,
+                    f"Each row of {head!r} is done when {overlap} "
+                    + ("person labels it." if overlap == 1 else "different people label it."),
+                )
             elif action == "cancel":
                 logic.job_cancel(
                     job=selectors.job_list(dataset_id=dataset_id).get(pk=int(request.POST.get("job", "0")))
@@ -181,6 +194,7 @@ def labeling_dataset(request: HttpRequest, dataset_id: int, *, org: str, access:
         "labels": (schema.labels if schema else []) + [{"name": "", "code": None, "description": ""}],
         "versions": list(selectors.label_schema_list(dataset_id=dataset_id, head=head)) if head else [],
         "jobs": jobs,
+        "people": selectors.annotator_agreement(dataset_id=dataset_id, head=head) if schema else None,
         "providers": list(selectors.provider_list()),
         "deployments": list(selectors.deployment_list(live=True)),
         "quota": selectors.auto_label_quota(org_id=access.org_id),
@@ -201,7 +215,7 @@ def review(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess
             raise Http404
         number = int(request.POST.get("row", "0") or 0)
         try:
-            logic.review_save(
+            saved = logic.review_save(
                 org_id=access.org_id,
                 actor=access.actor,
                 user_source=f"human:user:{access.user_id}",
@@ -214,9 +228,22 @@ def review(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess
         except ApiError as error:
             messages.error(request, error.message)
             return redirect(f"{base}?head={head}&after={max(number - 1, 0)}")
+        if saved.state == "pending":
+            messages.info(
+                request,
+                f"Row {number}: your vote is kept; {saved.annotators} of {saved.overlap} people labeled it.",
+            )
+        elif saved.state == "disputed":
+            messages.warning(request, f"Row {number}: the votes tie; it stays in the queue until they agree.")
         return redirect(f"{base}?head={head}&after={number}")
     schema = selectors.label_schema_current(dataset_id=dataset_id, head=head) if head else None
-    item = selectors.review_next(dataset_id=dataset_id, head=head, after=after) if schema else None
+    item = (
+        selectors.review_next(
+            dataset_id=dataset_id, head=head, after=after, annotator=f"human:user:{access.user_id}"
+        )
+        if schema
+        else None
+    )
     suggestion: dict[str, Any] | None = None
     if item is not None and schema is not None:
         if item.suggestion is not None:
@@ -235,7 +262,10 @@ def review(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess
             "name": label["name"],
             "description": label["description"],
             "score": (suggestion or {}).get("scores", {}).get(label["name"]),
-            "suggested": bool(suggestion and label["name"] in suggestion["labels"]),
+            # Your own earlier vote (a disputed row) comes first; never another person's.
+            "suggested": label["name"] in item.mine
+            if item is not None and item.mine
+            else bool(suggestion and label["name"] in suggestion["labels"]),
         }
         for i, label in enumerate(schema.labels if schema else [])
     ]
