@@ -12,8 +12,13 @@
   `learning_rate` as is; `training_steps` onto epochs of the frozen-encoder `head` strategy, where one step is
   one optimizer step over a batch (`batch_size` rows), so `steps_per_epoch = ceil(training rows / batch_size)`
   and the run trains `ceil(training_steps / steps_per_epoch)` epochs, early stopping off. Every epoch is a
-  checkpoint (train and validation loss at `step_number = epoch * steps_per_epoch`). A validation file is the
-  version's test snapshot (its metrics); `invalid_sample_skip_percentage` is `max_invalid_row_percent`.
+  checkpoint (train and validation loss at `step_number = epoch * steps_per_epoch`).
+  `invalid_sample_skip_percentage` is `max_invalid_row_percent`.
+- A training file's `weight` is the sample weight of each of its rows in the loss; the weights travel to the
+  trainer in the version's options (`snapshot_weights`, by snapshot id). The validation files' rows together
+  are the validation rows (`validation_snapshots`): `valid_loss`, the epoch kept and the version's metrics are
+  theirs, and every training row trains. Without validation files, 10% of the training rows validate and 20%
+  test.
 - When the run succeeds, `fine_tuning.succeeded` asks the inference service to deploy the version; the job says
   SUCCESS once that deployment is live (`deployment.live`), so `classify(model=fine_tuned_model)` answers at
   once.
@@ -60,6 +65,7 @@ BASE_MODELS: dict[str, str] = {
 }
 MAX_TRAINING_STEPS = 10_000
 MAX_EPOCHS = 500
+MAX_WEIGHT = 1e6
 
 QUEUED, VALIDATING, VALIDATED, RUNNING = "QUEUED", "VALIDATING", "VALIDATED", "RUNNING"
 FAILED_VALIDATION, FAILED, SUCCESS, CANCELLED = "FAILED_VALIDATION", "FAILED", "SUCCESS", "CANCELLED"
@@ -167,17 +173,30 @@ def _training_files(raw: Any) -> list[tuple[str, float]]:
         loc: list[str | int] = ["body", "training_files", index]
         if not isinstance(entry, dict):
             raise invalid_at(loc, "each training file is {file_id, weight}.")
-        weight = _number(entry.get("weight", 1), [*loc, "weight"], low=1e-6, high=1e6)
+        weight = entry.get("weight")
+        weight = 1.0 if weight is None else weight
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight <= MAX_WEIGHT:
+            raise invalid_at(
+                [*loc, "weight"],
+                f"must be a positive number (at most {MAX_WEIGHT:g}): each row of the file counts that many "
+                f"times in the loss; got {weight!r}.",
+            )
         files.append((_file_id(entry.get("file_id"), [*loc, "file_id"]), float(weight)))
     return files
 
 
-def _validation_files(raw: Any) -> list[str]:
+def _validation_files(raw: Any, *, training: Sequence[str]) -> list[str]:
     if raw is None:
         return []
-    if not isinstance(raw, list) or len(raw) > 1:
-        raise invalid_at(["body", "validation_files"], "give at most one validation file id (a list).")
-    return [_file_id(file_id, ["body", "validation_files", i]) for i, file_id in enumerate(raw)]
+    if not isinstance(raw, list):
+        raise invalid_at(["body", "validation_files"], "give a list of validation file ids.")
+    files: list[str] = []
+    for i, file_id in enumerate(raw):
+        loc: list[str | int] = ["body", "validation_files", i]
+        files.append(_file_id(file_id, loc))
+        if file_id in training:
+            raise invalid_at(loc, f"file '{file_id}' is also a training file; validating on it says nothing.")
+    return list(dict.fromkeys(files))
 
 
 def _steps_per_epoch(snapshot_ids: Sequence[int], batch_size: int) -> int:
@@ -207,20 +226,32 @@ def _options(job: FineTuningJob) -> dict[str, Any]:
         options["weight_decay"] = params["weight_decay"]
     if "seq_len" in params:
         options["max_tokens"] = params["seq_len"]
+    # What the trainer reads the files with: each training snapshot's row weight, the validation snapshots.
+    weights: dict[str, float] = {}
+    for snapshot_id, entry in zip(_snapshot_ids(job), job.training_files, strict=True):
+        # One file uploaded twice is one snapshot: its weights add up, as two copies of its rows would.
+        weights[str(snapshot_id)] = weights.get(str(snapshot_id), 0.0) + float(entry["weight"])
+    options["snapshot_weights"] = weights
+    if job.validation_files:
+        options["validation_snapshots"] = _snapshot_ids_of(list(job.validation_files))
     return options
 
 
 def _test(job: FineTuningJob) -> dict[str, Any] | None:
-    if not job.validation_files:
-        return None
-    file = TrainingFile.objects.get(file_id=job.validation_files[0])
-    return {"snapshot": file.snapshot_id}
+    """The test share: none when validation files are given (their rows validate and are the metrics' rows),
+    else the default share of the training rows."""
+    return {"split_percent": 0.0} if job.validation_files else None
+
+
+def _snapshot_ids_of(file_ids: Sequence[str]) -> list[int]:
+    by_id = dict(
+        TrainingFile.objects.filter(file_id__in=list(file_ids)).values_list("file_id", "snapshot_id")
+    )
+    return [int(by_id[file_id]) for file_id in file_ids]
 
 
 def _snapshot_ids(job: FineTuningJob) -> list[int]:
-    ids = [entry["file_id"] for entry in job.training_files]
-    by_id = dict(TrainingFile.objects.filter(file_id__in=ids).values_list("file_id", "snapshot_id"))
-    return [int(by_id[file_id]) for file_id in ids]
+    return _snapshot_ids_of([entry["file_id"] for entry in job.training_files])
 
 
 def _validate(job: FineTuningJob) -> tuple[list[dict[str, Any]], str | None]:
@@ -271,7 +302,9 @@ def job_create(*, org_id: int, body: Mapping[str, Any]) -> FineTuningJob:
     if not isinstance(suffix, str) or len(suffix) > 40:
         raise invalid_at(["body", "suffix"], "must be a string of at most 40 characters.")
     training = _training_files(body.get("training_files"))
-    validation = _validation_files(body.get("validation_files"))
+    validation = _validation_files(
+        body.get("validation_files"), training=[file_id for file_id, _ in training]
+    )
     return FineTuningJob.objects.create(
         org_id=org_id,
         public_id=str(uuid.uuid4()),

@@ -489,8 +489,12 @@ def _validation_problem(version: ModelVersion) -> tuple[str, str] | None:
     limit = float(version.options["max_invalid_row_percent"])
     snapshot_ids = list(version.snapshot_ids)
     test_id = version.test.get("snapshot")
-    snapshots = {s.snapshot_id: s for s in Snapshot.objects.filter(snapshot_id__in=[*snapshot_ids, test_id])}
-    for snapshot_id in [*snapshot_ids, *([test_id] if test_id else [])]:
+    # Validation snapshots (fine-tuning jobs' validation files) are checked as the test snapshot is.
+    checked = [(int(i), "validation") for i in version.options.get("validation_snapshots") or []]
+    checked += [(test_id, "test")] if test_id else []
+    wanted = [*snapshot_ids, *(i for i, _ in checked)]
+    snapshots = {s.snapshot_id: s for s in Snapshot.objects.filter(snapshot_id__in=wanted)}
+    for snapshot_id in wanted:
         snapshot = snapshots[snapshot_id]
         if snapshot.invalid_percent > limit:
             return (
@@ -508,22 +512,26 @@ def _validation_problem(version: ModelVersion) -> tuple[str, str] | None:
                 "data: a classifier needs examples of at least two classes. Label some rows with another "
                 "class, or make the head multi-label.",
             )
-    if test_id:
-        test_heads = {h["name"]: h for h in snapshots[test_id].heads}
-        wanted = {h["name"]: h for h in trained}
-        if set(test_heads) != set(wanted):
+    heads = {h["name"]: h for h in trained}
+    for other_id, role in checked:
+        # A test snapshot has the training data's heads and classes; validation rows (one of several files)
+        # may cover some of them, never others.
+        reason = f"{role.title()}SetMismatch"
+        other_heads = {h["name"]: h for h in snapshots[other_id].heads}
+        if (set(other_heads) != set(heads)) if role == "test" else not (set(other_heads) <= set(heads)):
             return (
-                "TestSetMismatch",
-                f"Test snapshot {test_id} has the heads {sorted(test_heads)}, but this version trains "
-                f"{sorted(wanted)}. Snapshot the test data with the same label columns.",
+                reason,
+                f"{role.title()} snapshot {other_id} has the heads {sorted(other_heads)}, but this version "
+                f"trains {sorted(heads)}. Snapshot the {role} data with the same label columns.",
             )
-        for name, head in wanted.items():
-            if set(test_heads[name]["labels"]) != set(head["labels"]):
+        for name, other in other_heads.items():
+            labels, trained_labels = set(other["labels"]), set(heads[name]["labels"])
+            if (labels != trained_labels) if role == "test" else not (labels <= trained_labels):
                 return (
-                    "TestSetMismatch",
-                    f"Head '{name}' has the classes {sorted(test_heads[name]['labels'])} in test snapshot "
-                    f"{test_id} but {sorted(head['labels'])} in the training data. Both must have the same "
-                    "classes.",
+                    reason,
+                    f"Head '{name}' has the classes {sorted(labels)} in {role} snapshot {other_id} but "
+                    f"{sorted(trained_labels)} in the training data. "
+                    + ("Both must have the same classes." if role == "test" else "Train on every class."),
                 )
     return None
 

@@ -146,14 +146,23 @@ def _train(run: TrainingRun) -> None:
 
 
 def _rows(version: ModelVersion) -> Iterator[dict[str, Any]]:
-    """The training snapshots' rows, then the test snapshot's (if any) marked as test rows."""
+    """The training snapshots' rows (weighted by `options.snapshot_weights`, when given), then the validation
+    snapshots' (`options.validation_snapshots`) marked as validation rows, then the test snapshot's (if any)
+    marked as test rows."""
     test_id = version.test.get("snapshot")
-    snapshots = {
-        s.snapshot_id: s for s in Snapshot.objects.filter(snapshot_id__in=[*version.snapshot_ids, test_id])
-    }
+    validation = [int(i) for i in version.options.get("validation_snapshots") or []]
+    weights = version.options.get("snapshot_weights") or {}
+    wanted = [*version.snapshot_ids, *validation, *([test_id] if test_id else [])]
+    snapshots = {s.snapshot_id: s for s in Snapshot.objects.filter(snapshot_id__in=wanted)}
     for snapshot_id in version.snapshot_ids:
-        # With a test snapshot, every training-snapshot row trains; otherwise the rows keep their split.
-        yield from snapshot_rows(snapshots[snapshot_id], split="train" if test_id else None)
+        # With a test or validation snapshot, every training-snapshot row trains; else rows keep their split.
+        weight = float(weights.get(str(snapshot_id), 1.0))
+        for row in snapshot_rows(snapshots[snapshot_id], split="train" if test_id or validation else None):
+            if weight != 1.0:
+                row["weight"] = weight
+            yield row
+    for snapshot_id in validation:
+        yield from snapshot_rows(snapshots[snapshot_id], split="valid")
     if test_id:
         yield from snapshot_rows(snapshots[test_id], split="test")
 

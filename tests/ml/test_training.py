@@ -268,3 +268,74 @@ def test_target_precision_raises_thresholds(tmp_path: Path, embedding_cache: Emb
     assert reached["target"] == 0.99 and reached["precision"] >= 0.99 and reached["threshold"] > 0.5
     config_thresholds = {head["name"]: head["thresholds"] for head in result.artifact.config["heads"]}
     assert config_thresholds["topics"] == thresholds
+
+
+def weighted_rows(*, toxic_weight: float, safe_weight: float) -> list[dict[str, Any]]:
+    """The synthetic rows plus one text about the morning bus labelled `toxic` 20 times and `safe` 20 times:
+    which label it gets is decided by the two groups' sample weights alone."""
+    rows = synthetic_rows(120)
+    for i in range(40):
+        toxic = i % 2 == 0
+        rows.append(
+            {
+                "row": 1000 + i,
+                "input": "the morning bus again",
+                "labels": {"toxicity": ["toxic" if toxic else "safe"], "topics": []},
+                "split": "train",
+                "weight": toxic_weight if toxic else safe_weight,
+            }
+        )
+    return rows
+
+
+@pytest.mark.parametrize("strategy", ["head", "auto"], ids=["head", "tfidf"])
+def test_row_weights_decide_between_contradicting_labels(
+    tmp_path: Path, embedding_cache: EmbeddingCache, strategy: str
+) -> None:
+    options = TrainOptions(
+        strategy=strategy,  # type: ignore[arg-type]
+        max_epochs=15,
+        learning_rate=0.01,
+        selection_rule="loss",
+        early_stopping=0,
+        # A tiny budget makes `auto` serve its first candidate: TF-IDF.
+        time_budget_minutes=20.0 if strategy == "head" else 0.001 / 60,
+        export_onnx=False,
+    )
+    toxic_score = {}
+    for side, weights in {"toxic": (8.0, 1.0), "safe": (1.0, 8.0)}.items():
+        result = train_from_snapshot(
+            rows=weighted_rows(toxic_weight=weights[0], safe_weight=weights[1]),
+            heads=HEADS,
+            options=options,
+            out_dir=tmp_path / side,
+            cache=embedding_cache,
+        )
+        assert result.selected == ("head" if strategy == "head" else "tfidf")
+        [prediction] = Predictor.load(result.artifact_dir).predict(["the morning bus again"])
+        toxic_score[side] = prediction["toxicity"]["label_scores"]["toxic"]
+    # Ignoring the weights, both runs see the same rows and give the same score.
+    assert toxic_score["toxic"] > 0.6 > 0.4 > toxic_score["safe"], toxic_score
+
+
+def test_rows_split_valid_are_the_validation_rows(tmp_path: Path, embedding_cache: EmbeddingCache) -> None:
+    rows = synthetic_rows(100)
+    valid = [{**row, "row": 500 + i, "split": "valid"} for i, row in enumerate(synthetic_rows(17, seed=3))]
+    result = train_from_snapshot(
+        rows=rows + valid,
+        heads=HEADS,
+        options=TrainOptions(strategy="head", max_epochs=2, export_onnx=False),
+        out_dir=tmp_path / "artifact",
+        cache=embedding_cache,
+    )
+    counts = result.metrics["training"]["rows"]
+    # Every training row fits (none held out); the 17 given rows validate.
+    assert counts == {"train": 80, "validation": 17, "test": 20}
+
+
+@pytest.mark.parametrize("weight", [0, -1, "heavy", float("nan")])
+def test_a_row_weight_that_is_not_positive_is_a_clear_error(tmp_path: Path, weight: Any) -> None:
+    rows = synthetic_rows(30)
+    rows[4]["weight"] = weight
+    with pytest.raises(TrainingDataError, match="Row 4: weight must be a positive number"):
+        train_from_snapshot(rows=rows, heads=HEADS, out_dir=tmp_path / "artifact")

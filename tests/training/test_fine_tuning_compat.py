@@ -196,7 +196,8 @@ def test_the_classifier_factory_flow_trains_deploys_and_classifies(
     assert done["status"] == "SUCCESS", done["events"]
     fine_tuned = done["fine_tuned_model"]
     assert fine_tuned.startswith(f"ft:classifier:ministral-3b-latest:{tenant.org.pk}:")
-    # 40 rows of which 90% fit, batches of 32: 2 steps an epoch, 3 epochs for 6 steps; newest first.
+    # 40 rows, all fit (the validation file validates), batches of 32: 2 steps an epoch, 3 epochs for 6 steps;
+    # newest first.
     steps = [c["step_number"] for c in done["checkpoints"]]
     assert steps == [6, 4, 2]
     assert all(c["metrics"]["train_loss"] > 0 and c["metrics"]["valid_loss"] > 0 for c in done["checkpoints"])
@@ -219,6 +220,71 @@ def test_the_classifier_factory_flow_trains_deploys_and_classifies(
     with pytest.raises(SDKError) as missing:
         mistral.files.retrieve(file_id=validation)
     assert missing.value.status_code == 404
+
+
+def labelled(rows: list[tuple[str, str]]) -> bytes:
+    return "".join(
+        json.dumps({"text": text, "labels": {"moderation": label}}) + "\n" for text, label in rows
+    ).encode()
+
+
+AMBIGUOUS = "the morning bus again"
+
+
+def test_file_weights_decide_and_every_validation_file_validates(
+    mistral: Mistral, jobs: JobsApi, pump: Pump
+) -> None:
+    # Both training files hold the same clear rows; on one text they disagree, so which label it gets is
+    # decided by the files' weights alone.
+    clear = [(f"{TOXIC[i % 5]} {i}", "toxic") for i in range(5)] + [
+        (f"{SAFE[i % 5]} {i}", "safe") for i in range(5)
+    ]
+    says_toxic = upload(
+        mistral, "a.jsonl", labelled(clear + [(f"{AMBIGUOUS} {i}", "toxic") for i in range(10)])
+    )
+    says_safe = upload(
+        mistral, "b.jsonl", labelled(clear + [(f"{AMBIGUOUS} {i}", "safe") for i in range(10)])
+    )
+    # Two validation files, one class each: together they are the validation rows.
+    toxic_valid = upload(mistral, "vt.jsonl", labelled([(f"{TOXIC[i]} again", "toxic") for i in range(5)]))
+    safe_valid = upload(mistral, "vs.jsonl", labelled([(f"{SAFE[i]} again", "safe") for i in range(4)]))
+    pump()
+
+    def train(toxic_weight: float, safe_weight: float) -> dict[str, Any]:
+        created = jobs.post(
+            "/jobs",
+            json={
+                "model": "ministral-3b-latest",
+                "training_files": [
+                    {"file_id": says_toxic, "weight": toxic_weight},
+                    {"file_id": says_safe, "weight": safe_weight},
+                ],
+                "validation_files": [toxic_valid, safe_valid],
+                "hyperparameters": {"training_steps": 60, "learning_rate": 0.02},
+                "auto_start": True,
+            },
+        )
+        assert created.status_code == 200, created.text
+        pump()
+        done = jobs.get(f"/jobs/{created.json()['id']}").json()
+        assert done["status"] == "SUCCESS", done["events"]
+        return done
+
+    toxic_job, safe_job = train(8, 1), train(1, 8)
+    scores = {}
+    for side, job in (("toxic", toxic_job), ("safe", safe_job)):
+        [result] = mistral.classifiers.classify(
+            model=job["fine_tuned_model"], inputs=[f"{AMBIGUOUS} 3"]
+        ).results
+        scores[side] = result["moderation"].scores["toxic"]
+        version = FineTuningJob.objects.unscoped().select_related("version").get(public_id=job["id"]).version
+        assert version is not None and version.evaluation is not None
+        # 40 training rows, all fit; the 5 + 4 rows of the two validation files validate (and are evaluated).
+        assert version.evaluation["training"]["rows"] == {"train": 40, "validation": 9, "test": 0}
+        assert (version.evaluation["split"], version.evaluation["rows"]) == ("validation", 9)
+        assert all(c["metrics"]["valid_loss"] > 0 for c in job["checkpoints"])
+    # With the weights ignored both jobs train on the same rows and score the text alike.
+    assert scores["toxic"] > 0.5 > scores["safe"], scores
 
 
 def test_invalid_jobs_and_files_answer_422_naming_the_problem(
@@ -255,6 +321,13 @@ def test_invalid_jobs_and_files_answer_422_naming_the_problem(
         "hyperparameters.training_steps": create(hyperparameters={"training_steps": -3}),
         "hyperparameters.learning_rate": create(hyperparameters={"training_steps": 3, "learning_rate": "x"}),
         "model: 'gpt-4' is not a base model": create(model="gpt-4"),
+        "training_files.0.weight: must be a positive number": create(
+            training_files=[{"file_id": training, "weight": 0}]
+        ),
+        "training_files.1.weight: must be a positive number": create(
+            training_files=[{"file_id": training, "weight": 1}, {"file_id": training, "weight": -2}]
+        ),
+        "validation_files.0: file '": create(validation_files=[training]),
     }
     for expected, response in cases.items():
         assert response.status_code == 422, response.text

@@ -3,10 +3,13 @@
 A snapshot row is `{"row": 17, "input": "text", "labels": {"toxicity": ["toxic"], "insult": null},
 "split": "train"}`. `labels[head]` null or missing means the head does not apply to the row: the row is
 masked out of that head's loss and metrics. For a multi-label head `[]` means "applies, no label".
+`split` "valid" puts a row in the validation rows (instead of holding some training rows out). An optional
+`weight` (a positive number, 1 when missing) is the row's sample weight in every training loss.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,15 +26,35 @@ class HeadLabels:
     """Labels of one head over a set of rows.
 
     `indicators` is float32 `[rows, labels]` (one-hot for a multi-class head), `mask` is bool `[rows]`:
-    True where the head applies.
+    True where the head applies. `weights` is float32 `[rows]`, each row's sample weight, or None when every
+    row weighs 1 (the losses then take the unweighted path).
     """
 
     spec: HeadSpec
     indicators: np.ndarray
     mask: np.ndarray
+    weights: np.ndarray | None = None
 
     def subset(self, indices: np.ndarray) -> HeadLabels:
-        return HeadLabels(self.spec, self.indicators[indices], self.mask[indices])
+        weights = None if self.weights is None else self.weights[indices]
+        return HeadLabels(self.spec, self.indicators[indices], self.mask[indices], weights)
+
+    def concat(self, other: HeadLabels) -> HeadLabels:
+        weights = None
+        if self.weights is not None or other.weights is not None:
+            weights = np.concatenate([self.row_weights(), other.row_weights()])
+        return HeadLabels(
+            self.spec,
+            np.concatenate([self.indicators, other.indicators]),
+            np.concatenate([self.mask, other.mask]),
+            weights,
+        )
+
+    def row_weights(self) -> np.ndarray:
+        """Every row's sample weight (ones when none were given)."""
+        if self.weights is None:
+            return np.ones(len(self.mask), dtype=np.float32)
+        return self.weights
 
     @property
     def class_ids(self) -> np.ndarray:
@@ -67,22 +90,16 @@ class LabelledRows:
         return LabelledRows(
             row_ids=self.row_ids + other.row_ids,
             texts=self.texts + other.texts,
-            heads={
-                name: HeadLabels(
-                    head.spec,
-                    np.concatenate([head.indicators, other.heads[name].indicators]),
-                    np.concatenate([head.mask, other.heads[name].mask]),
-                )
-                for name, head in self.heads.items()
-            },
+            heads={name: head.concat(other.heads[name]) for name, head in self.heads.items()},
         )
 
 
 @dataclass(frozen=True)
 class SnapshotRows:
-    """Rows of a snapshot sorted by their `split`: "train", "test", or None (the caller decides)."""
+    """Rows of a snapshot sorted by their `split`: "train", "valid", "test", or None (the caller decides)."""
 
     train: LabelledRows
+    valid: LabelledRows
     test: LabelledRows
     unassigned: LabelledRows
 
@@ -92,14 +109,15 @@ def rows_parse(*, rows: Iterable[Mapping[str, Any]], heads: Sequence[HeadSpec]) 
     specs = {spec.name: spec for spec in heads}
     index = {spec.name: {label: i for i, label in enumerate(spec.labels)} for spec in heads}
     buckets: dict[str | None, tuple[list[Any], list[str], dict[str, list[list[str] | None]]]] = {
-        split: ([], [], {name: [] for name in specs}) for split in ("train", "test", None)
+        split: ([], [], {name: [] for name in specs}) for split in ("train", "valid", "test", None)
     }
+    weights: dict[str | None, list[float]] = {split: [] for split in buckets}
     for position, row in enumerate(rows):
         row_id = row.get("row", position)
         split = row.get("split")
         if split not in buckets:
             raise TrainingDataError(
-                f"Row {row_id} has split {split!r}; a split is 'train', 'test' or null.",
+                f"Row {row_id} has split {split!r}; a split is 'train', 'valid', 'test' or null.",
                 details={"row": row_id},
             )
         text = row.get("input")
@@ -114,6 +132,7 @@ def rows_parse(*, rows: Iterable[Mapping[str, Any]], heads: Sequence[HeadSpec]) 
                 details={"row": row_id, "heads": sorted(unknown)},
             )
         ids, texts, values = buckets[split]
+        weights[split].append(_row_weight(row_id=row_id, value=row.get("weight", 1.0)))
         ids.append(row_id)
         texts.append(text)
         for name, spec in specs.items():
@@ -121,11 +140,35 @@ def rows_parse(*, rows: Iterable[Mapping[str, Any]], heads: Sequence[HeadSpec]) 
             if value is not None:
                 _check_labels(row_id=row_id, spec=spec, value=value, known=index[name])
             values[name].append(value)
+    # A snapshot whose rows all weigh 1 keeps the unweighted losses (weights None).
+    weighted = any(weight != 1.0 for split in weights.values() for weight in split)
     parsed = {
-        split: _to_arrays(ids=ids, texts=texts, values=values, specs=specs, index=index)
+        split: _to_arrays(
+            ids=ids,
+            texts=texts,
+            values=values,
+            specs=specs,
+            index=index,
+            weights=np.asarray(weights[split], dtype=np.float32) if weighted else None,
+        )
         for split, (ids, texts, values) in buckets.items()
     }
-    return SnapshotRows(train=parsed["train"], test=parsed["test"], unassigned=parsed[None])
+    return SnapshotRows(
+        train=parsed["train"], valid=parsed["valid"], test=parsed["test"], unassigned=parsed[None]
+    )
+
+
+def _row_weight(*, row_id: Any, value: Any) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise TrainingDataError(
+            f"Row {row_id}: weight must be a positive number, got {value!r}.", details={"row": row_id}
+        )
+    return float(value)
 
 
 def _check_labels(*, row_id: Any, spec: HeadSpec, value: Any, known: Mapping[str, int]) -> None:
@@ -156,6 +199,7 @@ def _to_arrays(
     values: dict[str, list[list[str] | None]],
     specs: Mapping[str, HeadSpec],
     index: Mapping[str, Mapping[str, int]],
+    weights: np.ndarray | None,
 ) -> LabelledRows:
     heads = {}
     for name, spec in specs.items():
@@ -167,7 +211,7 @@ def _to_arrays(
             mask[i] = True
             for label in value:
                 indicators[i, index[name][label]] = 1.0
-        heads[name] = HeadLabels(spec, indicators, mask)
+        heads[name] = HeadLabels(spec, indicators, mask, weights)
     return LabelledRows(row_ids=tuple(ids), texts=tuple(texts), heads=heads)
 
 

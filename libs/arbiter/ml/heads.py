@@ -4,6 +4,7 @@ One `nn.Linear` per head reads the sentence embedding. Multi-class heads use sof
 "balanced" class weights (n / (k * n_c)); multi-label heads use sigmoid binary cross-entropy with a
 positive weight per label (negatives / positives, at most 20). Rows where a head does not apply add
 nothing to its loss; each head's loss is the mean over its applicable rows, and the heads' losses add up.
+Rows with a sample weight (`HeadLabels.weights`) count that many times in their head's mean.
 """
 
 from __future__ import annotations
@@ -129,12 +130,16 @@ class HeadTargets:
     masks: list[torch.Tensor]
     weights: list[torch.Tensor]
     specs: list[HeadSpec] = field(default_factory=list)
+    # Per head, each row's sample weight; None where every row weighs 1 (the plain mean losses).
+    row_weights: list[torch.Tensor | None] = field(default_factory=list)
 
     @classmethod
     def from_rows(cls, rows: LabelledRows, *, class_weighting: bool, device: torch.device) -> HeadTargets:
         indicators, masks, weights, specs = [], [], [], []
+        row_weights: list[torch.Tensor | None] = []
         for head in rows.heads.values():
             specs.append(head.spec)
+            row_weights.append(None if head.weights is None else torch.from_numpy(head.weights).to(device))
             indicators.append(torch.from_numpy(head.indicators).to(device))
             masks.append(torch.from_numpy(head.mask).to(device))
             applicable = head.indicators[head.mask]
@@ -151,20 +156,22 @@ class HeadTargets:
                     balanced = len(applicable) / (present.sum() * np.maximum(positives, 1.0))
                     weight = np.where(present, balanced, 1.0).astype(np.float32)
             weights.append(torch.from_numpy(weight).to(device))
-        return cls(indicators=indicators, masks=masks, weights=weights, specs=specs)
+        return cls(indicators=indicators, masks=masks, weights=weights, specs=specs, row_weights=row_weights)
 
     def loss(self, logits: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         """Sum over heads of each head's weighted mean loss on the applicable rows of `index`."""
         total = logits[0].new_zeros(())
-        for spec, head_logits, indicators, mask, weight in zip(
-            self.specs, logits, self.indicators, self.masks, self.weights, strict=True
+        for spec, head_logits, indicators, mask, weight, rows in zip(
+            self.specs, logits, self.indicators, self.masks, self.weights, self.row_weights, strict=True
         ):
             applies = mask[index]
             if not applies.any():
                 continue
             head_logits = head_logits[applies].float()
             target = indicators[index][applies]
-            if spec.multi_label:
+            if rows is not None:
+                loss = _weighted_loss(spec, head_logits, target, weight, rows[index][applies])
+            elif spec.multi_label:
                 loss = nn.functional.binary_cross_entropy_with_logits(
                     head_logits, target, pos_weight=weight, reduction="mean"
                 )
@@ -172,6 +179,21 @@ class HeadTargets:
                 loss = nn.functional.cross_entropy(head_logits, target.argmax(dim=1), weight=weight)
             total = total + loss
         return total
+
+
+def _weighted_loss(
+    spec: HeadSpec, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor
+) -> torch.Tensor:
+    """The head's loss with each row counted `rows` times: with weights all 1, exactly the unweighted loss
+    (cross-entropy's mean is over the rows' class weights, binary cross-entropy's over rows and labels)."""
+    if spec.multi_label:
+        per_row = nn.functional.binary_cross_entropy_with_logits(
+            logits, target, pos_weight=weight, reduction="none"
+        ).mean(dim=1)
+        return (per_row * rows).sum() / rows.sum()
+    classes = target.argmax(dim=1)
+    per_row = nn.functional.cross_entropy(logits, classes, weight=weight, reduction="none")
+    return (per_row * rows).sum() / (weight[classes] * rows).sum()
 
 
 def mean_head_loss(probabilities: dict[str, np.ndarray], rows: LabelledRows) -> float:

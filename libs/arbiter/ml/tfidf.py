@@ -111,10 +111,12 @@ def logistic_fit(
 
     Multi-class heads get a multinomial model (a binary one is written as two logit rows, `[0, z]`,
     so softmax gives back sklearn's sigmoid); multi-label heads get one binary model per label.
-    Labels without training rows get a large negative bias: they are never predicted.
+    Labels without training rows get a large negative bias: they are never predicted. Rows' sample weights
+    (`labels.weights`) are the models' `sample_weight`.
     """
     x = features[labels.mask]
     indicators = labels.indicators[labels.mask]
+    sample_weight = None if labels.weights is None else labels.weights[labels.mask]
     count = indicators.shape[1]
     weight = np.zeros((count, features.shape[1]), dtype=np.float32)
     bias = np.full(count, -20.0, dtype=np.float32)
@@ -126,7 +128,7 @@ def logistic_fit(
             bias[present[0]] = 20.0
             return weight, bias
         model = LogisticRegression(C=c, class_weight=balance, max_iter=1000, random_state=seed)
-        model.fit(x, classes)
+        model.fit(x, classes, sample_weight=sample_weight)
         if len(present) == 2:
             weight[present[1]] = model.coef_[0]
             bias[present[0]] = 0.0
@@ -141,7 +143,7 @@ def logistic_fit(
             bias[i] = 20.0 if target[0] else -20.0
             continue
         model = LogisticRegression(C=c, class_weight=balance, max_iter=1000, random_state=seed)
-        model.fit(x, target.astype(np.int64))
+        model.fit(x, target.astype(np.int64), sample_weight=sample_weight)
         weight[i] = model.coef_[0]
         bias[i] = model.intercept_[0]
     return weight, bias

@@ -176,7 +176,9 @@ def train_from_snapshot(
     """Train the heads of a snapshot, evaluate them, and write a servable artifact into `out_dir`.
 
     `rows` follow the snapshot contract (see `arbiter.ml.data`); rows with `split` null are shared out
-    by `options.test_percent`. To test on another snapshot, pass its rows with `split` set to "test".
+    by `options.test_percent`. To test on another snapshot, pass its rows with `split` set to "test"; rows
+    with `split` "valid" are the validation rows (else `options.valid_percent` of the training rows are).
+    A row's `weight` scales its part in every training loss (head, full fine-tuning, TF-IDF).
     With a `parent`, the parent's heads that are not in `heads` are kept unchanged (and still served);
     heads in both are retrained, starting from the parent's weights when their labels match; the
     parent's encoder is reused. `on_progress` gets an `EpochProgress` per epoch; `should_cancel` is
@@ -295,7 +297,11 @@ def _rows_prepare(
     warnings = rows_check_trainable(train=train, test=test)
     if options.selection_head is not None and options.selection_head not in {spec.name for spec in specs}:
         raise MLError(f"selection_head '{options.selection_head}' is not one of the heads being trained.")
-    fit, valid = rows_split(rows=train, percent=options.valid_percent, seed=options.seed + 1)
+    if len(snapshot.valid):
+        # Rows given as validation rows (split "valid") are the validation split: every training row fits.
+        fit, valid = train, snapshot.valid
+    else:
+        fit, valid = rows_split(rows=train, percent=options.valid_percent, seed=options.seed + 1)
     if len(valid) == 0:
         valid = fit
         warnings.append(
