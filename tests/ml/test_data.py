@@ -51,7 +51,7 @@ def test_rows_become_indicators_with_does_not_apply_masks() -> None:
         ({"input": "x", "labels": {"toxicity": ["safe", "toxic"]}, "split": "train"}, "exactly one label"),
         ({"input": "x", "labels": {"insult": ["yes"]}, "split": "test"}, "does not declare"),
         ({"input": "x", "labels": {"toxicity": "safe"}, "split": "train"}, "must be a list"),
-        ({"input": "x", "labels": {}, "split": "validation"}, "a split is 'train', 'test' or null"),
+        ({"input": "x", "labels": {}, "split": "validation"}, "a split is 'train', 'valid', 'test' or null"),
     ],
 )
 def test_rows_that_break_the_contract_are_refused_with_the_reason(row: dict[str, Any], message: str) -> None:

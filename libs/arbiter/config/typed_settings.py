@@ -471,6 +471,11 @@ class InferenceSettings(Concern):
     # Micro-batching: concurrent requests to one model run together, up to `max_batch` texts, waiting at
     # most `batch_wait_ms` for company once a request arrives.
     max_batch: int = Field(32, ge=1, validation_alias="ARBITER_INFERENCE_MAX_BATCH")
+    # How long a process trusts a live deployment it looked up for a classify call (a stop made by another
+    # replica takes this long to be seen); 0: look it up on every call.
+    deployment_cache_seconds: float = Field(
+        2.0, ge=0, validation_alias="ARBITER_INFERENCE_DEPLOYMENT_CACHE_SECONDS"
+    )
     batch_wait_ms: float = Field(1.5, ge=0, validation_alias="ARBITER_INFERENCE_BATCH_WAIT_MS")
     runtime: Literal["auto", "onnx", "torch"] = Field("auto", validation_alias="ARBITER_INFERENCE_RUNTIME")
     # ONNX Runtime runs one batch per runner thread at a time, each with `threads` intra-op threads.
