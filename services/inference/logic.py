@@ -38,10 +38,10 @@ from services.inference.models import (
     ModelVersion,
     PlaygroundCounter,
     RequestLogEntry,
-    UsageDay,
 )
 from services.inference.serving.artifacts import artifact_config_read
 from services.inference.serving.cache import LoadedModel, model_cache
+from services.inference.serving.fastpath import deployment_forget
 
 log = logging.getLogger(__name__)
 
@@ -509,6 +509,7 @@ def deployment_stop(*, deployment: Deployment, reason: str = "stopped by user") 
         )
         artifact = locked.artifact
         transaction.on_commit(lambda: _unload_if_unused(artifact), using=ALIAS)
+    deployment_forget(locked.pk)
     return locked
 
 

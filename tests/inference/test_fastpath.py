@@ -3,15 +3,15 @@ leaves every other call (and every error) to the normal pipeline."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
-
 from rest_framework.test import APIClient
 
 from arbiter.testing.queries import queries_captured
 from arbiter.testing.tenants import Tenant, assert_not_found
-from services.inference.models import UsageDay
+from services.inference.models import Deployment, UsageDay
 from tests.inference.conftest import InferenceApi
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -75,3 +75,16 @@ def test_every_unusual_call_gets_the_normal_answer(
     stopped = api.client.post(url, {"inputs": ["x"]}, format="json")
     assert stopped.status_code == 409 and stopped.json()["error"]["code"] == "deployment_not_live"
     assert not UsageDay.objects.unscoped().filter(org_id=victim.org.pk).exists()
+
+
+def test_a_deployment_stopped_through_another_replica_stops_answering_within_the_cache_time(
+    api: InferenceApi, artifact_key: str, override_arbiter_settings
+) -> None:
+    override_arbiter_settings(ARBITER_INFERENCE_DEPLOYMENT_CACHE_SECONDS="0.5")
+    deployment = api.deploy({"model": api.train(artifact_key)["model_id"]})
+    assert api.classify(deployment["id"], ["hello"]).status_code == 200
+    # Another replica's stop: the row changes, this process's cache does not hear of it.
+    Deployment.objects.unscoped().filter(pk=deployment["id"]).update(status="stopped")
+    assert api.classify(deployment["id"], ["hello"]).status_code == 200
+    time.sleep(0.6)
+    assert api.classify(deployment["id"], ["hello"]).status_code == 409

@@ -67,6 +67,11 @@ def _forget_cached_api_keys() -> Iterator[None]:
     from arbiter.tenancy.authentication import api_key_cache_forget
 
     api_key_cache_forget()
+    try:
+        from services.inference.serving.fastpath import deployment_forget
+    except ImportError:  # the inference service is not installed in this process
+        return
+    deployment_forget()
 
 
 @pytest.fixture

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from cachetools import TTLCache
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from rest_framework.exceptions import AuthenticationFailed
@@ -31,6 +33,9 @@ from arbiter.api.parsers import unstorable_text_at
 from arbiter.tenancy.authentication import authenticate_api_key
 from arbiter.tenancy.scopes import holds
 from arbiter.tenancy.scoping import org_scope
+
+if TYPE_CHECKING:
+    from services.inference.models import Deployment
 
 CLASSIFY_PATH = re.compile(r"^/api/v1/orgs/(?P<org>[^/]+)/deployments/(?P<pk>[0-9]{1,18})/classify/?$")
 
@@ -68,10 +73,49 @@ def _body(request: HttpRequest) -> dict[str, Any] | None:
     return body
 
 
+# Live deployments this process looked up recently, by (org, id): one read per
+# ARBITER_INFERENCE_DEPLOYMENT_CACHE_SECONDS instead of one per call. A stop made by this process is seen at once
+# (`deployment_forget`); one made by another replica within that time.
+_deployments: TTLCache[tuple[int, int], Deployment] | None = None
+_deployments_lock = threading.Lock()
+
+
+def _live_deployment(org_id: int, deployment_id: int) -> Deployment | None:
+    global _deployments
+    from services.inference.conf import inference_settings
+    from services.inference.models import Deployment, DeploymentStatus
+
+    ttl = inference_settings().deployment_cache_seconds
+    if ttl > 0:
+        with _deployments_lock:
+            if _deployments is None or _deployments.ttl != ttl:
+                _deployments = TTLCache(maxsize=10_000, ttl=ttl)
+            cached = _deployments.get((org_id, deployment_id))
+        if cached is not None:
+            return cached
+    deployment = (
+        Deployment.objects.unscoped()
+        .filter(org_id=org_id, pk=deployment_id, status=DeploymentStatus.LIVE)
+        .first()
+    )
+    if deployment is not None and ttl > 0:
+        with _deployments_lock:
+            assert _deployments is not None
+            _deployments[(org_id, deployment_id)] = deployment
+    return deployment
+
+
+def deployment_forget(deployment_id: int | None = None) -> None:
+    """Forget a cached deployment (stopped by this process), or every one (tests)."""
+    with _deployments_lock:
+        if _deployments is not None:
+            for key in [k for k in _deployments if deployment_id is None or k[1] == deployment_id]:
+                _deployments.pop(key, None)
+
+
 def classify_fast(request: HttpRequest, *, org_slug: str, deployment_id: int) -> HttpResponse | None:
     """The answer of an ordinary classify call, or None to let the normal pipeline answer."""
     from services.inference import logic
-    from services.inference.models import Deployment, DeploymentStatus
 
     scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -85,11 +129,7 @@ def classify_fast(request: HttpRequest, *, org_slug: str, deployment_id: int) ->
     body = _body(request)
     if body is None:
         return None
-    deployment = (
-        Deployment.objects.unscoped()
-        .filter(org_id=key.org_id, pk=deployment_id, status=DeploymentStatus.LIVE)
-        .first()
-    )
+    deployment = _live_deployment(key.org_id, deployment_id)
     if deployment is None:
         return None
     try:
