@@ -17,4 +17,3 @@ def org_members(*, org_id: int) -> QuerySet[Membership]:
 
 def org_api_keys(*, org_id: int) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(org_id=org_id).order_by("-created_at", "-pk")
-

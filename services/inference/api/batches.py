@@ -276,7 +276,19 @@ BatchJobCreateSerializer = inline_serializer(
             "CompatBatchJobRequest",
             {
                 "custom_id": serializers.CharField(required=False, allow_null=True),
-                "body": serializers.DictField(help_text="`{input}` (or `inputs`), as one call's body."),
+                "body": inline_serializer(
+                    "CompatBatchJobRequestBody",
+                    {
+                        "input": serializers.JSONField(
+                            required=False, help_text="A text or a list of texts."
+                        ),
+                        "inputs": serializers.JSONField(
+                            required=False, help_text="The same, Mistral's name."
+                        ),
+                        "model": serializers.CharField(required=False, help_text="Ignored: the job's model."),
+                    },
+                    help_text="One call's body.",
+                ),
             },
             many=True,
             required=False,
