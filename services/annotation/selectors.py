@@ -168,7 +168,7 @@ def head_annotations(*, dataset_id: int, head: str) -> QuerySet[Annotation]:
     return Annotation.objects.filter(dataset_id=dataset_id, head=head)
 
 
-def rows_disputed(*, dataset_id: int, head: str, overlap: int) -> QuerySet[Annotation, dict[str, Any]]:
+def rows_disputed(*, dataset_id: int, head: str, overlap: int) -> QuerySet[Any, Any]:
     """The numbers (a `values` query) of the head's rows not done although `overlap` people labeled them:
     their votes tie."""
     return (
