@@ -191,7 +191,9 @@ def labeling_dataset(request: HttpRequest, dataset_id: int, *, org: str, access:
         "heads": heads,
         "head": head,
         "schema": schema,
-        "labels": (schema.labels if schema else []) + [{"name": "", "code": None, "description": ""}],
+        # A new head gets room for two labels (the fewest a classifier needs), an existing one for one more.
+        "labels": (schema.labels if schema else [])
+        + [{"name": "", "code": None, "description": ""}] * (1 if schema else 2),
         "versions": list(selectors.label_schema_list(dataset_id=dataset_id, head=head)) if head else [],
         "jobs": jobs,
         "people": selectors.annotator_agreement(dataset_id=dataset_id, head=head) if schema else None,
