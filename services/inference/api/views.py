@@ -150,14 +150,7 @@ class DeploymentViewSet(OrgScopedViewSet):
         classification = logic.deployment_classify(
             deployment=deployment, texts=texts, caller=caller_of(request, self.org_id), endpoint="classify"
         )
-        return Response(
-            {
-                "id": f"clf-{uuid.uuid4().hex}",
-                "model": deployment.name,
-                "version": deployment.version,
-                "results": classification.results,
-            }
-        )
+        return Response(logic.classify_answer(deployment=deployment, classification=classification))
 
     @extend_schema(
         parameters=[

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -143,12 +142,7 @@ def classify_fast(request: HttpRequest, *, org_slug: str, deployment_id: int) ->
             )
     except ApiError:
         return None  # raised before the model ran and before anything was recorded
-    payload = {
-        "id": f"clf-{uuid.uuid4().hex}",
-        "model": deployment.name,
-        "version": deployment.version,
-        "results": classification.results,
-    }
+    payload = logic.classify_answer(deployment=deployment, classification=classification)
     # As DRF's JSON renderer writes it (compact, UTF-8), with the headers the skipped middleware would add.
     content = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
     response = HttpResponse(content, content_type="application/json")
