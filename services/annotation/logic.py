@@ -628,7 +628,9 @@ def job_run(*, job: AnnotationJob) -> None:
     """Label the job's rows with its provider, a batch at a time; checks for cancellation between batches."""
     if job.finished:
         return
-    if selectors.dataset_copy(dataset_id=job.dataset_id) is None and not _wait_for_rows(job):
+    # A job created before the dataset's rows reached this service selects them now (the copy may have
+    # arrived between the request's check and this run, so the test is on the job, not on the copy).
+    if job.started_at is None and not job.row_numbers and not _wait_for_rows(job):
         if _cancelled(job):
             _job_finish(job, AnnotationJob.CANCELLED)
         else:

@@ -3,6 +3,7 @@ not reached, or failed with the reason when that keeps happening or its model la
 
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 from typing import Any
 
@@ -12,7 +13,7 @@ from django.utils import timezone
 from arbiter.tenancy.scoping import org_scope
 from services.annotation.logic import annotation_jobs_recover, job_run
 from services.annotation.models import AnnotationJob, Suggestion
-from tests.annotation.conftest import AnnotationApi, comments_csv
+from tests.annotation.conftest import AnnotationApi, comments_csv, rows_to_annotation
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -75,3 +76,29 @@ def test_a_model_job_the_inference_service_never_answers_fails_saying_so(
     assert annotation_jobs_recover(resume=resume_here) == {"resumed": 0, "failed": 1}
     failed = api.get(f"/annotation-jobs/{job['id']}").json()
     assert failed["state"] == "failed" and failed["error"]["code"] == "no_answer"
+
+
+def test_a_job_created_before_the_rows_arrived_labels_them_though_they_arrive_before_it_runs(
+    api: AnnotationApi,
+) -> None:
+    file = io.BytesIO(comments_csv(12))
+    file.name = "comments.csv"
+    uploaded = api.client.post(api.url("/datasets"), {"file": file}, format="multipart")
+    assert uploaded.status_code == 201, uploaded.content
+    dataset = uploaded.json()["id"]
+    schema = api.schema(dataset)
+    # What the request leaves when the rows had not reached this service: none selected, not started.
+    job = AnnotationJob.objects.unscoped().create(
+        org_id=api.tenant.org.pk,
+        dataset_id=dataset,
+        head="toxicity",
+        schema_id=schema["id"],
+        provider_kind=AnnotationJob.SIMILARITY,
+        agent="similarity:all-MiniLM-L6-v2@v1",
+        rows_spec={"rows": "unlabeled"},
+        created_by="user:1",
+    )
+    rows_to_annotation()  # the rows arrive between the request and the job's run
+    resume_here(job)
+    done = api.get(f"/annotation-jobs/{job.pk}").json()
+    assert done["state"] == "completed" and done["progress"]["total"] == 12
