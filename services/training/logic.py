@@ -20,6 +20,7 @@ from django.utils import timezone
 from arbiter.api.errors import ApiError
 from arbiter.entitlements import entitlements_check
 from arbiter.events import publish
+from arbiter.ml.image_encoders import is_image_base
 from arbiter.tenancy.scoping import org_scope
 from services.training.models import Entitlement, Model, ModelVersion, RunState, Snapshot, TrainingRun
 from services.training.operator.conditions import JobObservation, JobPhase, condition_set
@@ -27,6 +28,8 @@ from services.training.options import OPTION_DEFAULTS
 
 ALIAS = "training"
 DEFAULT_TEST: dict[str, Any] = {"split_percent": 20.0}
+TEXT_CLASSIFICATION = "text_classification"
+IMAGE_CLASSIFICATION = "image_classification"
 
 
 @dataclass(frozen=True)
@@ -180,15 +183,17 @@ def model_create(
     *,
     org_id: int,
     name: str,
-    type: str,
+    type: str | None,
     base_model: str | VersionRef,
     snapshot_ids: Sequence[int],
     test: Mapping[str, Any] | None,
     options: Mapping[str, Any],
 ) -> ModelVersion:
-    """Create a model with version 1 and its training run; returns version 1."""
+    """Create a model with version 1 and its training run; returns version 1. Without a `type`, the model
+    is of its parent's type, else an image model on an image base, else of its (known) snapshots' type."""
     parent = _trained_version(base_model, field="base_model") if isinstance(base_model, VersionRef) else None
     encoder = parent.base_model if parent is not None else str(base_model)
+    type = _model_type(type, parent=parent, encoder=encoder, snapshot_ids=snapshot_ids)
     taken = ApiError(
         status=409,
         code="model_name_taken",
@@ -212,6 +217,30 @@ def model_create(
         if Model.objects.filter(name=name).exists():
             raise taken from error  # created by a concurrent request since the check above
         raise
+
+
+def _model_type(
+    wanted: str | None, *, parent: ModelVersion | None, encoder: str, snapshot_ids: Sequence[int]
+) -> str:
+    image_base = is_image_base(encoder)
+    if wanted is None:
+        if parent is not None:
+            return parent.model.type
+        if image_base:
+            return IMAGE_CLASSIFICATION
+        types = set(
+            Snapshot.objects.filter(snapshot_id__in=list(snapshot_ids)).values_list("type", flat=True)
+        )
+        return types.pop() if len(types) == 1 else TEXT_CLASSIFICATION
+    if image_base and wanted != IMAGE_CLASSIFICATION:
+        raise ApiError(
+            status=400,
+            code="base_model_type_mismatch",
+            message=f"base_model: {encoder} encodes images; the model is {wanted} (use type "
+            f"{IMAGE_CLASSIFICATION}, or a text encoder).",
+            details={"base_model": ["An image encoder."]},
+        )
+    return wanted
 
 
 def version_create(

@@ -135,10 +135,12 @@ def test_image_rows_are_fetched_failed_with_reasons_refetched_and_snapshotted(
     fixed = api.get(f"/datasets/{dataset_id}/rows/13").json()["images"]["image"]
     assert (fixed["state"], fixed["mime"], fixed["attempts"]) == ("fetched", "image/png", 2)
 
-    # A snapshot with the image input: fetched rows only, each input the image's hash; failed rows say why.
-    response = api.post(f"/datasets/{dataset_id}/snapshots", {"type": "image_classification"})
+    # A snapshot with the image input (its type left out: the image column makes it an image snapshot):
+    # fetched rows only, each input the image's hash; failed rows say why.
+    response = api.post(f"/datasets/{dataset_id}/snapshots", {})
     assert response.status_code == 201, response.content
     snapshot = response.json()
+    assert snapshot["type"] == "image_classification"
     assert snapshot["rows"] == 13
     assert snapshot["report"]["invalid_reasons"] == {"image_failed": 6}
     body = api.get(f"/snapshots/{snapshot['id']}/download")

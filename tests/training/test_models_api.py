@@ -106,6 +106,7 @@ def test_creating_a_model_queues_version_1_and_requests_training(tenant: Tenant,
         ({"test": {"split_percent": 99}}, "test.split_percent:"),
         ({"base_model": {"model": "x"}}, "base_model:"),
         ({"type": "image_generation"}, "type:"),
+        ({"type": "text_classification", "base_model": "vision-moderation"}, "base_model:"),
         ({"name": ""}, "name:"),
     ],
 )
@@ -128,6 +129,18 @@ def test_bad_snapshot_lists_and_taken_names_are_refused(tenant: Tenant, toxicity
     taken = create(tenant, [toxicity_snapshot])
     assert taken.status_code == 409
     assert taken.json()["error"]["code"] == "model_name_taken"
+
+
+def test_the_model_type_follows_the_base_and_the_snapshots_when_left_out(
+    tenant: Tenant, toxicity_snapshot: int
+):
+    text = create(tenant, [toxicity_snapshot], name="from-the-snapshot")
+    assert text.status_code == 201 and text.json()["model"]["type"] == "text_classification"
+    # An image encoder reads images: the model is an image model, so a text snapshot does not fit it.
+    image = create(tenant, [toxicity_snapshot], name="on-images", base_model="vision-moderation")
+    assert image.status_code == 400, image.content
+    assert image.json()["error"]["code"] == "snapshot_type_mismatch"
+    assert "is text_classification, but the model is image_classification" in image.json()["error"]["message"]
 
 
 def conditions(tenant: Tenant, run_id: int) -> dict[str, dict[str, Any]]:

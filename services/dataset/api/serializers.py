@@ -90,7 +90,11 @@ class RowWriteSerializer(serializers.Serializer):
 class SnapshotCreateSerializer(serializers.Serializer):
     input_column = serializers.CharField(max_length=200, required=False)
     label_columns = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
-    type = serializers.ChoiceField(choices=Snapshot.TYPES, default=Snapshot.TEXT)
+    type = serializers.ChoiceField(
+        choices=Snapshot.TYPES,
+        required=False,
+        help_text="left out: from the input column's role (text or image)",
+    )
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     test_percent = serializers.FloatField(min_value=0.0, max_value=90.0, required=False)
     seed = serializers.IntegerField(default=0)

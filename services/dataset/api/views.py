@@ -461,7 +461,7 @@ class SnapshotViewSet(DatasetScopedViewSet):
             actor=self.access.actor,
             input_column=data.get("input_column"),
             label_columns=data.get("label_columns"),
-            type=data["type"],
+            type=data.get("type"),
             name=data["name"],
             test_percent=data.get("test_percent"),
             seed=data["seed"],

@@ -539,7 +539,7 @@ def dataset_snapshots(request: HttpRequest, dataset_id: int, *, org: str, access
                 actor=access.actor,
                 input_column=request.POST.get("input_column") or None,
                 label_columns=request.POST.getlist("label_columns"),
-                type=Snapshot.TEXT,
+                type=None,
                 name=request.POST.get("name", "").strip(),
                 test_percent=float(test_percent) if request.POST.get("split") and test_percent else None,
             )

@@ -49,14 +49,20 @@ def snapshot_create(
     actor: str,
     input_column: str | None,
     label_columns: Sequence[str] | None,
-    type: str,
+    type: str | None,
     name: str = "",
     test_percent: float | None = None,
     seed: int = 0,
     max_tokens: int | None = None,
 ) -> Snapshot:
     """Freeze the dataset's valid rows into a content-addressed JSONL blob with its validation report, and
-    announce it (`snapshot.created`) in the same transaction."""
+    announce it (`snapshot.created`) in the same transaction. Without a `type`, the input column's role
+    decides it (an image column makes an image snapshot)."""
+    if type is None:
+        mapping = dataset_mapping(dataset)
+        column = input_column or mapping.input_column
+        image = column in dataset.columns and mapping.column(column).role == "image"
+        type = Snapshot.IMAGE if image else Snapshot.TEXT
     plan = _snapshot_plan(
         dataset=dataset,
         input_column=input_column,

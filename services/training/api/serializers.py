@@ -101,7 +101,11 @@ class BaseModelField(serializers.Field):
 
 class ModelCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
-    type = serializers.ChoiceField(choices=[t for t, _ in Model.TYPES], default="text_classification")
+    type = serializers.ChoiceField(
+        choices=[t for t, _ in Model.TYPES],
+        required=False,
+        help_text="left out: the parent's type, image_classification on an image base, else the snapshots' type",
+    )
     base_model = BaseModelField(default=DEFAULT_BASE_MODEL)
     snapshots = serializers.ListField(child=IdField(), min_length=1, max_length=50)
     test = TestDataSerializer(required=False)

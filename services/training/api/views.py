@@ -18,7 +18,7 @@ from services.training.api import serializers as s
 from services.training.models import Model, RunState
 
 
-def _not_a_policy(model_type: str) -> None:
+def _not_a_policy(model_type: str | None) -> None:
     """Policies are written, not trained: their own API makes them and their versions."""
     if model_type == "policy":
         raise ApiError(
@@ -48,11 +48,11 @@ class ModelViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.RetrieveModelM
         payload = s.ModelCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        _not_a_policy(data["type"])
+        _not_a_policy(data.get("type"))
         version = logic.model_create(
             org_id=self.org_id,
             name=data["name"],
-            type=data["type"],
+            type=data.get("type"),
             base_model=data["base_model"],
             snapshot_ids=data["snapshots"],
             test=data.get("test"),

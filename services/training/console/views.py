@@ -21,6 +21,7 @@ from arbiter.api.errors import ApiError
 from arbiter.config.routes import page_path
 from arbiter.console.forms import error_message
 from arbiter.console.pages import org_page
+from arbiter.ml.image_encoders import EFFICIENTNET_LITE0, VISION_MODERATION
 from arbiter.ml.plan import auto_plan
 from arbiter.tenancy.access import OrgAccess
 from arbiter.tenancy.scopes import holds
@@ -168,12 +169,24 @@ def _test_values(form: QueryDict, current: dict[str, Any]) -> dict[str, str]:
 
 
 def _base_model_choices(versions: list[ModelVersion]) -> list[tuple[str, str]]:
-    choices = [(DEFAULT_BASE_MODEL, "all-MiniLM-L6-v2 (built in, fast)")]
+    choices = [
+        (DEFAULT_BASE_MODEL, "all-MiniLM-L6-v2 (built in, fast; text)"),
+        (VISION_MODERATION, "vision-moderation (built in; images, with an nsfw head kept beside yours)"),
+        (EFFICIENTNET_LITE0, "EfficientNet-Lite0 (built in; images)"),
+    ]
     choices += [
         (f"version:{v.model_id}:{v.number}", f"{v.model.name} v{v.number} (its encoder and heads)")
         for v in versions
     ]
     return [*choices, ("custom", "Another encoder (Hugging Face id or path)…")]
+
+
+def _default_base(snapshots: list[Snapshot], selected: set[str]) -> str:
+    """Images are read by an image encoder: an image snapshot starts from vision-moderation."""
+    chosen = [s for s in snapshots if str(s.snapshot_id) in selected]
+    if chosen and all(s.type == "image_classification" for s in chosen):
+        return VISION_MODERATION
+    return DEFAULT_BASE_MODEL
 
 
 def _snapshot_ids(data: QueryDict) -> list[str]:
@@ -260,7 +273,7 @@ def model_create(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpRe
                 version = logic.model_create(
                     org_id=access.org_id,
                     name=data["name"],
-                    type=data["type"],
+                    type=data.get("type"),
                     base_model=data["base_model"],
                     snapshot_ids=data["snapshots"],
                     test=data.get("test"),
@@ -289,7 +302,7 @@ def model_create(request: HttpRequest, *, org: str, access: OrgAccess) -> HttpRe
         if wanted and not any(str(s.snapshot_id) == wanted for s in snapshots)
         else "",
         "base_models": _base_model_choices(_trained_versions()),
-        "base_model": form.get("base_model", DEFAULT_BASE_MODEL),
+        "base_model": form.get("base_model", _default_base(snapshots, selected)),
         "test": _test_values(form, {}),
         "form": form,
         "values": _option_values(form, FIRST_MODEL_OPTIONS),
