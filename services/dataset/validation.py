@@ -27,7 +27,12 @@ IMAGE_PENDING = "image_pending"
 IMAGE_FAILED = "image_failed"
 UNLABELED = "unlabeled"
 
-_IMAGE_INPUT = re.compile(r"^(?:https?://\S+|data:image/[\w.+-]+[;,]\S+)$", re.IGNORECASE)
+# An image URL, a data: URI, or the relative path of a file in an uploaded zip (`photos/cat 1.jpg`: no scheme,
+# not absolute, one line, ending in an extension); whether the file is there is the image fetch job's to say.
+_IMAGE_INPUT = re.compile(
+    r"^(?:https?://\S+|data:image/[\w.+-]+[;,]\S+|[^\s/\\:][^:\r\n]{0,1000}\.[A-Za-z0-9]{1,5})$",
+    re.IGNORECASE,
+)
 
 
 def approximate_tokens(text: str) -> int:
@@ -140,7 +145,9 @@ class RowPlan:
             return problem(EMPTY_INPUT, "the input is empty", column)
         if self.input_kind == "image":
             if not _IMAGE_INPUT.match(text.strip()):
-                return problem(NOT_AN_IMAGE, "the input is not an image URL", column)
+                return problem(
+                    NOT_AN_IMAGE, "the input is not an image URL or a file's path in the zip", column
+                )
         elif len(text) > self._token_free_length:
             tokens = approximate_tokens(text)
             if tokens > self.max_tokens:

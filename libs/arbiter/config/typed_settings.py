@@ -456,6 +456,11 @@ class DatasetSettings(Concern):
     xlsx_max_uncompressed_bytes: int = Field(
         512 * MiB, ge=1, validation_alias="ARBITER_XLSX_MAX_UNCOMPRESSED_BYTES"
     )
+    # Zips of images with the table naming them: the most files listed and bytes once inflated (zip bombs).
+    zip_max_files: int = Field(100_000, ge=1, validation_alias="ARBITER_ZIP_MAX_FILES")
+    zip_max_uncompressed_bytes: int = Field(
+        2 * 1024 * MiB, ge=1, validation_alias="ARBITER_ZIP_MAX_UNCOMPRESSED_BYTES"
+    )
     snapshot_max_tokens: int = Field(512, ge=1, validation_alias="ARBITER_SNAPSHOT_MAX_TOKENS")
     mapping_background_rows: int = Field(20_000, ge=0, validation_alias="ARBITER_MAPPING_BACKGROUND_ROWS")
 

@@ -59,6 +59,7 @@ ERROR_CODES: dict[str, str] = {
     "unsupported_format": "an image format other than JPEG, PNG, WebP or GIF",
     "decompression_bomb": "more pixels than allowed",
     "truncated": "the image file is cut off or corrupt",
+    "not_in_archive": "a row of an uploaded zip names a file the zip does not hold (or a bare name several share)",
 }
 
 

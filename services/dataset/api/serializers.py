@@ -46,7 +46,8 @@ class UploadOptionsSerializer(serializers.Serializer):
 
 
 class DatasetFileSerializer(UploadOptionsSerializer):
-    """A file to import (CSV, TSV, XLSX, JSONL or JSON), with the options that go with it."""
+    """A file to import (CSV, TSV, XLSX, JSONL or JSON, or a zip of images with one such table naming them), with
+    the options that go with it (for a zip: its table's)."""
 
     file = serializers.FileField()
 

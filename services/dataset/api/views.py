@@ -121,10 +121,11 @@ class DatasetViewSet(DatasetScopedViewSet):
         },
         responses={201: s.DatasetSerializer, 202: s.DatasetSerializer, **error_responses(409, 413)},
         description=(
-            "Upload a CSV, TSV, XLSX or JSONL file (multipart field `file`, options as form fields), send "
-            "JSON `rows`, or create an `example` dataset. Answers 201 with the imported dataset and its "
-            "inferred mapping, or 202 while a large file imports in the background (poll the dataset or its"
-            " job)."
+            "Upload a CSV, TSV, XLSX or JSONL file (multipart field `file`, options as form fields), or a "
+            "zip of images with the one such table naming them (its image column's cells are paths inside the"
+            " zip, or URLs), send JSON `rows`, or create an `example` dataset. Answers 201 with the imported "
+            "dataset and its inferred mapping, or 202 while a large file imports in the background (poll the "
+            "dataset or its job)."
         ),
     )
     def create(self, request: Request, org: str) -> Response:

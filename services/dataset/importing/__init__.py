@@ -1,4 +1,5 @@
-"""Reading uploaded tables (pure Python, no Django): CSV/TSV, Excel, JSON Lines, JSON rows.
+"""Reading uploaded tables (pure Python, no Django): CSV/TSV, Excel, JSON Lines, JSON rows, and zips of images
+with the table that names them (`open_image_archive`).
 
     reader = open_table(stream, file_name="reviews.csv", options=ImportOptions())
     for batch in reader.batches():      # RowBatch: lines, rows (cells in reader.columns order), rejected
@@ -13,11 +14,18 @@ batches.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
+from services.dataset.importing.archive import (
+    ArchiveLimits,
+    ImageArchive,
+    MemberNotFound,
+    MemberUnreadable,
+    is_zip,
+    open_image_archive,
+    seekable,
+)
 from services.dataset.importing.delimited import DelimitedReader
 from services.dataset.importing.errors import ImportFileError, RowRejection
 from services.dataset.importing.excel import MAX_UNCOMPRESSED_BYTES, ExcelReader
@@ -35,25 +43,32 @@ from services.dataset.importing.mapping import (
 from services.dataset.importing.table import BATCH_ROWS, MAX_COLUMNS, RowBatch, TableReader
 
 __all__ = [
+    "ArchiveLimits",
     "BATCH_ROWS",
     "ColumnMapping",
     "ColumnProfile",
     "DatasetMapping",
     "ImportFileError",
+    "ImageArchive",
     "ImportOptions",
     "JsonRowsReader",
     "LabelError",
     "LabelSpec",
     "MappingError",
+    "MemberNotFound",
+    "MemberUnreadable",
     "RowBatch",
     "RowRejection",
     "TableReader",
     "infer_mapping",
+    "is_zip",
     "is_null",
     "label_parser",
     "mapping_from_dict",
+    "open_image_archive",
     "open_table",
     "preview",
+    "seekable",
 ]
 
 FileFormat = Literal["auto", "csv", "tsv", "xlsx", "jsonl", "json"]
@@ -96,16 +111,6 @@ def detect_format(head: bytes, *, file_name: str) -> FileFormat:
     return "csv"  # the delimiter (tab included) is sniffed
 
 
-def _seekable(raw: BinaryIO) -> BinaryIO:
-    if raw.seekable():
-        return raw
-    # Workbooks are zip archives, read from their end: spool a stream (from S3, say) to a temporary file.
-    spool = tempfile.TemporaryFile()  # noqa: SIM115 - the reader owns it until the workbook closes
-    shutil.copyfileobj(raw, spool, 1024 * 1024)
-    spool.seek(0)
-    return spool  # type: ignore[return-value]
-
-
 def open_table(raw: BinaryIO, *, file_name: str, options: ImportOptions | None = None) -> TableReader:
     """A reader for an uploaded file. `file_name` is only used for format hints and messages."""
     options = options or ImportOptions()
@@ -120,7 +125,7 @@ def open_table(raw: BinaryIO, *, file_name: str, options: ImportOptions | None =
         table_format = detect_format(head, file_name=file_name)
     if table_format == "xlsx":
         return ExcelReader(
-            _seekable(raw),
+            seekable(raw),
             file_name=file_name,
             sheet=options.sheet,
             header=options.header,

@@ -1,8 +1,8 @@
 """Column roles: inferring them from a sample, describing them for a preview, and validating edits.
 
-Roles: `text` (an input text), `image` (a URL of an image), `json` (structured data kept as is), `label` (the
-column is a head: its cells are labels), `ignore`. Label columns also carry how their cells are read
-(see `labels.LabelSpec`).
+Roles: `text` (an input text), `image` (a URL of an image, or a file of an uploaded zip), `json` (structured
+data kept as is), `label` (the column is a head: its cells are labels), `ignore`. Label columns also carry how
+their cells are read (see `labels.LabelSpec`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -243,7 +243,7 @@ class ColumnProfile:
         }
 
 
-def _kind(value: Any) -> str:
+def _kind(value: Any, image_names: Callable[[str], bool] | None = None) -> str:
     if isinstance(value, list):
         return "array"
     if isinstance(value, dict):
@@ -259,7 +259,7 @@ def _kind(value: Any) -> str:
         return "integer"
     if _DECIMAL.match(text):
         return "decimal"
-    if _IMAGE_URL.match(text):
+    if _IMAGE_URL.match(text) or (image_names is not None and image_names(text)):
         return "image"
     if (text.startswith("[") and text.endswith("]")) or (text.startswith("{") and text.endswith("}")):
         try:
@@ -278,7 +278,9 @@ def _as_float(value: Any) -> float:
     return float(value) if isinstance(value, int | float) else float(str(value).strip().replace(",", "."))
 
 
-def profile_column(name: str, cells: Sequence[Any]) -> ColumnProfile:
+def profile_column(
+    name: str, cells: Sequence[Any], *, image_names: Callable[[str], bool] | None = None
+) -> ColumnProfile:
     present = [cell for cell in cells if not is_null(cell)]
     profile = ColumnProfile(name=name, values=len(present), nulls=len(cells) - len(present))
     texts = [_display(cell) for cell in present]
@@ -286,7 +288,7 @@ def profile_column(name: str, cells: Sequence[Any]) -> ColumnProfile:
     profile.distinct = len(counts)
     profile.top_values = counts.most_common(TOP_VALUES)
     profile.mean_length = sum(len(text) for text in texts) / len(texts) if texts else 0.0
-    profile.kinds = dict(Counter(_kind(cell) for cell in present))
+    profile.kinds = dict(Counter(_kind(cell, image_names) for cell in present))
     profile.mapping, profile.reason = _infer_role(profile, present, texts)
     return profile
 
@@ -319,7 +321,7 @@ def _infer_role(profile: ColumnProfile, present: list[Any], texts: list[str]) ->
     if _share(profile, "object") >= 0.9:
         return ColumnMapping(name=name, role="json"), "the values are JSON objects"
     if _share(profile, "image") >= 0.9:
-        return ColumnMapping(name=name, role="image"), "the values are image URLs"
+        return ColumnMapping(name=name, role="image"), "the values are image URLs (or files in the archive)"
     if _share(profile, "array") >= 0.9:
         return label("multi", "the values are lists of labels")
     if _share(profile, "integer", "decimal") >= 0.9:
@@ -355,13 +357,17 @@ def _infer_role(profile: ColumnProfile, present: list[Any], texts: list[str]) ->
 
 
 def infer_mapping(
-    columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    image_names: Callable[[str], bool] | None = None,
 ) -> tuple[DatasetMapping, list[ColumnProfile]]:
-    """Guess each column's role from sample rows; the input is the text column with the longest values."""
+    """Guess each column's role from sample rows; the input is the text column with the longest values.
+    `image_names` says whether a text names an image besides a URL (a file of an uploaded zip)."""
     profiles = []
     for index, name in enumerate(columns):
         cells = [row[index] if index < len(row) else None for row in rows]
-        profiles.append(profile_column(name, cells))
+        profiles.append(profile_column(name, cells, image_names=image_names))
     text_columns = [p for p in profiles if p.mapping and p.mapping.role == "text"]
     if not text_columns and not any(p.mapping and p.mapping.role == "image" for p in profiles):
         # Every dataset needs an input: take the column of longest strings, even if it looked like labels.

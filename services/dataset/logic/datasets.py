@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from itertools import chain
 from pathlib import PurePath
 from typing import Any, BinaryIO
@@ -17,6 +18,7 @@ from services.dataset import conf
 from services.dataset.conf import DB
 from services.dataset.example import EXAMPLE_MAPPING, EXAMPLE_NAMES, example_rows
 from services.dataset.importing import (
+    ImageArchive,
     ImportFileError,
     ImportOptions,
     JsonRowsReader,
@@ -28,7 +30,7 @@ from services.dataset.importing import (
     open_table,
     preview,
 )
-from services.dataset.logic.images import images_fetch_queue
+from services.dataset.logic.images import archive_source, images_fetch_queue, upload_archive
 from services.dataset.logic.jobs import (
     IMPORT_BATCH_ROWS,
     import_limits,
@@ -65,6 +67,31 @@ def _check_not_busy(dataset: Dataset) -> None:
         )
 
 
+@contextmanager
+def _upload_table(
+    *, file: BinaryIO, file_name: str, options: ImportOptions
+) -> Iterator[tuple[TableReader, dict[str, Any], int, ImageArchive | None]]:
+    """The uploaded file's reader, its stored `source`, how many bytes of table it holds, and its archive when
+    it is a zip of images (whose table is read; the zip is stored whole for the image fetch job)."""
+    archive = upload_archive(file, file_name=file_name, options=options)
+    try:
+        source = _store_upload(file=file, file_name=file_name, options=options)
+        if archive is None:
+            reader = open_table(file, file_name=file_name, options=import_limits(options))
+            yield reader, source, source["size"], None
+        else:
+            source["archive"] = archive_source(archive)
+            table = archive.table_file()
+            try:
+                reader = open_table(table, file_name=archive.table_name, options=import_limits(options))
+                yield reader, source, archive.table_size, archive
+            finally:
+                table.close()
+    finally:
+        if archive is not None:
+            archive.close()
+
+
 def dataset_create_from_file(
     *,
     org_id: int,
@@ -75,10 +102,10 @@ def dataset_create_from_file(
     options: ImportOptions,
 ) -> tuple[Dataset, DatasetJob]:
     """A dataset from an uploaded file: its mapping inferred from the first rows, its rows imported now, or in
-    the background when the file is large (the job then says how far it got)."""
-    with org_scope(org_id):
-        source = _store_upload(file=file, file_name=file_name, options=options)
-        reader = open_table(file, file_name=file_name, options=import_limits(options))
+    the background when the file is large (the job then says how far it got). A zip holds images and the one
+    table naming them; its image column names files of the zip (or URLs)."""
+    with org_scope(org_id), _upload_table(file=file, file_name=file_name, options=options) as opened:
+        reader, source, table_bytes, archive = opened
         batches = reader.batches(IMPORT_BATCH_ROWS)
         first = next(batches, RowBatch())
         return _dataset_start(
@@ -89,7 +116,8 @@ def dataset_create_from_file(
             first=first,
             rest=batches,
             source=source,
-            background=source["size"] > conf.setting("ARBITER_IMPORT_BACKGROUND_BYTES"),
+            background=table_bytes > conf.setting("ARBITER_IMPORT_BACKGROUND_BYTES"),
+            image_names=archive.names_image if archive is not None else None,
         )
 
 
@@ -183,10 +211,11 @@ def _dataset_start(
     source: dict[str, Any],
     background: bool,
     mapping: Mapping[str, Any] | None = None,
+    image_names: Callable[[str], bool] | None = None,
 ) -> tuple[Dataset, DatasetJob]:
     if not reader.columns:
         raise ImportFileError("the file has no rows", file_name=reader.file_name, code="empty_file")
-    inferred, profiles = infer_mapping(reader.columns, first.rows)
+    inferred, profiles = infer_mapping(reader.columns, first.rows, image_names=image_names)
     if mapping is not None:
         try:
             inferred = mapping_from_dict(mapping, columns=reader.columns, previous=inferred)
@@ -245,17 +274,29 @@ def dataset_upload(
     """More rows for an existing dataset, from a file or JSON rows; columns are matched by name."""
     _check_not_busy(dataset)
     if rows is not None:
-        source = _store_rows(rows)
         reader: TableReader = JsonRowsReader(rows, max_columns=conf.setting("ARBITER_IMPORT_MAX_COLUMNS"))
-    else:
-        assert file is not None
-        source = _store_upload(file=file, file_name=file_name, options=options)
-        reader = open_table(file, file_name=file_name, options=import_limits(options))
+        return _upload_run(
+            dataset=dataset, actor=actor, reader=reader, source=_store_rows(rows), background=False
+        )
+    assert file is not None
+    with _upload_table(file=file, file_name=file_name, options=options) as (reader, source, table_bytes, _):
+        return _upload_run(
+            dataset=dataset,
+            actor=actor,
+            reader=reader,
+            source=source,
+            background=table_bytes > conf.setting("ARBITER_IMPORT_BACKGROUND_BYTES"),
+        )
+
+
+def _upload_run(
+    *, dataset: Dataset, actor: str, reader: TableReader, source: dict[str, Any], background: bool
+) -> DatasetJob:
     source = {**source, "format": reader.format, "detected": reader.details}
     job = DatasetJob.objects.create(
         dataset=dataset, kind=DatasetJob.KIND_IMPORT, source=source, created_by=actor
     )
-    if source["size"] > conf.setting("ARBITER_IMPORT_BACKGROUND_BYTES"):
+    if background:
         job_start_in_background(job.pk, dataset.org_id)
         return job
     job = import_run(job, reader=reader, batches=reader.batches(IMPORT_BATCH_ROWS))

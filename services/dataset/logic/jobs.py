@@ -33,7 +33,7 @@ from services.dataset.importing import (
     TableReader,
     open_table,
 )
-from services.dataset.logic.images import images_fetch_queue
+from services.dataset.logic.images import archive_table, images_fetch_queue
 from services.dataset.logic.mapping import dataset_mapping, row_derived, row_plan
 from services.dataset.logic.rowfeed import dataset_rows_publish_all
 from services.dataset.logic.rowstore import bulk_session, reserve_numbers, row_records, rows_insert
@@ -89,15 +89,19 @@ def import_limits(options: ImportOptions) -> ImportOptions:
 
 def _reopen(job: DatasetJob) -> TableReader:
     source = job.source
-    stream = conf.blob_store().open(source["blob"])
     options = source.get("options") or {}
+    if source.get("archive"):
+        # A zip of images: its table, read out of the stored archive.
+        stream, file_name = archive_table(source), source["archive"]["table"]
+    else:
+        stream, file_name = conf.blob_store().open(source["blob"]), source["file_name"]
     if options.get("format") == "json":
         rows = json.load(stream)
         stream.close()
         return JsonRowsReader(rows, max_columns=conf.setting("ARBITER_IMPORT_MAX_COLUMNS"))
     return open_table(
         stream,
-        file_name=source["file_name"],
+        file_name=file_name,
         options=import_limits(
             ImportOptions(
                 format=options.get("format") or "auto",
