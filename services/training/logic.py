@@ -20,7 +20,7 @@ from django.utils import timezone
 from arbiter.api.errors import ApiError
 from arbiter.entitlements import entitlements_check
 from arbiter.events import publish
-from arbiter.ml.image_encoders import is_image_base
+from arbiter.ml.image_encoders import builtin_heads, is_image_base
 from arbiter.tenancy.scoping import org_scope
 from services.training.models import Entitlement, Model, ModelVersion, RunState, Snapshot, TrainingRun
 from services.training.operator.conditions import JobObservation, JobPhase, condition_set
@@ -29,6 +29,8 @@ from services.training.options import OPTION_DEFAULTS
 ALIAS = "training"
 DEFAULT_TEST: dict[str, Any] = {"split_percent": 20.0}
 TEXT_CLASSIFICATION = "text_classification"
+# Heads a version answers without training them: kept from its parent, or built into its base.
+NOT_TRAINED = ("kept", "builtin")
 IMAGE_CLASSIFICATION = "image_classification"
 
 
@@ -98,6 +100,7 @@ def _awaiting_runs_resolve(*, org_id: int | None = None, snapshot_id: int | None
         try:
             version.heads, version.test = _version_plan(
                 model_type=version.model.type,
+                base_model=version.base_model,
                 parent=version.parent,
                 snapshot_ids=version.snapshot_ids,
                 test=version.test,
@@ -312,7 +315,12 @@ def _version_create(
         test_spec = dict(test) if test else dict(DEFAULT_TEST)
     else:
         heads, test_spec = _version_plan(
-            model_type=model.type, parent=parent, snapshot_ids=snapshot_ids, test=test, options=options
+            model_type=model.type,
+            base_model=model.base_model,
+            parent=parent,
+            snapshot_ids=snapshot_ids,
+            test=test,
+            options=options,
         )
     version = ModelVersion.objects.create(
         org_id=model.org_id,
@@ -358,6 +366,7 @@ def _version_create(
 def _version_plan(
     *,
     model_type: str,
+    base_model: str,
     parent: ModelVersion | None,
     snapshot_ids: Sequence[int],
     test: Mapping[str, Any] | None,
@@ -367,8 +376,8 @@ def _version_plan(
     request does not fit the data."""
     snapshots = _snapshots(snapshot_ids, model_type=model_type)
     test_spec = _test_spec(test, model_type=model_type)
-    heads = _heads_plan(_snapshot_heads(snapshots), parent)
-    trained = [h["name"] for h in heads if h["origin"] != "kept"]
+    heads = _heads_plan(_snapshot_heads(snapshots), parent, base_model)
+    trained = [h["name"] for h in heads if h["origin"] not in NOT_TRAINED]
     if options.get("selection_head") is not None and options["selection_head"] not in trained:
         raise ApiError(
             status=400,
@@ -462,8 +471,11 @@ def _snapshot_heads(snapshots: list[Snapshot]) -> list[dict[str, Any]]:
     return list(merged.values())
 
 
-def _heads_plan(data_heads: list[dict[str, Any]], parent: ModelVersion | None) -> list[dict[str, Any]]:
-    """Every head of the new version, with where it comes from: new, retrained, or kept from the parent."""
+def _heads_plan(
+    data_heads: list[dict[str, Any]], parent: ModelVersion | None, base_model: str
+) -> list[dict[str, Any]]:
+    """Every head of the new version, with where it comes from: new, retrained, kept from the parent, or
+    built into the base (vision-moderation's `nsfw`, answered beside the user's heads)."""
     parent_heads = {h["name"]: h for h in parent.heads} if parent is not None else {}
     planned = [{**h, "origin": "retrained" if h["name"] in parent_heads else "new"} for h in data_heads]
     trained = {h["name"] for h in data_heads}
@@ -472,6 +484,17 @@ def _heads_plan(data_heads: list[dict[str, Any]], parent: ModelVersion | None) -
         for name, h in parent_heads.items()
         if name not in trained
     ]
+    if parent is None:
+        planned += [
+            {
+                "name": head.spec.name,
+                "labels": list(head.spec.labels),
+                "multi_label": head.spec.multi_label,
+                "origin": "builtin",
+            }
+            for head in builtin_heads(base_model)
+            if head.spec.name not in trained
+        ]
     return planned
 
 
@@ -532,7 +555,7 @@ def _validation_problem(version: ModelVersion) -> tuple[str, str] | None:
                 f"{limit:g}% (max_invalid_row_percent). Fix or remove the invalid rows of dataset "
                 f"{snapshot.dataset_id} and snapshot it again, or raise options.max_invalid_row_percent.",
             )
-    trained = [h for h in version.heads if h["origin"] != "kept"]
+    trained = [h for h in version.heads if h["origin"] not in NOT_TRAINED]
     for head in trained:
         if not head["multi_label"] and len(head["labels"]) < 2:
             return (

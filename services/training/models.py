@@ -68,7 +68,8 @@ class ModelVersion(OrgScopedModel):
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
     )
     base_model = models.CharField(max_length=300)
-    # Every head of the version: {"name", "labels", "multi_label", "origin": "trained" | "added" | "kept"}.
+    # Every head of the version: {"name", "labels", "multi_label", "origin": "new" | "retrained" | "kept" |
+    # "builtin"} (builtin: a head of the base model, such as vision-moderation's nsfw).
     heads = models.JSONField(default=list)
     snapshot_ids = models.JSONField(default=list)
     # {"snapshot": <id>} or {"split_percent": <float>}

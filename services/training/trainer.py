@@ -93,7 +93,7 @@ def _reason(code: str) -> str:
 def _train(run: TrainingRun) -> None:
     version = run.version
     store = get_blob_store()
-    trained = [HeadSpec.from_dict(h) for h in version.heads if h["origin"] != "kept"]
+    trained = [HeadSpec.from_dict(h) for h in version.heads if h["origin"] not in logic.NOT_TRAINED]
     options = TrainOptions.from_dict(
         {**version.options, "test_percent": float(version.test.get("split_percent", 0.0))}
     )

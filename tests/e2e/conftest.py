@@ -112,8 +112,10 @@ def split_arbiter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningA
         ARBITER_OPERATOR_INTERVAL_SECONDS="1",
         # Webhook receivers of the tests listen on loopback, which the egress guard refuses by default.
         ARBITER_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
-        # So are the fake OpenAI-compatible endpoints of the labeling journey.
+        # So are the fake OpenAI-compatible endpoints of the labeling journey,
         ARBITER_LLM_ALLOWED_NETWORKS="127.0.0.0/8",
+        # and the image server of the visual journey.
+        ARBITER_FETCH_ALLOWED_NETWORKS="127.0.0.0/8",
         # A plan with two free playground queries per model, for the edge-enforcement journey (billing).
         ARBITER_BILLING_PLANS='{"tiny": {"label": "Tiny", "meters": {"playground": {"included": 2}}}}',
         HF_HUB_OFFLINE="1",

@@ -91,7 +91,11 @@ def test_an_image_csv_becomes_a_vision_moderation_model_the_openai_sdk_asks(
     pump()  # snapshot and training events; the trainer runs here
     version = client.get(tenant.url(f"/models/{model_id}/versions/1")).json()
     assert version["status"] == "succeeded", version
-    assert "tobacco" in {head["name"] for head in version["heads"]}
+    # The user's head is trained; the base's nsfw head is recorded as built in (it answers beside it).
+    assert {head["name"]: head["origin"] for head in version["heads"]} == {
+        "tobacco": "new",
+        "nsfw": "builtin",
+    }
 
     deployment = client.post(
         tenant.url("/deployments"), {"model": model_id, "name": "tobacco-eye"}, format="json"

@@ -43,6 +43,13 @@ def _snapshot_rows(dataset: Dataset) -> Iterator[tuple[int, int | None, list[Any
         last = chunk[-1][0]
 
 
+def _type_of_input(dataset: Dataset, input_column: str | None) -> str:
+    mapping = dataset_mapping(dataset)
+    column = input_column or mapping.input_column
+    image = column is not None and column in dataset.columns and mapping.column(column).role == "image"
+    return Snapshot.IMAGE if image else Snapshot.TEXT
+
+
 def snapshot_create(
     *,
     dataset: Dataset,
@@ -58,11 +65,7 @@ def snapshot_create(
     """Freeze the dataset's valid rows into a content-addressed JSONL blob with its validation report, and
     announce it (`snapshot.created`) in the same transaction. Without a `type`, the input column's role
     decides it (an image column makes an image snapshot)."""
-    if type is None:
-        mapping = dataset_mapping(dataset)
-        column = input_column or mapping.input_column
-        image = column in dataset.columns and mapping.column(column).role == "image"
-        type = Snapshot.IMAGE if image else Snapshot.TEXT
+    type = type or _type_of_input(dataset, input_column)
     plan = _snapshot_plan(
         dataset=dataset,
         input_column=input_column,
