@@ -17,6 +17,12 @@ def on_dataset_rows_changed(event: Event) -> None:
     logic.dataset_rows_apply(org_id=event.org_id, data=event.data)
 
 
+@handles("review.requested")
+def on_review_requested(event: Event) -> None:
+    """Rows to look at again (a policy disagreeing with a model or the labels) join the review queue."""
+    logic.review_request_apply(org_id=event.org_id, data=event.data)
+
+
 @handles("entitlements.changed")
 def on_entitlements_changed(event: Event) -> None:
     """Keep the org's newest entitlements: a job is refused before it starts when its plan's automated

@@ -256,6 +256,60 @@ def dataset_rows_apply(*, org_id: int, data: Mapping[str, Any]) -> None:
         )
 
 
+# --- rows sent for review by another service (`review.requested`) -------------------------------------------
+
+
+def review_request_apply(*, org_id: int, data: Mapping[str, Any]) -> AnnotationJob | None:
+    """Queue the rows of `review.requested` for people: a finished job of kind `review` whose pending
+    suggestions carry the requester's answer and reason; the review queue (`?job=<id>`) walks them, labeled or
+    not. A head without a label schema gets one with the event's labels. Idempotent on `request`."""
+    dataset_id, head = int(data["dataset_id"]), str(data["head"])
+    if AnnotationJob.objects.filter(
+        dataset_id=dataset_id, provider_kind=AnnotationJob.REVIEW, rows_spec__request=data["request"]
+    ).exists():
+        return None
+    schema = selectors.label_schema_current(dataset_id=dataset_id, head=head)
+    if schema is None:
+        schema = label_schema_create(
+            org_id=org_id,
+            actor=str(data["agent"]),
+            dataset_id=dataset_id,
+            head=head,
+            labels=[{"name": name, "description": ""} for name in data["schema_labels"]],
+            multi_label=bool(data.get("multi_label")),
+        )
+    known = set(RowCopy.objects.filter(dataset_id=dataset_id).values_list("number", flat=True))
+    rows = {int(row["number"]): row for row in data["rows"] if int(row["number"]) in known}
+    now = timezone.now()
+    job = AnnotationJob.objects.create(
+        org_id=org_id,
+        dataset_id=dataset_id,
+        head=head,
+        schema=schema,
+        provider_kind=AnnotationJob.REVIEW,
+        agent=str(data["agent"])[:64],
+        rows_spec={"rows": "review", "request": data["request"], "title": data.get("title", "")},
+        row_numbers=sorted(rows),
+        state=AnnotationJob.COMPLETED,
+        total=len(rows),
+        done=len(rows),
+        created_by=str(data["agent"])[:64],
+        started_at=now,
+        finished_at=now,
+    )
+    Suggestion.objects.bulk_create(
+        _suggestion(
+            job,
+            number,
+            labels=[label for label in row["labels"] if label in schema.label_names],
+            score=row.get("score"),
+            message=str(row.get("reason") or ""),
+        )
+        for number, row in sorted(rows.items())
+    )
+    return job
+
+
 # --- deployments of the org's trained models (the `model` labeler) -----------------------------------------
 
 

@@ -134,6 +134,8 @@ class AnnotationJob(OrgScopedModel):
     QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
     FINISHED = (COMPLETED, FAILED, CANCELLED)
     SIMILARITY, OPENAI, MODEL = "similarity", "openai", "model"
+    # Rows another service asked people to look at again (`review.requested`), with its suggestions.
+    REVIEW = "review"
 
     dataset_id = models.BigIntegerField()
     head = models.CharField(max_length=200)

@@ -196,13 +196,23 @@ class ReviewItem:
 
 
 def review_next(
-    *, dataset_id: int, head: str, after: int = 0, annotator: str | None = None
+    *,
+    dataset_id: int,
+    head: str,
+    after: int = 0,
+    annotator: str | None = None,
+    job: AnnotationJob | None = None,
 ) -> ReviewItem | None:
     """The next row for `annotator` to review: the first row after `after` that is not done and that they have
-    not labeled yet (or whose votes tie), with its newest suggestion."""
+    not labeled yet (or whose votes tie), with its newest suggestion. With a `job`, the rows of its suggestions
+    still pending instead, labeled or not (rows sent for review: a label may be what is in doubt)."""
     overlap = review_overlap(dataset_id=dataset_id, head=head)
-    rows = rows_unlabeled(dataset_id=dataset_id, head=head).filter(number__gt=after)
-    if annotator is not None:
+    if job is not None:
+        pending = job_suggestions(job=job, state=Suggestion.PENDING).values("row_number")
+        rows = RowCopy.objects.filter(dataset_id=dataset_id, number__in=pending, number__gt=after)
+    else:
+        rows = rows_unlabeled(dataset_id=dataset_id, head=head).filter(number__gt=after)
+    if annotator is not None and job is None:
         mine = head_annotations(dataset_id=dataset_id, head=head).filter(annotator=annotator)
         disputed = rows_disputed(dataset_id=dataset_id, head=head, overlap=overlap)
         rows = rows.exclude(Q(number__in=mine.values("row_number")) & ~Q(number__in=disputed))
@@ -211,13 +221,10 @@ def review_next(
     labeled = RowCopy.objects.filter(dataset_id=dataset_id).filter(_labeled(head)).count()
     if row is None:
         return None
-    suggestion = (
-        Suggestion.objects.filter(
-            dataset_id=dataset_id, head=head, row_number=row.number, state=Suggestion.PENDING
-        )
-        .order_by("-id")
-        .first()
+    suggestions = Suggestion.objects.filter(
+        dataset_id=dataset_id, head=head, row_number=row.number, state=Suggestion.PENDING
     )
+    suggestion = (suggestions.filter(job=job) if job is not None else suggestions).order_by("-id").first()
     votes = dict(
         head_annotations(dataset_id=dataset_id, head=head)
         .filter(row_number=row.number)

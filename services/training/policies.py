@@ -526,9 +526,10 @@ def _head_metrics(
 # --- comparing with a trained model -------------------------------------------------------------------------
 
 
-def policy_compare(*, model: Model, evaluation_id: Any, against: Any) -> dict[str, Any]:
+def policy_compare(*, model: Model, evaluation_id: Any, against: Any, review: bool = False) -> dict[str, Any]:
     """A policy's evaluation beside a trained version's answers on the same rows and head: the share of rows on
-    which they agree and every row on which they do not, with the policy's reason and the model's scores."""
+    which they agree and every row on which they do not, with the policy's reason and the model's scores.
+    With `review`, those rows go to the annotation service's review queue with the policy's answer."""
     if isinstance(evaluation_id, bool) or not isinstance(evaluation_id, int):
         raise _invalid("evaluation: give the id of an evaluation of this policy.", "evaluation")
     evaluation = (
@@ -595,6 +596,22 @@ def policy_compare(*, model: Model, evaluation_id: Any, against: Any) -> dict[st
                 }
             )
     rows = len(answered)
+    sent = 0
+    if review and disagreements:
+        sent = _review_request(
+            evaluation=evaluation,
+            request=f"policy-evaluation:{evaluation.pk}:model:{trained.model_id}:{trained.number}",
+            title=f"policy '{model.name}' v{evaluation.version.number} disagrees with model "
+            f"{trained.model_id} v{trained.number}",
+            rows=[
+                {
+                    "number": _dataset_row(d["row"]),
+                    "labels": d["policy"]["labels"],
+                    "reason": d["policy"]["reason"],
+                }
+                for d in disagreements
+            ],
+        )
     return {
         "evaluation": evaluation.pk,
         "policy_version": evaluation.version.number,
@@ -604,7 +621,72 @@ def policy_compare(*, model: Model, evaluation_id: Any, against: Any) -> dict[st
         "rows": rows,
         "agreement": round((rows - len(disagreements)) / rows, 6) if rows else None,
         "disagreements": disagreements,
+        "sent_for_review": sent,
     }
+
+
+def evaluation_review(*, evaluation: PolicyEvaluation) -> int:
+    """Send the rows on which an evaluated policy disagrees with their labels to the review queue, the policy's
+    answer and reason as the suggestion (a label may be what is wrong); returns how many rows."""
+    if evaluation.state != PolicyEvaluation.SUCCEEDED:
+        raise ApiError(
+            status=409,
+            code="not_ready",
+            message=f"evaluation: it is {evaluation.state}; review once it succeeded.",
+        )
+    assert evaluation.version.policy is not None
+    document = PolicyDocument.from_dict(evaluation.version.policy)
+    snapshot = Snapshot.objects.get(snapshot_id=evaluation.snapshot_id)
+    spec = next(HeadSpec.from_dict(h) for h in snapshot.heads if h["name"] == evaluation.head)
+    negative, binary, _ = _label_map(document, spec)
+    rows = []
+    for decision in evaluation.decisions:
+        if "error" in decision or decision.get("truth") is None:
+            continue
+        ours = _policy_labels(decision, spec, negative, binary)
+        if sorted(ours) != sorted(decision["truth"]):
+            rows.append(
+                {"number": _dataset_row(decision["row"]), "labels": ours, "reason": decision["reason"]}
+            )
+    if not rows:
+        return 0
+    return _review_request(
+        evaluation=evaluation,
+        request=f"policy-evaluation:{evaluation.pk}:labels",
+        title=f"policy '{evaluation.version.model.name}' v{evaluation.version.number} disagrees with the labels",
+        rows=rows,
+    )
+
+
+def _dataset_row(row_id: Any) -> int:
+    """The dataset's row number of a decision's row (`<snapshot>:<row>`, see `snapshot_rows`)."""
+    return int(str(row_id).rsplit(":", 1)[-1])
+
+
+def _review_request(
+    *, evaluation: PolicyEvaluation, request: str, title: str, rows: list[dict[str, Any]]
+) -> int:
+    """Publish `review.requested` for rows of the evaluation's snapshot (its numbers are the dataset's rows)."""
+    snapshot = Snapshot.objects.get(snapshot_id=evaluation.snapshot_id)
+    spec = next(HeadSpec.from_dict(h) for h in snapshot.heads if h["name"] == evaluation.head)
+    version = evaluation.version
+    with transaction.atomic(using=ALIAS):
+        publish(
+            type="review.requested",
+            org_id=evaluation.org_id,
+            subject=f"policies/{version.model_id}/evaluations/{evaluation.pk}",
+            data={
+                "request": request[:200],
+                "dataset_id": snapshot.dataset_id,
+                "head": evaluation.head,
+                "schema_labels": list(spec.labels),
+                "multi_label": spec.multi_label,
+                "agent": f"policy:{version.model.name}@v{version.number}"[:64],
+                "title": title[:500],
+                "rows": rows[:5000],
+            },
+        )
+    return min(len(rows), 5000)
 
 
 def _trained_predictions(version: ModelVersion, texts: list[str]) -> list[dict[str, dict[str, Any]]]:

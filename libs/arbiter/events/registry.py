@@ -211,6 +211,14 @@ EVENT_TYPES: dict[str, EventType] = {
             "A deployment's predictions for a labeling job's rows are in the blob store, or why there are none.",
         ),
         EventType(
+            "review.requested",
+            TRAINING,
+            "training",
+            ("annotation",),
+            "Rows to look at again with a suggestion and its reason (a policy disagreeing with a model or the "
+            "labels); the annotation service queues them for review.",
+        ),
+        EventType(
             "labels.accepted",
             ANNOTATION,
             "annotation",

@@ -143,6 +143,7 @@ class AnnotationJobSerializer(serializers.ModelSerializer[AnnotationJob]):
     schema = serializers.SerializerMethodField()
     provider = serializers.SerializerMethodField()
     rows = serializers.SerializerMethodField()
+    title = serializers.SerializerMethodField()
     progress = serializers.SerializerMethodField()
     tokens = serializers.SerializerMethodField()
 
@@ -156,6 +157,7 @@ class AnnotationJobSerializer(serializers.ModelSerializer[AnnotationJob]):
             "provider",
             "agent",
             "rows",
+            "title",
             "state",
             "progress",
             "tokens",
@@ -191,6 +193,10 @@ class AnnotationJobSerializer(serializers.ModelSerializer[AnnotationJob]):
     @extend_schema_field(OpenApiTypes.ANY)
     def get_rows(self, job: AnnotationJob) -> Any:
         return job.rows_spec.get("rows")
+
+    @extend_schema_field({"type": "string", "description": "what a `review` job's rows are (who sent them)"})
+    def get_title(self, job: AnnotationJob) -> str:
+        return str(job.rows_spec.get("title") or "")
 
     @extend_schema_field(
         {
@@ -279,6 +285,11 @@ class ReviewSuggestionSerializer(serializers.Serializer):
     score = serializers.FloatField(allow_null=True)
     scores = serializers.DictField(child=serializers.FloatField())
     agent = serializers.CharField()
+    reason = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text="Why the suggestion says so, when its author said (a policy)",
+    )
 
 
 class ReviewProgressSerializer(serializers.Serializer):

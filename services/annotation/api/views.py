@@ -216,6 +216,24 @@ class JobViewSet(OrgScopedViewSet, mixins.ListModelMixin, mixins.RetrieveModelMi
         return Response(s.FlipSerializer(selectors.jobs_compare(job=job, other=other), many=True).data)
 
 
+def _review_job(value: str | None, *, dataset_id: int, head: str) -> AnnotationJob | None:
+    """The job whose rows a review walks (`?job=`): one of this dataset's head, else a 400 saying so."""
+    if not value:
+        return None
+    job = (
+        selectors.job_list(dataset_id=dataset_id).filter(head=head, pk=int(value)).first()
+        if value.isdigit()
+        else None
+    )
+    if job is None:
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message=f"job: no labeling job {value} of this dataset's head {head!r}",
+        )
+    return job
+
+
 class ReviewViewSet(OrgScopedViewSet):
     """The review queue of a dataset's head: the next row with a suggestion, a person's labels (a vote when the
     head's `overlap` asks several people per row), the overlap, and agreement per head."""
@@ -233,6 +251,13 @@ class ReviewViewSet(OrgScopedViewSet):
         parameters=[
             HEAD,
             OpenApiParameter("after", int, required=False, description="Skip rows up to this number"),
+            OpenApiParameter(
+                "job",
+                int,
+                required=False,
+                description="Only the rows of this job's pending suggestions, labeled or not (rows sent for "
+                "review, such as a policy's disagreements)",
+            ),
         ],
         responses=s.ReviewNextSerializer,
     )
@@ -244,7 +269,11 @@ class ReviewViewSet(OrgScopedViewSet):
         except ValueError:
             raise ApiError(status=400, code="invalid", message="after: a row number") from None
         item = selectors.review_next(
-            dataset_id=dataset.dataset_id, head=head, after=after, annotator=self._annotator()
+            dataset_id=dataset.dataset_id,
+            head=head,
+            after=after,
+            annotator=self._annotator(),
+            job=_review_job(request.query_params.get("job"), dataset_id=dataset.dataset_id, head=head),
         )
         if item is None:
             labeled = RowCopy.objects.filter(dataset_id=dataset.dataset_id, labels__has_key=head).count()
@@ -264,6 +293,7 @@ class ReviewViewSet(OrgScopedViewSet):
                 "score": found.score,
                 "scores": found.scores,
                 "agent": found.agent,
+                "reason": found.message,
             }
         else:
             schema = selectors.label_schema_current(dataset_id=dataset.dataset_id, head=head)

@@ -211,7 +211,15 @@ def review(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess
     dataset = _dataset(dataset_id)
     head = request.GET.get("head") or request.POST.get("head") or ""
     after = int(request.GET.get("after") or 0) if (request.GET.get("after") or "0").isdigit() else 0
+    job_id = request.GET.get("job") or request.POST.get("job") or ""
+    # Rows sent for review (a policy's disagreements) are walked as one job's pending suggestions.
+    job = (
+        selectors.job_list(dataset_id=dataset_id).filter(head=head, pk=int(job_id)).first()
+        if job_id.isdigit()
+        else None
+    )
     base = page_path("console-labeling-review", org=org, dataset_id=dataset_id)
+    base = f"{base}?job={job.pk}&" if job is not None else f"{base}?"
     if request.method == "POST":
         if not holds(access.scopes, "datasets:write"):
             raise Http404
@@ -229,7 +237,7 @@ def review(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess
             )
         except ApiError as error:
             messages.error(request, error.message)
-            return redirect(f"{base}?head={head}&after={max(number - 1, 0)}")
+            return redirect(f"{base}head={head}&after={max(number - 1, 0)}")
         if saved.state == "pending":
             messages.info(
                 request,
@@ -237,11 +245,11 @@ def review(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess
             )
         elif saved.state == "disputed":
             messages.warning(request, f"Row {number}: the votes tie; it stays in the queue until they agree.")
-        return redirect(f"{base}?head={head}&after={number}")
+        return redirect(f"{base}head={head}&after={number}")
     schema = selectors.label_schema_current(dataset_id=dataset_id, head=head) if head else None
     item = (
         selectors.review_next(
-            dataset_id=dataset_id, head=head, after=after, annotator=f"human:user:{access.user_id}"
+            dataset_id=dataset_id, head=head, after=after, annotator=f"human:user:{access.user_id}", job=job
         )
         if schema
         else None
@@ -255,6 +263,7 @@ def review(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess
                 "score": found.score,
                 "scores": found.scores,
                 "agent": found.agent,
+                "reason": found.message,
             }
         elif item.row.text:
             suggestion = selectors.similarity_suggest(schema=schema, text=item.row.text)
@@ -276,6 +285,7 @@ def review(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess
         "head": head,
         "schema": schema,
         "item": item,
+        "job": job,
         "suggestion": suggestion,
         "choices": choices,
         "percent": (100 * item.labeled // item.total) if item and item.total else 100,

@@ -14,6 +14,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from arbiter.api.errors import ApiError
 from arbiter.api.schema import error_responses
 from arbiter.llm.policy import PROMPT_STYLES
 from services.training import policies
@@ -144,11 +145,23 @@ class TrainedVersionRefSerializer(serializers.Serializer):
     version = serializers.IntegerField()
 
 
+class PolicyReviewSentSerializer(serializers.Serializer):
+    sent_for_review = serializers.IntegerField(
+        help_text="Rows sent to the review queue (they arrive there by event; 0: nothing to review)"
+    )
+
+
 class PolicyCompareRequestSerializer(serializers.Serializer):
     evaluation = serializers.IntegerField(
         help_text="An evaluation of this policy (its snapshot, head and version)"
     )
     model = TrainedVersionRefSerializer(help_text="The trained version to compare with")
+    review = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Send the rows they disagree on to the annotation service's review queue, the policy's answer "
+        "and reason as the suggestion",
+    )
 
 
 class PolicyVerdictSerializer(serializers.Serializer):
@@ -216,6 +229,9 @@ class PolicyCompareSerializer(serializers.Serializer):
     rows = serializers.IntegerField()
     agreement = serializers.FloatField(allow_null=True, help_text="Share of rows with the same labels")
     disagreements = PolicyDisagreementSerializer(many=True)
+    sent_for_review = serializers.IntegerField(
+        help_text="Rows sent to the review queue (`review: true`); they arrive there by event"
+    )
 
 
 class PolicyDiffRequestSerializer(serializers.Serializer):
@@ -268,8 +284,14 @@ class PolicyViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.RetrieveModel
     def compare(self, request: Request, org: str, pk: int) -> Response:
         """Agreement with a trained version on an evaluation's rows, and every row where they disagree."""
         data = _body(request)
+        review = data.get("review", False)
+        if not isinstance(review, bool):
+            raise ApiError(status=400, code="invalid", message="review: true or false")
         body = policies.policy_compare(
-            model=self.get_object(), evaluation_id=data.get("evaluation"), against=data.get("model")
+            model=self.get_object(),
+            evaluation_id=data.get("evaluation"),
+            against=data.get("model"),
+            review=review,
         )
         return Response(body)
 
@@ -326,3 +348,13 @@ class PolicyEvaluationViewSet(TrainingViewSet, mixins.ListModelMixin, mixins.Ret
         )
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         return Response(PolicyEvaluationSerializer(evaluation).data, status=code)
+
+    @extend_schema(request=None, responses={202: PolicyReviewSentSerializer, **error_responses(409)})
+    def review(self, request: Request, org: str, policy: int, pk: int) -> Response:
+        """Send the rows on which the policy disagrees with their labels to the annotation service's review
+        queue, the policy's answer and reason as each row's suggestion (a label may be the mistake)."""
+        evaluation = self.get_object()
+        sent = policies.evaluation_review(evaluation=evaluation)
+        return Response(
+            PolicyReviewSentSerializer({"sent_for_review": sent}).data, status=status.HTTP_202_ACCEPTED
+        )

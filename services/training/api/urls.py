@@ -51,6 +51,11 @@ urlpatterns = [
         name="policy-evaluation-detail",
     ),
     path(
+        f"{ORG}/policies/<int:policy>/evaluations/<int:pk>/review",
+        policies.PolicyEvaluationViewSet.as_view({"post": "review"}),
+        name="policy-evaluation-review",
+    ),
+    path(
         f"{ORG}/policies/<int:pk>/diff", policies.PolicyViewSet.as_view({"post": "diff"}), name="policy-diff"
     ),
     path(

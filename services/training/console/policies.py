@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
@@ -238,25 +239,47 @@ def policy_evaluate(request: HttpRequest, policy_id: int, *, org: str, access: O
 
 
 @org_page("models:read")
+@require_http_methods(["GET", "POST"])
 def policy_evaluation(
     request: HttpRequest, policy_id: int, evaluation_id: int, *, org: str, access: OrgAccess
 ) -> HttpResponse:
     model = _policy(policy_id)
     evaluation = (
         PolicyEvaluation.objects.filter(pk=evaluation_id, version__model=model)
-        .select_related("version")
+        .select_related("version", "version__model")
         .first()
     )
     if evaluation is None:
         raise Http404
+    if request.method == "POST":
+        # Send the rows the policy and their labels disagree on to the annotation service's review queue.
+        if not holds(access.scopes, "models:write"):
+            raise Http404
+        try:
+            sent = policies.evaluation_review(evaluation=evaluation)
+        except ApiError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(
+                request,
+                f"{sent} rows sent to the review queue: they appear under Labeling as a job of dataset "
+                f"{Snapshot.objects.get(snapshot_id=evaluation.snapshot_id).dataset_id}, head "
+                f"{evaluation.head!r}."
+                if sent
+                else "The policy agrees with every label: nothing to review.",
+            )
+        return redirect(request.path)
     metrics = ((evaluation.evaluation or {}).get("heads") or {}).get(evaluation.head)
     decisions = evaluation.decisions
     shown = request.GET.get("show", "disagree")
     if shown == "disagree":
         decisions = [d for d in decisions if "error" in d or _disagrees(d)]
+    snapshot = Snapshot.objects.filter(snapshot_id=evaluation.snapshot_id).first()
     context = {
         "model": model,
         "evaluation": evaluation,
+        "dataset_id": snapshot.dataset_id if snapshot else None,
+        "can_write": holds(access.scopes, "models:write"),
         "metrics": metrics,
         "decisions": decisions[:500],
         "shown": shown,
