@@ -117,6 +117,9 @@ class PolicyEvaluation(OrgScopedModel):
     completion_tokens = models.PositiveBigIntegerField(default=0)
     message = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
+    # Moved on while rows are decided; a running evaluation whose heartbeat stops is resumed by the operator.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    recoveries = models.PositiveSmallIntegerField(default=0)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

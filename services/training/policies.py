@@ -15,14 +15,16 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from django.db import IntegrityError, close_old_connections, connections, transaction
-from django.db.models import F, Max
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from arbiter.api.errors import ApiError
@@ -322,7 +324,14 @@ def evaluation_request(
     if evaluation.state == PolicyEvaluation.FAILED and not created:
         # A failed evaluation (the endpoint was down) is tried again when asked again.
         PolicyEvaluation.objects.filter(pk=evaluation.pk).update(
-            state=PolicyEvaluation.QUEUED, done=0, errors=0, decisions=[], message="", finished_at=None
+            state=PolicyEvaluation.QUEUED,
+            done=0,
+            errors=0,
+            decisions=[],
+            message="",
+            finished_at=None,
+            heartbeat_at=None,
+            recoveries=0,
         )
         created = True
     if created:
@@ -355,9 +364,13 @@ def evaluation_run(*, evaluation_id: int) -> PolicyEvaluation:
     """Decide every row with the policy version, then evaluate the head. Rows the model gave no usable answer
     for are kept as errors with the reason and left out of the metrics, never counted as safe."""
     evaluation = PolicyEvaluation.objects.select_related("version").get(pk=evaluation_id)
-    if evaluation.state not in (PolicyEvaluation.QUEUED,):
+    # Claimed by one process: a second start (a recovery racing a slow thread) finds it taken.
+    claimed = PolicyEvaluation.objects.filter(pk=evaluation.pk, state=PolicyEvaluation.QUEUED).update(
+        state=PolicyEvaluation.RUNNING, heartbeat_at=timezone.now()
+    )
+    if not claimed:
+        evaluation.refresh_from_db()
         return evaluation
-    PolicyEvaluation.objects.filter(pk=evaluation.pk).update(state=PolicyEvaluation.RUNNING)
     try:
         _evaluate(evaluation)
     except (PolicyError, MLError, EgressRefused) as error:
@@ -385,11 +398,15 @@ def _evaluate(evaluation: PolicyEvaluation) -> None:
     client = LlmClient(document.provider.endpoint())
     vision = LlmClient(document.vision_provider.endpoint()) if document.vision_provider else None
 
+    beat = _Heartbeat(evaluation.pk)
+
     def decide(text: str) -> PolicyDecision | PolicyError:
         try:
             return policy_decide(document, client=client, text=text, vision_client=vision)
         except PolicyError as error:
             return error
+        finally:
+            beat()
 
     try:
         with ThreadPoolExecutor(max_workers=client.settings.concurrency) as pool:
@@ -455,6 +472,71 @@ def _evaluate(evaluation: PolicyEvaluation) -> None:
     if answered:
         # The version page shows its newest evaluation, like a trained version's test metrics.
         ModelVersion.objects.filter(pk=version.pk).update(evaluation=metrics)
+
+
+class _Heartbeat:
+    """Counts decided rows; every few seconds writes `done` and the heartbeat (from the deciding threads)."""
+
+    EVERY_S = 5.0
+
+    def __init__(self, evaluation_id: int) -> None:
+        self.evaluation_id = evaluation_id
+        self.done = 0
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self.lock:
+            self.done += 1
+            if time.monotonic() - self.last < self.EVERY_S:
+                return
+            self.last, done = time.monotonic(), self.done
+        PolicyEvaluation.objects.filter(pk=self.evaluation_id, state=PolicyEvaluation.RUNNING).update(
+            done=done, heartbeat_at=timezone.now()
+        )
+
+
+MAX_RECOVERIES = 3
+
+
+def evaluations_recover(*, start: Callable[[int, int], None] | None = None) -> dict[str, int]:
+    """The training operator's sweep: a background evaluation whose process died (running with a heartbeat
+    older than `ARBITER_POLICY_STALE_SECONDS`, or queued that long and never started) is started again, at most
+    `MAX_RECOVERIES` times, then failed saying so. `start` runs one (default: a thread of this process)."""
+    start = start or _start_in_background
+    cutoff = timezone.now() - timedelta(seconds=arbiter_settings().llm.policy_stale_after_s)
+    stale = PolicyEvaluation.objects.unscoped().filter(
+        Q(state=PolicyEvaluation.RUNNING, heartbeat_at__lt=cutoff)
+        | Q(state=PolicyEvaluation.QUEUED, created_at__lt=cutoff, heartbeat_at__isnull=True)
+        | Q(state=PolicyEvaluation.QUEUED, heartbeat_at__lt=cutoff)
+    )
+    counts = {"resumed": 0, "failed": 0}
+    for evaluation in stale:
+        same = PolicyEvaluation.objects.unscoped().filter(
+            pk=evaluation.pk, state=evaluation.state, heartbeat_at=evaluation.heartbeat_at
+        )
+        if evaluation.recoveries >= MAX_RECOVERIES:
+            if same.update(
+                state=PolicyEvaluation.FAILED,
+                message=f"The process deciding the rows stopped {evaluation.recoveries} times (process_died); "
+                "ask for the evaluation again to retry.",
+                finished_at=timezone.now(),
+            ):
+                counts["failed"] += 1
+            continue
+        # Claimed by this sweep (another operator's finds it changed); the heartbeat marks the restart.
+        if same.update(
+            state=PolicyEvaluation.QUEUED,
+            done=0,
+            recoveries=F("recoveries") + 1,
+            heartbeat_at=timezone.now(),
+        ):
+            counts["resumed"] += 1
+            log.warning(
+                "resuming a policy evaluation whose process stopped", extra={"evaluation_id": evaluation.pk}
+            )
+            start(evaluation.pk, evaluation.org_id)
+    return counts
 
 
 def _label_map(document: PolicyDocument, spec: HeadSpec) -> tuple[set[str], bool, list[str]]:

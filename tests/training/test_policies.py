@@ -5,15 +5,18 @@ OpenAI-compatible server on loopback that decides like a policy model."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from arbiter.storage import get_blob_store
 from arbiter.tenancy.scoping import org_scope
 from arbiter.testing.artifacts import cached_head_artifact
 from arbiter.testing.tenants import Tenant, assert_not_found
-from services.training.models import Model, ModelVersion, RunState, TrainingRun
+from services.training.models import Model, ModelVersion, PolicyEvaluation, RunState, TrainingRun
+from services.training.policies import evaluation_run, evaluations_recover
 from tests.annotation import fake_llm
 from tests.annotation.fake_llm import FakeLlm
 from tests.training.conftest import TOXIC, TOXICITY, published, snapshot_publish, toxicity_rows
@@ -400,3 +403,44 @@ def test_another_orgs_policy_cannot_be_compared(
     own = create(tenant, fake, name="mine")
     # My policy against the victim's evaluation and trained model: neither is mine.
     assert_not_found(mine.post(tenant.url(f"/policies/{own['id']}/compare"), body, format="json"))
+
+
+def test_an_evaluation_whose_process_died_is_resumed_by_the_sweep_then_failed_when_it_keeps_dying(
+    tenant: Tenant, fake: FakeLlm
+) -> None:
+    fake.script(strict_judge())
+    snapshot = snapshot_publish(
+        org_id=tenant.org.pk, rows=toxicity_rows(6, with_topic=False), heads=[TOXICITY]
+    )
+    policy = create(tenant, fake)
+    evaluation = evaluate(tenant, policy["id"], snapshot).json()
+    long_ago = timezone.now() - timedelta(minutes=30)
+    # Its process died halfway: running, its heartbeat old, no decisions stored.
+    PolicyEvaluation.objects.unscoped().filter(pk=evaluation["id"]).update(
+        state=PolicyEvaluation.RUNNING, done=3, decisions=[], evaluation=None, heartbeat_at=long_ago
+    )
+    # A slow one (its heartbeat recent) is left alone.
+    other = evaluate(tenant, policy["id"], snapshot, limit=2).json()
+    PolicyEvaluation.objects.unscoped().filter(pk=other["id"]).update(
+        state=PolicyEvaluation.RUNNING, heartbeat_at=timezone.now()
+    )
+
+    def start_here(evaluation_id: int, org_id: int) -> None:
+        with org_scope(org_id):
+            evaluation_run(evaluation_id=evaluation_id)
+
+    assert evaluations_recover(start=start_here) == {"resumed": 1, "failed": 0}
+    resumed = (
+        tenant.client(["models:read"])
+        .get(tenant.url(f"/policies/{policy['id']}/evaluations/{evaluation['id']}"))
+        .json()
+    )
+    assert resumed["state"] == "succeeded" and resumed["rows"] == 6 and len(resumed["decisions"]) == 6
+    assert evaluations_recover(start=start_here) == {"resumed": 0, "failed": 0}
+
+    PolicyEvaluation.objects.unscoped().filter(pk=evaluation["id"]).update(
+        state=PolicyEvaluation.RUNNING, heartbeat_at=long_ago, recoveries=3
+    )
+    assert evaluations_recover(start=start_here) == {"resumed": 0, "failed": 1}
+    failed = PolicyEvaluation.objects.unscoped().get(pk=evaluation["id"])
+    assert failed.state == "failed" and "stopped 3 times (process_died)" in failed.message

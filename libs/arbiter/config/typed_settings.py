@@ -574,6 +574,8 @@ class LlmSettings(Concern):
     concurrency: int = Field(4, ge=1, validation_alias="ARBITER_LLM_CONCURRENCY")
     # Policy evaluations of up to this many rows finish within the request; larger ones run in the background.
     policy_inline_rows: int = Field(50, ge=0, validation_alias="ARBITER_POLICY_INLINE_ROWS")
+    # A background policy evaluation whose heartbeat is older than this is taken as dead and resumed.
+    policy_stale_after_s: float = Field(300.0, gt=0, validation_alias="ARBITER_POLICY_STALE_SECONDS")
 
     split_networks = field_validator("allowed_networks", mode="before")(_split_commas)
 

@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from arbiter.config.typed_settings import TrainingSettings, arbiter_settings
 from arbiter.tenancy.scoping import org_scope
-from services.training import fine_tuning, logic
+from services.training import fine_tuning, logic, policies
 from services.training.models import RunState, TrainingRun
 from services.training.operator.conditions import JobPhase
 from services.training.operator.executor import Executor, LaunchError
@@ -71,6 +71,7 @@ def operator_reconcile(*, executor: Executor, concurrency: int | None) -> None:
     wait = timedelta(seconds=arbiter_settings().training.wait_for_events_s)
     fine_tuning.jobs_validate(older_than=wait)
     logic.runs_awaiting_resume()
+    policies.evaluations_recover()
     logic.runs_awaiting_expire(older_than=wait)
     for run in TrainingRun.objects.unscoped().filter(job_active=True).order_by("id"):
         with org_scope(run.org_id), _each("reconciling a run's trainer failed", run.pk):
