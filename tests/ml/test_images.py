@@ -1,5 +1,6 @@
 """Image bases: EfficientNet-Lite0 embeddings (installed, offline), exported to ONNX; `head` training on an
-image snapshot; `vision-moderation` keeps its built-in `nsfw` head beside the user's."""
+image snapshot; `vision-moderation` keeps its built-in `nsfw` head beside the user's; `full` fine-tunes the
+backbone, which the artifact saves and serves; `auto` weighs `head` against `full` and says why it skipped one."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ import pytest
 import torch
 
 from arbiter.images import decode_image
-from arbiter.ml import HeadSpec, Predictor, TrainOptions, train_from_snapshot
-from arbiter.ml.errors import MLError
-from arbiter.ml.image_encoders import ImageEncoder, remember_image
+from arbiter.ml import EmbeddingCache, HeadSpec, Predictor, TrainOptions, TrainResult, train_from_snapshot
+from arbiter.ml.errors import MLError, TrainingCancelled
+from arbiter.ml.heads import EpochProgress
+from arbiter.ml.image_encoders import IMAGE_ENCODER_FILE, ImageEncoder, OpenNsfw, image_bytes, remember_image
+from arbiter.ml.image_finetune import augment
+from arbiter.ml.model import softmax
+from arbiter.ml.plan import auto_plan
 from arbiter.testing.images import make_image
 
 TOBACCO = [HeadSpec(name="tobacco", labels=("no_tobacco", "yes_tobacco"))]
@@ -68,12 +73,12 @@ def test_a_vision_moderation_model_keeps_nsfw_and_learns_the_users_head(
         rows=rows,
         heads=TOBACCO,
         out_dir=tmp_path / "artifact",
-        options=TrainOptions(strategy="auto", max_epochs=40, seed=1),
+        options=TrainOptions(strategy="head", max_epochs=40, seed=1),
         base_model="vision-moderation",
     )
     heads = {head.spec.name for head in result.artifact.model.heads}
     assert heads == {"tobacco", "nsfw"}
-    assert result.metrics["training"]["strategy"] == "head"  # auto on an image base: heads on embeddings
+    assert result.metrics["training"]["strategy"] == "head"
     assert result.metrics["heads"]["tobacco"]["macro"]["balanced_accuracy"] >= 0.9
     assert result.artifact.config["onnx"]["kind"] == "image"
 
@@ -90,14 +95,208 @@ def test_a_vision_moderation_model_keeps_nsfw_and_learns_the_users_head(
     assert np.abs(by_torch["tobacco"] - by_onnx["tobacco"]).max() < 1e-3
 
 
-def test_full_fine_tuning_of_an_image_base_is_refused_with_the_way_out(
-    rows: list[dict[str, Any]], tmp_path: Path
+# Small and quick on a CPU: 24 pictures (16 fit, 2 validation, 6 test rows), batches of 8, 2 epochs.
+FULL = {"max_epochs": 2, "batch_size": 8, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def small_rows() -> list[dict[str, Any]]:
+    return image_rows(24)
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(
+    small_rows: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrainResult, EmbeddingCache]:
+    """`full` on vision-moderation, and the cache its final evaluation put the test rows' embeddings in."""
+    cache = EmbeddingCache()
+    reported: list[EpochProgress] = []
+    result = train_from_snapshot(
+        rows=small_rows,
+        heads=TOBACCO,
+        out_dir=tmp_path_factory.mktemp("full") / "artifact",
+        options=TrainOptions(strategy="full", **FULL),  # type: ignore[arg-type]
+        base_model="vision-moderation",
+        cache=cache,
+        on_progress=reported.append,
+    )
+    assert reported == result.history  # each epoch was reported as it ended
+    return result, cache
+
+
+def test_augmentation_crops_and_flips_each_image_on_its_own() -> None:
+    """Left half red, right half blue: a flipped crop has its blue on the left; values stay in range."""
+    image = torch.zeros(3, 32, 32)
+    image[0, :, :16], image[2, :, 16:] = 1.0, 1.0
+    batch = image.expand(64, 3, 32, 32).contiguous()
+    out = augment(batch, torch.Generator().manual_seed(0))
+    assert out.shape == batch.shape
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    flipped = out[:, 2, :, :8].mean(dim=(1, 2)) > out[:, 0, :, :8].mean(dim=(1, 2))
+    assert 16 <= int(flipped.sum()) <= 48  # about half
+    assert not torch.equal(out[0], out[1])  # each image gets its own crop
+    again = augment(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)  # a seed repeats it
+
+
+def test_a_cancelled_full_run_stops_before_its_first_step(
+    small_rows: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    with pytest.raises(MLError, match="'head' or 'auto'"):
+    with pytest.raises(TrainingCancelled):
         train_from_snapshot(
-            rows=rows,
+            rows=small_rows,
             heads=TOBACCO,
-            out_dir=tmp_path / "full",
-            options=TrainOptions(strategy="full"),
+            out_dir=tmp_path / "artifact",
+            options=TrainOptions(strategy="full", **FULL),  # type: ignore[arg-type]
             base_model="efficientnet-lite0",
+            should_cancel=lambda: True,
         )
+
+
+@pytest.mark.slow
+def test_full_fine_tunes_the_backbone_and_the_artifact_serves_the_fine_tuned_weights(
+    fine_tuned: tuple[TrainResult, EmbeddingCache], small_rows: list[dict[str, Any]]
+) -> None:
+    result, cache = fine_tuned
+    assert result.selected == "full"
+    assert [progress.candidate for progress in result.history] == ["full", "full"]
+    assert result.artifact.config["encoder"]["fine_tuned"] is True
+    assert result.metrics["heads"]["tobacco"]["macro"]["balanced_accuracy"] >= 0.8
+    assert {head.spec.name for head in result.artifact.model.heads} == {"tobacco", "nsfw"}
+
+    encoder_path = result.artifact.encoder_path
+    assert encoder_path is not None
+    saved = ImageEncoder.load(str(encoder_path), device=torch.device("cpu"))
+    base = ImageEncoder.load("vision-moderation", device=torch.device("cpu"))
+    assert saved.fine_tuned and not base.fine_tuned
+    assert '"fine_tuned": true' in (encoder_path / IMAGE_ENCODER_FILE).read_text()
+    changed = [
+        name
+        for name, tensor in saved.model.state_dict().items()
+        if tensor.is_floating_point() and not torch.equal(tensor, base.model.state_dict()[name])
+    ]
+    assert len(changed) > 50  # convolutions throughout the backbone moved
+
+    tests = [row["input"] for row in small_rows if row["split"] == "test"]
+    # The final evaluation embedded the test rows with the in-process encoder, under its weights' fingerprint:
+    # the reloaded backbone has the same fingerprint, so the same weights, bit for bit.
+    in_process = cache.lookup(f"{saved.fingerprint()}:image", tests)
+    assert len(in_process) == len(tests)
+    embeddings = np.stack([in_process[key] for key in tests])
+    assert np.abs(embeddings - base.embed(tests)).max() > 1e-3  # not the base's embeddings
+    expected = softmax(result.artifact.model.encoder_logits(embeddings)["tobacco"])
+
+    onnx = Predictor.load(result.artifact, runtime="onnx")
+    torch_predictor = Predictor.load(result.artifact, runtime="torch")
+    assert (onnx.runtime_name, torch_predictor.runtime_name) == ("onnx", "torch")
+    assert np.abs(torch_predictor.probabilities(tests)["tobacco"] - expected).max() < 1e-5
+    by_onnx = onnx.probabilities(tests)
+    assert np.abs(by_onnx["tobacco"] - expected).max() < 1e-3
+
+    # The built-in nsfw head reads Open-NSFW, not the backbone: it answers exactly as the base's does.
+    nsfw = np.exp(OpenNsfw().log_probabilities([image_bytes(key) for key in tests]))
+    assert np.abs(by_onnx["nsfw"] - nsfw).max() < 1e-5
+    for answer in onnx.predict(tests):
+        assert answer["nsfw"]["label"] == "sfw" and not answer["nsfw"]["flagged"]
+
+
+def colour_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same pictures labelled by a new head, `colour`."""
+    return [
+        {**row, "labels": {"colour": ["red" if row["labels"]["tobacco"] == ["yes_tobacco"] else "blue"]}}
+        for row in rows
+    ]
+
+
+@pytest.mark.slow
+def test_full_is_refused_while_a_kept_parent_head_reads_the_backbone_and_auto_skips_it_saying_why(
+    fine_tuned: tuple[TrainResult, EmbeddingCache], small_rows: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    parent, cache = fine_tuned
+    colour = [HeadSpec(name="colour", labels=("blue", "red"))]
+    with pytest.raises(MLError, match=r"image backbone that the kept heads \['tobacco'\] rely on") as refused:
+        train_from_snapshot(
+            rows=colour_rows(small_rows),
+            heads=colour,
+            out_dir=tmp_path / "full",
+            options=TrainOptions(strategy="full", **FULL),  # type: ignore[arg-type]
+            parent=parent.artifact,
+        )
+    assert "Include those heads in the training data, or use the 'head' or 'auto' strategy" in str(
+        refused.value
+    )
+
+    result = train_from_snapshot(
+        rows=colour_rows(small_rows),
+        heads=colour,
+        out_dir=tmp_path / "auto",
+        options=TrainOptions(strategy="auto", export_onnx=False, **FULL),  # type: ignore[arg-type]
+        parent=parent.artifact,
+        cache=cache,
+    )
+    skipped = {c["name"]: c["skipped"] for c in result.candidates if "skipped" in c}
+    assert skipped == {"full": "the parent's kept heads need its encoder unchanged"}
+    assert result.selected == "head"
+    assert {head.spec.name for head in result.artifact.model.heads} == {"colour", "tobacco", "nsfw"}
+    # The kept heads still read the parent's fine-tuned backbone.
+    assert result.artifact.config["encoder"]["fine_tuned"] is True
+
+
+@pytest.mark.slow
+def test_auto_on_an_image_base_weighs_head_against_full_and_keeps_the_better(
+    small_rows: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    result = train_from_snapshot(
+        rows=small_rows,
+        heads=TOBACCO,
+        out_dir=tmp_path / "artifact",
+        options=TrainOptions(strategy="auto", export_onnx=False, **{**FULL, "max_epochs": 1}),  # type: ignore[arg-type]
+        base_model="efficientnet-lite0",
+    )
+    training = result.metrics["training"]
+    assert training["strategy"] == "auto"
+    assert (training["plan"]["head"], training["plan"]["full_epochs"]) == (True, 1)
+    ran = {c["name"]: c for c in result.candidates}
+    assert list(ran) == ["head", "full"]  # no TF-IDF candidates for images
+    head, full = ran["head"]["selection_metric"], ran["full"]["selection_metric"]
+    assert result.selected == ("full" if full > head else "head")  # a tie keeps the simpler `head`
+    assert result.selection_metric == pytest.approx(max(head, full), abs=1e-6)
+    assert result.artifact.config["encoder"]["fine_tuned"] is (result.selected == "full")
+    encoder_path = result.artifact.encoder_path
+    assert encoder_path is not None
+    saved = ImageEncoder.load(str(encoder_path), device=torch.device("cpu")).fingerprint()
+    base = ImageEncoder.load("efficientnet-lite0", device=torch.device("cpu")).fingerprint()
+    # When `head` is kept, the backbone's weights are put back as they were.
+    assert (saved == base) is (result.selected == "head")
+
+
+def test_auto_on_an_image_base_records_why_full_did_not_run(
+    small_rows: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    result = train_from_snapshot(
+        rows=small_rows,
+        heads=TOBACCO,
+        out_dir=tmp_path / "artifact",
+        options=TrainOptions(strategy="auto", time_budget_minutes=0.001 / 60, export_onnx=False, seed=1),
+        base_model="efficientnet-lite0",
+    )
+    assert result.selected == "head"
+    (full,) = [c for c in result.candidates if c["name"] == "full"]
+    assert full["skipped"] == "the time budget was spent loading the backbone and measuring its speed"
+    plan = result.metrics["training"]["plan"]
+    # Nothing fits such a budget; an image model has no cheaper candidate than `head`, which runs and says so.
+    assert plan["head"] is True and "head runs although" in plan["over_budget"]
+    assert [c["name"] for c in result.candidates if "skipped" not in c] == ["head"]
+
+
+def test_the_console_estimate_for_an_image_model_has_no_tfidf_and_runs_head_when_nothing_fits() -> None:
+    small = {
+        step["name"]: step for step in auto_plan(rows=1000, time_budget_minutes=20, max_epochs=20, image=True)
+    }
+    assert list(small) == ["head", "full"]
+    assert small["head"]["runs"] and small["full"]["runs"] and small["full"]["estimated_seconds"] > 0
+    tight = {
+        step["name"]: step for step in auto_plan(rows=1000, time_budget_minutes=1, max_epochs=20, image=True)
+    }
+    assert tight["head"]["runs"] and "an image model has no cheaper candidate" in tight["head"]["note"]
+    assert not tight["full"]["runs"] and "does not fit" in tight["full"]["note"]

@@ -28,6 +28,9 @@ was skipped):
 
 The result is always servable: every choice is a set of linear components (see `arbiter.ml.model`).
 `auto_plan` gives the same plan before a run, from a per-row cost model (the console's estimate).
+
+An image base runs `image_automl_search` instead: steps 2 and 3 alone (no TF-IDF, so no blend, calibration or
+refit), `full` being `arbiter.ml.image_finetune`.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ from arbiter.ml.heads import (
     cancel_check,
     heads_train_frozen,
 )
+from arbiter.ml.image_encoders import ImageEncoder
+from arbiter.ml.image_finetune import image_encoder_finetune, image_finetune_speed
 from arbiter.ml.metrics import head_loss, head_score, selection_score
 from arbiter.ml.model import ENCODER, HeadModel, LinearComponent, sigmoid, softmax
 from arbiter.ml.plan import Plan, Speeds, plan_make
@@ -86,7 +91,7 @@ CALIBRATION_MIN_ROWS = 150
 @dataclass
 class AutoOutcome:
     heads: list[HeadModel]
-    tfidf: TfidfFeatures
+    tfidf: TfidfFeatures | None  # None for an image base (no TF-IDF candidate)
     selected: str
     candidates: list[dict[str, Any]]
     history: list[EpochProgress] = field(default_factory=list)
@@ -422,6 +427,102 @@ def automl_search(
     return outcome, used
 
 
+def image_automl_search(
+    *,
+    specs: Sequence[HeadSpec],
+    fit: LabelledRows,
+    valid: LabelledRows,
+    options: TrainOptions,
+    encoder_load: Any,
+    parents: dict[str, LinearComponent],
+    allow_full: bool,
+    cache: EmbeddingCache | None,
+    on_progress: ProgressCallback | None,
+    should_cancel: CancelCheck | None,
+    deadline: float | None = None,
+    test_rows: int = 0,
+) -> AutoOutcome:
+    """`auto` for an image base: `head` and, when the budget allows, `full`; the better on the validation
+    rows is kept (the backbone's weights are put back when `head` stays the better one).
+
+    TF-IDF, and with it the blend, the calibration and the refit, mean nothing for images. The backbone is
+    loaded and its speeds measured on a sample (embedding; a fine-tuning step with decoding and
+    augmentation), and the plan is text's (`plan_make`): `full` runs for as many epochs as fit in the budget
+    left, less the final evaluation's reserve, unless a kept parent head reads the backbone; `head` runs
+    when embedding every row fits and does not cost fine-tuning its second epoch. When neither fits, `head`
+    runs all the same (an image model has no cheaper candidate) and the plan says so (`over_budget`). The
+    candidates record each step's time and validation score, or why it was skipped.
+    """
+    started = time.monotonic()
+    search = _Search(
+        specs=specs,
+        fit=fit,
+        valid=valid,
+        test_rows=test_rows,
+        options=options,
+        parents=parents,
+        cache=cache,
+        on_progress=on_progress,
+        should_cancel=should_cancel,
+        started=started,
+        deadline=deadline if deadline is not None else started + options.time_budget_s,
+        tune_max_tokens=False,
+    )
+    cancel_check(should_cancel)
+    encoder: ImageEncoder = encoder_load()
+    if encoder.device.type == "cuda":
+        search.options = dataclasses.replace(options, batch_size=max(options.batch_size, GPU_BATCH_SIZE))
+    texts = fit.texts + valid.texts
+    embed = _embed_speed(encoder, texts, max_tokens=options.max_tokens, cache=cache)  # type: ignore[arg-type]
+    # Measuring a fine-tuning step takes a few seconds on a CPU: not when the budget is already spent.
+    spent = time.monotonic() >= search.deadline
+    finetune = (
+        image_finetune_speed(encoder, specs=specs, fit=fit, options=search.options)
+        if allow_full and not spent
+        else 0.0
+    )
+    plan = plan_make(
+        speeds=Speeds(tfidf=0.0, embed=embed, finetune=finetune),
+        fit_rows=len(fit),
+        valid_rows=len(valid),
+        test_rows=test_rows,
+        embed_rows=len(encoder.missing(texts, max_tokens=options.max_tokens, cache=cache)),
+        remaining=search.deadline - time.monotonic(),
+        max_epochs=options.max_epochs,
+        allow_full=allow_full and not spent,
+    )
+    if allow_full and spent:
+        plan.skipped["full"] = "the time budget was spent loading the backbone and measuring its speed"
+    search.reserve = plan.estimates["reserve"]
+    plan_record: dict[str, Any] = {"budget_s": round(search.deadline - started, 1), **plan.to_dict()}
+    over_budget = not plan.head and plan.full_epochs < 1
+    if over_budget:
+        plan_record["head"] = True
+        plan_record["over_budget"] = (
+            f"head runs although {plan.skipped['head']}: an image model has no cheaper candidate"
+        )
+    for name, reason in plan.skipped.items():
+        if not (over_budget and name == "head"):
+            search.skip(name, reason)
+    head = None
+    phase = started  # the first candidate's time includes loading the backbone and measuring its speed
+    if plan.head or over_budget:
+        head = _head_run(search, encoder, started=phase)
+        phase = time.monotonic()
+    best = _full_run(search, encoder, head=head, epochs=plan.full_epochs, started=phase)
+    assert best is not None
+    return AutoOutcome(
+        heads=best.heads,
+        tfidf=None,
+        selected=best.name,
+        candidates=search.candidates,
+        history=search.history,
+        best_epoch=best.tracker.best_epoch,
+        encoder_fine_tuned=best.name == "full",
+        plan=plan_record,
+    )
+
+
 def _tfidf_refit(
     search: _Search, *, tfidf: _Tfidf, heads: list[HeadModel]
 ) -> tuple[TfidfFeatures, list[HeadModel]]:
@@ -558,7 +659,7 @@ def _encoder_plan(
     return encoder, plan
 
 
-def _head_run(search: _Search, encoder: Encoder, *, started: float) -> _EncoderCandidate:
+def _head_run(search: _Search, encoder: Encoder | ImageEncoder, *, started: float) -> _EncoderCandidate:
     """Linear heads on the frozen encoder's embeddings."""
     options = search.options
     fit_embeddings = encoder.embed(search.fit.texts, max_tokens=options.max_tokens, cache=search.cache)
@@ -601,14 +702,21 @@ def _head_metrics(search: _Search, probabilities: dict[str, np.ndarray]) -> dict
 
 
 def _full_run(
-    search: _Search, encoder: Encoder, *, head: _EncoderCandidate | None, epochs: int, started: float
+    search: _Search,
+    encoder: Encoder | ImageEncoder,
+    *,
+    head: _EncoderCandidate | None,
+    epochs: int,
+    started: float,
 ) -> _EncoderCandidate | None:
     """Fine-tuning for the planned epochs; the better of it and `head` (the encoder's weights are put back
     when `head` stays the better one)."""
     if epochs < 1:
         return head
     frozen_state = copy.deepcopy(encoder.model.state_dict()) if head is not None else None
-    heads, tracker = encoder_finetune(
+    was_fine_tuned = getattr(encoder, "fine_tuned", False)
+    finetune: Any = image_encoder_finetune if isinstance(encoder, ImageEncoder) else encoder_finetune
+    heads, tracker = finetune(
         encoder=encoder,
         specs=search.specs,
         fit=search.fit,
@@ -639,7 +747,7 @@ def _full_run(
             "best_epoch": tracker.best_epoch,
             "epochs": len(tracker.history),
             "planned_epochs": epochs,
-            "max_tokens": search.options.max_tokens,
+            **({} if isinstance(encoder, ImageEncoder) else {"max_tokens": search.options.max_tokens}),
             "batch_size": search.options.batch_size,
         }
     )
@@ -648,6 +756,8 @@ def _full_run(
     assert frozen_state is not None
     encoder.model.load_state_dict(frozen_state)
     encoder.weights_changed()
+    if isinstance(encoder, ImageEncoder):
+        encoder.fine_tuned = was_fine_tuned
     return head
 
 

@@ -239,6 +239,8 @@ class ImageEncoder:
         self.builtin = builtin
         self.hf_source = hf_source
         self.pooling = "image"
+        # Set by `full` (`arbiter.ml.image_finetune`): the backbone's weights are no longer the base's.
+        self.fine_tuned = False
         self._fingerprint: str | None = None
         self._nsfw: OpenNsfw | None = None
 
@@ -264,6 +266,7 @@ class ImageEncoder:
                 )
             else:
                 encoder = cls._huggingface(str(folder / "hf"), base=saved["base_model"], device=target)
+            encoder.fine_tuned = bool(saved.get("fine_tuned", False))
             return encoder.to_device()
         lowered = name.strip().lower()
         if lowered in _LITE0_NAMES or lowered == VISION_MODERATION:
@@ -407,6 +410,7 @@ class ImageEncoder:
                     "family": self.family,
                     "dim": self.dim,
                     "builtin": list(self.builtin),
+                    "fine_tuned": self.fine_tuned,
                 },
                 indent=2,
             )

@@ -20,13 +20,14 @@ from arbiter.ml.artifacts import (
     artifact_load,
     artifact_write_model,
 )
-from arbiter.ml.automl import automl_search
+from arbiter.ml.automl import automl_search, image_automl_search
 from arbiter.ml.data import LabelledRows, rows_check_trainable, rows_parse, rows_split
 from arbiter.ml.encoders import DEFAULT_BASE_MODEL, EmbeddingCache, Encoder
 from arbiter.ml.errors import ArtifactError, BaseModelError, MLError
 from arbiter.ml.finetune import encoder_finetune
 from arbiter.ml.heads import CancelCheck, EpochProgress, ProgressCallback, cancel_check, heads_train_frozen
 from arbiter.ml.image_encoders import ImageEncoder, builtin_heads, image_encoder_add_onnx, is_image_base
+from arbiter.ml.image_finetune import image_encoder_finetune
 from arbiter.ml.metrics import model_evaluate, selection_score, threshold_for_precision
 from arbiter.ml.model import ENCODER, ClassifierModel, EncoderInfo, HeadModel, LinearComponent
 from arbiter.ml.onnx_export import artifact_add_onnx
@@ -213,6 +214,7 @@ def train_from_snapshot(
         should_cancel=should_cancel,
         deadline=deadline,
         test_rows=len(data.test),
+        image=is_image_base(update.source),
     )
     cancel_check(should_cancel)
     if trained.max_tokens is not None and trained.max_tokens != options.max_tokens:
@@ -330,23 +332,17 @@ def _update_plan(
     kept_need_encoder = any(head.uses(ENCODER) for head in kept)
     base_name, source = _encoder_source(base_model=base_model, parent=parent)
     warnings = []
-    if is_image_base(source):
-        # Image bases train heads on cached embeddings; TF-IDF candidates mean nothing for images.
-        if options.strategy == "full":
-            raise MLError(
-                "Fine-tuning ('full') is available for text base models; an image model trains its heads on "
-                "the base's embeddings: use the 'head' or 'auto' strategy."
-            )
-        if options.strategy == "auto":
-            options = dataclasses.replace(options, strategy="head")
-        if parent is None:
-            # The base's built-in heads (vision-moderation: nsfw) are kept unless the snapshot retrains them.
-            kept = kept + [head for head in builtin_heads(base_name) if head.spec.name not in new_names]
+    image = is_image_base(source)
+    if image and parent is None:
+        # The base's built-in heads (vision-moderation: nsfw) are kept unless the snapshot retrains them. They
+        # read the Open-NSFW network's outputs, not the backbone: fine-tuning leaves them as they are.
+        kept = kept + [head for head in builtin_heads(base_name) if head.spec.name not in new_names]
     if kept_need_encoder:
         assert parent is not None
         if options.strategy == "full":
+            encoder = "image backbone" if image else "encoder"
             raise MLError(
-                "Fine-tuning ('full') would change the encoder that the kept heads "
+                f"Fine-tuning ('full') would change the {encoder} that the kept heads "
                 f"{[head.spec.name for head in kept if head.uses(ENCODER)]} rely on. Include those heads in "
                 "the training data, or use the 'head' or 'auto' strategy.",
             )
@@ -374,7 +370,8 @@ class _EncoderLoader:
     def __call__(self) -> Encoder:
         if self.encoder is None:
             if is_image_base(self.source):
-                # Same duck-typed surface as `Encoder` for the `head` strategy: embed, fingerprint, save.
+                # Same duck-typed surface as `Encoder` (embed, fingerprint, save); `full` and `auto` go to
+                # `image_encoder_finetune` and `image_automl_search`.
                 self.encoder = ImageEncoder.load(self.source, device=self.device)  # type: ignore[assignment]
             else:
                 self.encoder = Encoder.load(self.source, device=self.device)
@@ -530,7 +527,33 @@ def _train(
     should_cancel: CancelCheck | None,
     deadline: float,
     test_rows: int,
+    image: bool,
 ) -> _Trained:
+    if options.strategy == "auto" and image:
+        outcome = image_automl_search(
+            specs=specs,
+            fit=fit,
+            valid=valid,
+            options=options,
+            encoder_load=encoder_load,
+            parents=inits,
+            allow_full=allow_full,
+            cache=cache,
+            on_progress=on_progress,
+            should_cancel=should_cancel,
+            deadline=deadline,
+            test_rows=test_rows,
+        )
+        return _Trained(
+            heads=outcome.heads,
+            tfidf={},
+            selected=outcome.selected,
+            history=outcome.history,
+            candidates=outcome.candidates,
+            best_epoch=outcome.best_epoch,
+            fine_tuned=outcome.encoder_fine_tuned,
+            plan=outcome.plan,
+        )
     if options.strategy == "auto":
         outcome, _ = automl_search(
             specs=specs,
@@ -552,7 +575,7 @@ def _train(
         used = {component.features for head in outcome.heads for component in head.components}
         return _Trained(
             heads=outcome.heads,
-            tfidf={tfidf_name: outcome.tfidf} if tfidf_name in used else {},
+            tfidf={tfidf_name: outcome.tfidf} if tfidf_name in used and outcome.tfidf is not None else {},
             selected=outcome.selected,
             history=outcome.history,
             candidates=outcome.candidates,
@@ -562,7 +585,19 @@ def _train(
             plan=outcome.plan,
         )
     encoder = encoder_load()
-    if options.strategy == "full":
+    if options.strategy == "full" and isinstance(encoder, ImageEncoder):
+        heads, tracker = image_encoder_finetune(
+            encoder=encoder,
+            specs=specs,
+            fit=fit,
+            valid=valid,
+            options=options,
+            parents=inits,
+            on_progress=on_progress,
+            should_cancel=should_cancel,
+            deadline=deadline,
+        )
+    elif options.strategy == "full":
         heads, tracker = encoder_finetune(
             encoder=encoder,
             specs=specs,
