@@ -8,6 +8,7 @@ announces it (`deployment.requested`, `deployment.live`, `deployment.failed`, `d
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import uuid
@@ -17,7 +18,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, connections, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -25,9 +26,11 @@ from arbiter.api.errors import ApiError
 from arbiter.entitlements import entitlements_check, quota_error
 from arbiter.events import publish
 from arbiter.groupcommit import GroupCommit
+from arbiter.llm.policy import is_policy_artifact
 from arbiter.ml.errors import ArtifactError, MLError
 from arbiter.ml.specs import HeadSpec
 from arbiter.storage import BlobNotFoundError
+from services.inference.cascade import CascadeOutcome, PolicyRef, cascade_apply, cascade_parse, cascade_routes
 from services.inference.compat import NativeResult
 from services.inference.conf import inference_settings
 from services.inference.models import (
@@ -43,6 +46,7 @@ from services.inference.models import (
 from services.inference.serving.artifacts import artifact_config_read
 from services.inference.serving.cache import LoadedModel, model_cache
 from services.inference.serving.fastpath import deployment_forget
+from services.inference.serving.policy import PolicyModel
 
 log = logging.getLogger(__name__)
 
@@ -121,18 +125,57 @@ def model_version_record(*, org_id: int, data: Mapping[str, Any]) -> ModelVersio
             },
         )
         for deployment in Deployment.objects.select_for_update().filter(
-            model_id=version.model_id, version=version.version, reason=WAITING_FOR_VERSION
+            Q(model_id=version.model_id, version=version.version)
+            | Q(policy_model_id=version.model_id, policy_version=version.version),
+            reason=WAITING_FOR_VERSION,
         ):
-            _deployment_resume(deployment, version)
+            _deployment_resume(deployment)
     return version
 
 
-def _deployment_resume(deployment: Deployment, version: ModelVersion) -> None:
-    deployment.artifact = version.artifact
-    deployment.model_name = version.model_name
-    deployment.reason = deployment.message = ""
-    deployment.save(update_fields=["artifact", "model_name", "reason", "message"])
-    _deployment_request(deployment)
+def _known_version(deployment: Deployment, model_id: int, number: int) -> ModelVersion | None:
+    return (
+        ModelVersion.objects.unscoped()
+        .filter(org_id=deployment.org_id, model_id=model_id, version=number)
+        .first()
+    )
+
+
+def _awaited(deployment: Deployment) -> list[str]:
+    """What a deployment still waits for: its trained version, a cascade's policy version (as sentences)."""
+    awaited = []
+    if not deployment.artifact:
+        awaited.append(f"version {deployment.version} of model {deployment.model_id}")
+    if deployment.is_cascade and not deployment.policy_artifact:
+        awaited.append(f"version {deployment.policy_version} of policy {deployment.policy_model_id}")
+    return awaited
+
+
+def _waiting_message(awaited: Sequence[str]) -> str:
+    when = "they do" if len(awaited) > 1 else "it does"
+    return f"Waiting for {' and '.join(awaited)} to reach the inference service; it loads when {when}."
+
+
+def _deployment_resume(deployment: Deployment) -> bool:
+    """Fill in the versions that reached this service; ask for the load once none is awaited (True)."""
+    trained = _known_version(deployment, deployment.model_id, deployment.version)
+    if trained is not None:
+        deployment.artifact = trained.artifact
+        deployment.model_name = trained.model_name
+    if deployment.is_cascade and deployment.policy_version is not None:
+        policy = _known_version(deployment, int(deployment.policy_model_id or 0), deployment.policy_version)
+        if policy is not None:
+            deployment.policy_artifact = policy.artifact
+    awaited = _awaited(deployment)
+    message = _waiting_message(awaited) if awaited else ""
+    if awaited and message == deployment.message:
+        return False  # nothing new arrived
+    deployment.reason = WAITING_FOR_VERSION if awaited else ""
+    deployment.message = message
+    deployment.save(update_fields=["artifact", "model_name", "policy_artifact", "reason", "message"])
+    if not awaited:
+        _deployment_request(deployment)
+    return not awaited
 
 
 def deployments_waiting_resume() -> int:
@@ -148,13 +191,7 @@ def deployments_waiting_resume() -> int:
             .filter(reason=WAITING_FOR_VERSION, status=DeploymentStatus.PENDING)
         )
         for deployment in waiting:
-            version = (
-                ModelVersion.objects.unscoped()
-                .filter(org_id=deployment.org_id, model_id=deployment.model_id, version=deployment.version)
-                .first()
-            )
-            if version is not None:
-                _deployment_resume(deployment, version)
+            if _deployment_resume(deployment):
                 resumed += 1
     return resumed
 
@@ -184,21 +221,28 @@ def deployments_waiting_expire(*, older_than: timedelta) -> int:
             )
         )
         for deployment in stale:
+            awaited = _awaited(deployment) or [f"version {deployment.version} of model {deployment.model_id}"]
+            never = " and ".join(awaited)
             _deployment_fail(
                 deployment,
                 reason="version_not_found",
-                message=f"Version {deployment.version} of model {deployment.model_id} never reached the inference "
-                "service as a trained version. Check the model and version, and that the event relay and "
-                "consumers are running, then deploy again.",
+                message=f"{never[0].upper()}{never[1:]} never reached the inference service as a version of this "
+                "org. Check the model and version, and that the event relay and consumers are running, then deploy "
+                "again.",
             )
             expired += 1
     return expired
 
 
+def _is_id(value: str) -> bool:
+    """Whether a model named by a string names it by id (ASCII digits: "²" is a digit Python cannot int())."""
+    return value.isascii() and value.isdigit()
+
+
 def version_resolve(*, model: int | str, version: int | None) -> ModelVersion:
     """A trained version of a model named by id or name; the newest one when `version` is None."""
     versions = ModelVersion.objects.all()
-    if isinstance(model, int) or str(model).isdigit():
+    if isinstance(model, int) or _is_id(str(model)):
         versions = versions.filter(model_id=int(model))
         named = f"Model {model}"
     else:
@@ -298,9 +342,44 @@ def _version_or_awaited(*, model: int | str, version: int | None) -> ModelVersio
     try:
         return version_resolve(model=model, version=version)
     except ApiError:
-        if version is None or not (isinstance(model, int) or str(model).isdigit()):
+        if version is None or not (isinstance(model, int) or _is_id(str(model))):
             raise
         return ModelVersion(model_id=int(model), version=int(version), model_name="", artifact="", heads=[])
+
+
+def _policy_or_awaited(*, org_id: int, ref: PolicyRef) -> ModelVersion:
+    """The policy version a cascade names, of this org; an unsaved stand-in when it names a policy by id and a
+    version this service has not heard of yet (its `training.completed` is on its way)."""
+    field = "cascade.policy.model"
+    if isinstance(ref.model, int) and (
+        ModelVersion.objects.unscoped().filter(model_id=ref.model).exclude(org_id=org_id).exists()
+    ):
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message=f"{field}: model {ref.model} is not a policy of this org.",
+            details={field: ["Not a policy of this org."]},
+        )
+    try:
+        policy = version_resolve(model=ref.model, version=ref.version)
+    except ApiError as error:
+        if ref.version is None or not isinstance(ref.model, int):
+            raise ApiError(
+                status=400,
+                code="invalid",
+                message=f"{field}: {error.message}",
+                details={field: [error.message]},
+            ) from None
+        return ModelVersion(model_id=ref.model, version=ref.version, model_name="", artifact="", heads=[])
+    if not is_policy_artifact(policy.artifact):
+        raise ApiError(
+            status=400,
+            code="invalid",
+            message=f"{field}: model {policy.model_id} is a trained model, not a policy; name a model of type "
+            "policy (POST .../policies) to decide the inputs inside the band.",
+            details={field: ["Not a policy."]},
+        )
+    return policy
 
 
 def _deployment_request(deployment: Deployment) -> None:
@@ -330,11 +409,13 @@ def deployment_create(
     log_requests: bool = False,
     log_retention_days: int | None = None,
     idempotency_key: str = "",
+    cascade: Any = None,
 ) -> tuple[Deployment, bool]:
     """Create a deployment of a trained version and ask for it to be loaded (`deployment.requested`).
 
-    Returns the deployment and whether it was created: a retry carrying the `idempotency_key` of an
-    earlier create returns that deployment and does nothing else.
+    `cascade` pairs it with a policy version that decides the inputs inside an uncertainty band
+    (`services.inference.cascade`). Returns the deployment and whether it was created: a retry carrying the
+    `idempotency_key` of an earlier create returns that deployment and does nothing else.
     """
     if idempotency_key:
         earlier = Deployment.objects.filter(idempotency_key=idempotency_key).first()
@@ -349,11 +430,33 @@ def deployment_create(
             message=f"log_retention_days: keep logs from 1 to {settings.max_log_retention_days} days.",
             details={"log_retention_days": ["Out of range."]},
         )
+    parsed = cascade_parse(cascade)
     with transaction.atomic(using=ALIAS):
         trained = _version_or_awaited(model=model, version=version)
         # Heads unknown yet (the version is still on its way, or its artifact was unreadable when it was
         # recorded): checked at load.
         clean_thresholds = thresholds_validate(thresholds, trained.heads or None)
+        policy: ModelVersion | None = None
+        clean_cascade: dict[str, Any] = {}
+        if parsed is not None:
+            ref, clean_cascade = parsed
+            policy = _policy_or_awaited(org_id=org_id, ref=ref)
+            if trained.pk is not None and is_policy_artifact(trained.artifact):
+                raise ApiError(
+                    status=400,
+                    code="invalid",
+                    message=f"cascade: model {trained.model_id} is itself a policy; a cascade pairs a trained "
+                    "model with a policy.",
+                    details={"cascade": ["The deployed model is a policy."]},
+                )
+            cascade_routes(
+                clean_cascade,
+                trained.heads or None,
+                [str(head["name"]) for head in policy.heads] if policy.heads else None,
+            )
+        awaited = [] if trained.pk is not None else [f"version {trained.version} of model {trained.model_id}"]
+        if policy is not None and policy.pk is None:
+            awaited.append(f"version {policy.version} of policy {policy.model_id}")
         if name:
             _check_name(name)
             if Deployment.objects.filter(name=name, status__in=ACTIVE_STATUSES).exists():
@@ -372,12 +475,13 @@ def deployment_create(
                     version=trained.version,
                     model_name=trained.model_name,
                     artifact=trained.artifact,
-                    reason=WAITING_FOR_VERSION if trained.pk is None else "",
-                    message=f"Waiting for version {trained.version} of model {trained.model_id} to reach the "
-                    "inference service; it loads when it does."
-                    if trained.pk is None
-                    else "",
+                    reason=WAITING_FOR_VERSION if awaited else "",
+                    message=_waiting_message(awaited) if awaited else "",
                     thresholds=clean_thresholds,
+                    policy_model_id=policy.model_id if policy is not None else None,
+                    policy_version=policy.version if policy is not None else None,
+                    policy_artifact=policy.artifact if policy is not None else "",
+                    cascade=clean_cascade,
                     log_requests=bool(log_requests),
                     log_retention_days=retention,
                     created_by=actor,
@@ -396,7 +500,7 @@ def deployment_create(
                 code="name_taken",
                 message="Another deployment took that name meanwhile; choose another name.",
             ) from None
-        if trained.pk is not None:
+        if not awaited:
             _deployment_request(deployment)
     return deployment, True
 
@@ -421,12 +525,14 @@ def _deployment_fail(deployment: Deployment, *, reason: str, message: str) -> No
     log.warning("deployment failed: %s", message, extra={"deployment_id": deployment.pk, "reason": reason})
 
 
-def _load_for(deployment: Deployment) -> LoadedModel | tuple[str, str]:
-    """The loaded model, or `(reason, message)` saying why it cannot be served."""
+def _load_for(deployment: Deployment, artifact: str | None = None) -> LoadedModel | tuple[str, str]:
+    """The loaded model (the deployment's, or `artifact`), or `(reason, message)` saying why it cannot be
+    served."""
+    artifact = artifact or deployment.artifact
     try:
-        return model_cache().get(deployment.artifact)
+        return model_cache().get(artifact)
     except BlobNotFoundError:
-        return "artifact_missing", f"The model artifact '{deployment.artifact}' is not in the blob store."
+        return "artifact_missing", f"The model artifact '{artifact}' is not in the blob store."
     except MLError as error:
         return error.code, error.message
     except Exception as error:
@@ -454,6 +560,12 @@ def deployment_load(*, deployment_id: int) -> Deployment | None:
         except ApiError as error:
             _deployment_fail(deployment, reason="invalid_thresholds", message=error.message)
             return deployment
+        if deployment.is_cascade:
+            refused = _cascade_check(deployment, loaded)
+            if refused is not None:
+                reason, message = refused
+                _deployment_fail(deployment, reason=reason, message=message)
+                return deployment
         _version_complete(deployment, loaded)
         deployment.status = DeploymentStatus.LIVE
         deployment.runtime = loaded.runtime
@@ -474,6 +586,36 @@ def deployment_load(*, deployment_id: int) -> Deployment | None:
             },
         )
     return deployment
+
+
+def _cascade_check(deployment: Deployment, loaded: LoadedModel) -> tuple[str, str] | None:
+    """Why a cascade cannot be served with its loaded trained model and policy, or None: the policy is a policy
+    of the deployment's org, the trained model classifies texts, and every handed-over category exists."""
+    if isinstance(loaded, PolicyModel):
+        return "invalid_cascade", (
+            f"cascade: model {deployment.model_id} is itself a policy; a cascade pairs a trained model with a policy."
+        )
+    if loaded.input_kind != "text":
+        return (
+            "invalid_cascade",
+            "cascade: the policy decides texts; an image model cannot hand inputs to it.",
+        )
+    policy = _load_for(deployment, deployment.policy_artifact)
+    if isinstance(policy, tuple):
+        return policy
+    if not isinstance(policy, PolicyModel) or policy.org_id != deployment.org_id:
+        return "invalid_cascade", (
+            f"cascade.policy.model: model {deployment.policy_model_id} is not a policy of this org."
+        )
+    try:
+        cascade_routes(
+            deployment.cascade,
+            [head.spec.to_dict() for head in loaded.heads],
+            list(policy.document.category_names),
+        )
+    except ApiError as error:
+        return "invalid_cascade", error.message
+    return None
 
 
 def _version_complete(deployment: Deployment, loaded: LoadedModel) -> None:
@@ -508,15 +650,17 @@ def deployment_stop(*, deployment: Deployment, reason: str = "stopped by user") 
                 "reason": reason,
             },
         )
-        artifact = locked.artifact
-        transaction.on_commit(lambda: _unload_if_unused(artifact), using=ALIAS)
+        for artifact in (locked.artifact, locked.policy_artifact):
+            if artifact:
+                transaction.on_commit(functools.partial(_unload_if_unused, artifact), using=ALIAS)
     deployment_forget(locked.pk)
     return locked
 
 
 def _unload_if_unused(artifact: str) -> None:
     # Playground queries may still want it; they reload on demand, as after any eviction.
-    if not Deployment.objects.unscoped().filter(artifact=artifact, status=DeploymentStatus.LIVE).exists():
+    live = Deployment.objects.unscoped().filter(status=DeploymentStatus.LIVE)
+    if not live.filter(Q(artifact=artifact) | Q(policy_artifact=artifact)).exists():
         model_cache().unload(artifact)
 
 
@@ -618,6 +762,8 @@ def deployment_classify(
     )
     loaded = loaded_or_unavailable(deployment.artifact)
     results = loaded.classify(texts, deployment.thresholds)
+    heads = [head.spec for head in loaded.heads]
+    outcome = _cascade(deployment, texts, results, heads) if deployment.is_cascade else None
     usage_record(
         meter=Meter.CLASSIFICATION,
         caller=caller,
@@ -627,8 +773,28 @@ def deployment_classify(
         version=deployment.version,
         deployment=deployment,
         logged=list(zip(texts, results, strict=True)) if deployment.log_requests else None,
+        cascade=outcome,
     )
-    return Classification(results=results, heads=[head.spec for head in loaded.heads])
+    return Classification(results=results, heads=heads)
+
+
+def _cascade(
+    deployment: Deployment, texts: Sequence[str], results: list[NativeResult], heads: list[HeadSpec]
+) -> CascadeOutcome:
+    """Hand the inputs the trained model is unsure of to the deployment's policy (see `cascade`)."""
+    policy = loaded_or_unavailable(deployment.policy_artifact)
+    if not isinstance(policy, PolicyModel):  # checked at load; the artifact cannot have changed since
+        raise ApiError(
+            status=503, code="model_unavailable", message="The cascade's policy could not be loaded."
+        )
+    return cascade_apply(
+        results,
+        texts=texts,
+        routes=cascade_routes(deployment.cascade, [spec.to_dict() for spec in heads], None),
+        band=deployment.cascade["band"],
+        heads=heads,
+        policy=policy,
+    )
 
 
 def classify_answer(*, deployment: Deployment, classification: Classification) -> dict[str, Any]:
@@ -724,6 +890,8 @@ class UsageItem:
     user_id: int | None
     at: datetime
     logged: tuple[tuple[str, NativeResult], ...] = ()
+    # A cascade deployment's call: how many inputs went to its policy and what their LLM calls cost.
+    cascade: CascadeOutcome | None = None
 
 
 def usage_record(
@@ -736,9 +904,11 @@ def usage_record(
     version: int,
     deployment: Deployment | None,
     logged: list[tuple[str, NativeResult]] | None,
+    cascade: CascadeOutcome | None = None,
 ) -> None:
-    """Count a call in the day's usage, log its inputs if asked and publish `usage.recorded`; return once that
-    is committed, so that a call answered 200 is counted even if the process dies right after.
+    """Count a call in the day's usage (with a cascade's share sent to its policy and the LLM cost), log its
+    inputs if asked and publish `usage.recorded`; return once that is committed, so that a call answered 200 is
+    counted even if the process dies right after.
 
     Inside a transaction (the playground's) it is written there. Otherwise concurrent calls of this process
     share one transaction (`arbiter.groupcommit`): a lone call writes at once, and under load a commit carries
@@ -756,6 +926,7 @@ def usage_record(
         user_id=caller.user_id,
         at=timezone.now(),
         logged=tuple(logged or ()),
+        cascade=cascade,
     )
     if transaction.get_connection(ALIAS).in_atomic_block:
         usage_write([item])
@@ -765,43 +936,77 @@ def usage_record(
 
 # One statement per day row, whether it exists or not (PostgreSQL and SQLite alike): the ORM's UPDATE, then
 # INSERT in a savepoint when nothing matched, cost several times more per call.
+_USAGE_COUNTS = (
+    "requests",
+    "units",
+    "policy_requests",
+    "policy_units",
+    "llm_calls",
+    "llm_prompt_tokens",
+    "llm_completion_tokens",
+)
 _USAGE_UPSERT = (
-    "INSERT INTO inference_usageday (org_id, day, meter, deployment_id, model_id, version, requests, units) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+    "INSERT INTO inference_usageday (org_id, day, meter, deployment_id, model_id, version, requests, units, "
+    "policy_requests, policy_units, llm_calls, llm_prompt_tokens, llm_completion_tokens) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (org_id, day, meter, deployment_id, model_id, version) DO UPDATE SET "
     "requests = inference_usageday.requests + EXCLUDED.requests, "
-    "units = inference_usageday.units + EXCLUDED.units"
+    "units = inference_usageday.units + EXCLUDED.units, "
+    "policy_requests = inference_usageday.policy_requests + EXCLUDED.policy_requests, "
+    "policy_units = inference_usageday.policy_units + EXCLUDED.policy_units, "
+    "llm_calls = inference_usageday.llm_calls + EXCLUDED.llm_calls, "
+    "llm_prompt_tokens = inference_usageday.llm_prompt_tokens + EXCLUDED.llm_prompt_tokens, "
+    "llm_completion_tokens = inference_usageday.llm_completion_tokens + EXCLUDED.llm_completion_tokens"
 )
+
+
+def _counts(item: UsageItem) -> list[int]:
+    """An item's contribution to its day row, in `_USAGE_COUNTS` order."""
+    cascade = item.cascade
+    if cascade is None:
+        return [1, item.units, 0, 0, 0, 0, 0]
+    return [
+        1,
+        item.units,
+        1 if cascade.policy_inputs else 0,
+        cascade.policy_inputs,
+        cascade.cost.calls,
+        cascade.cost.prompt_tokens,
+        cascade.cost.completion_tokens,
+    ]
 
 
 def usage_write(items: Sequence[UsageItem]) -> None:
     """Record calls' usage in one transaction: one UPDATE per day row they touch (in a fixed order, so that
     processes writing the same rows cannot deadlock), their request-log rows, and one `usage.recorded` per
-    org, deployment, key and endpoint carrying how many calls and units."""
+    org, deployment, key and endpoint carrying how many calls and units (and, for a cascade deployment, how
+    many inputs went to its policy and the LLM calls and tokens they cost)."""
     days: dict[tuple[int, date, str, int, int, int], list[int]] = {}
     announced: dict[tuple[int, str, int, int, int, int | None, int | None, str], list[int]] = {}
+    cascades: set[tuple[int, str, int, int, int, int | None, int | None, str]] = set()
     entries: list[RequestLogEntry] = []
     for item in items:
+        counts = _counts(item)
         day = days.setdefault(
-            (item.org_id, item.at.date(), item.meter, item.deployment_id, item.model_id, item.version), [0, 0]
+            (item.org_id, item.at.date(), item.meter, item.deployment_id, item.model_id, item.version),
+            [0] * len(_USAGE_COUNTS),
         )
-        day[0] += 1
-        day[1] += item.units
-        event = announced.setdefault(
-            (
-                item.org_id,
-                item.meter,
-                item.deployment_id,
-                item.model_id,
-                item.version,
-                item.api_key_id,
-                item.user_id,
-                item.endpoint,
-            ),
-            [0, 0],
+        key = (
+            item.org_id,
+            item.meter,
+            item.deployment_id,
+            item.model_id,
+            item.version,
+            item.api_key_id,
+            item.user_id,
+            item.endpoint,
         )
-        event[0] += 1
-        event[1] += item.units
+        event = announced.setdefault(key, [0] * len(_USAGE_COUNTS))
+        for i, value in enumerate(counts):
+            day[i] += value
+            event[i] += value
+        if item.cascade is not None:
+            cascades.add(key)
         entries.extend(
             RequestLogEntry(
                 org_id=item.org_id,
@@ -810,10 +1015,7 @@ def usage_write(items: Sequence[UsageItem]) -> None:
                 endpoint=item.endpoint,
                 api_key_id=item.api_key_id,
                 text=text,
-                prediction={
-                    head: {"labels": value["labels"], "flagged": value["flagged"]}
-                    for head, value in result.items()
-                },
+                prediction={head: _logged(value) for head, value in result.items()},
             )
             for text, result in item.logged
         )
@@ -822,26 +1024,37 @@ def usage_write(items: Sequence[UsageItem]) -> None:
             cursor.executemany(_USAGE_UPSERT, [(*key, *counts) for key, counts in sorted(days.items())])
         if entries:
             RequestLogEntry.objects.unscoped().bulk_create(entries)
-        for (org_id, meter, deployment_id, model_id, version, api_key_id, user_id, endpoint), (
-            requests,
-            units,
-        ) in announced.items():
+        for key, counts in announced.items():
+            org_id, meter, deployment_id, model_id, version, api_key_id, user_id, endpoint = key
+            data: dict[str, Any] = {
+                "meter": meter,
+                "units": counts[1],
+                "requests": counts[0],
+                "deployment_id": deployment_id or None,
+                "model_id": model_id,
+                "version": version,
+                "api_key_id": api_key_id,
+                "user_id": user_id,
+                "endpoint": endpoint,
+            }
+            if key in cascades:
+                data["cascade"] = dict(zip(_USAGE_COUNTS[2:], counts[2:], strict=True))
             publish(
                 type="usage.recorded",
                 org_id=org_id,
                 subject=f"deployments/{deployment_id}" if deployment_id else f"models/{model_id}",
-                data={
-                    "meter": meter,
-                    "units": units,
-                    "requests": requests,
-                    "deployment_id": deployment_id or None,
-                    "model_id": model_id,
-                    "version": version,
-                    "api_key_id": api_key_id,
-                    "user_id": user_id,
-                    "endpoint": endpoint,
-                },
+                data=data,
             )
+
+
+def _logged(value: Mapping[str, Any]) -> dict[str, Any]:
+    """What the request log keeps of a head's answer: its labels and flag, and who decided in a cascade."""
+    logged = {"labels": value["labels"], "flagged": value["flagged"]}
+    if "decided_by" in value:
+        logged["decided_by"] = value["decided_by"]
+        if value.get("reason"):
+            logged["reason"] = value["reason"]
+    return logged
 
 
 _usage_group: GroupCommit[UsageItem] = GroupCommit(usage_write)

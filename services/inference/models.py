@@ -78,6 +78,17 @@ class Deployment(OrgScopedModel):
     created_at = models.DateTimeField(default=timezone.now)
     live_at = models.DateTimeField(null=True, blank=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    # A cascade (`services.inference.cascade`): the policy version that decides the inputs the trained model is
+    # unsure of. `policy_artifact` is empty while that version has not reached this service.
+    policy_model_id = models.BigIntegerField(null=True, blank=True)
+    policy_version = models.PositiveIntegerField(null=True, blank=True)
+    policy_artifact = models.CharField(max_length=500, blank=True, default="")
+    # {"band": [low, high], "heads": {<trained category>: <policy category>}}; {} without a policy.
+    cascade = models.JSONField(default=dict, blank=True)
+
+    @property
+    def is_cascade(self) -> bool:
+        return self.policy_model_id is not None
 
     class Meta:
         constraints = [
@@ -156,6 +167,13 @@ class UsageDay(OrgScopedModel):
     version = models.PositiveIntegerField()
     requests = models.PositiveBigIntegerField(default=0)
     units = models.PositiveBigIntegerField(default=0)
+    # A cascade deployment's share sent to its policy: the requests with an input the trained model was unsure
+    # of, those inputs, and the LLM calls and tokens their decisions cost (decisions already cached cost none).
+    policy_requests = models.PositiveBigIntegerField(default=0)
+    policy_units = models.PositiveBigIntegerField(default=0)
+    llm_calls = models.PositiveBigIntegerField(default=0)
+    llm_prompt_tokens = models.PositiveBigIntegerField(default=0)
+    llm_completion_tokens = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         constraints = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date, datetime
+from typing import Any
 
 from django.db.models import Count, QuerySet, Sum
 
@@ -12,6 +13,7 @@ from services.inference.models import (
     ACTIVE_STATUSES,
     Deployment,
     DeploymentStatus,
+    Meter,
     ModelVersion,
     PolicyDecision,
     RequestLogEntry,
@@ -84,6 +86,35 @@ def policy_llm_usage(*, start: date, end: date) -> dict[str, int]:
         completion_tokens=Sum("completion_tokens"),
     )
     return {key: int(value or 0) for key, value in totals.items()}
+
+
+def cascade_usage(*, deployment_id: int) -> dict[str, Any]:
+    """A cascade deployment's classify calls and inputs since it was created: how many the trained model decided
+    alone, how many went to its policy, and the LLM calls and tokens the policy's decisions cost."""
+    totals = {
+        key: int(value or 0)
+        for key, value in UsageDay.objects.filter(deployment_id=deployment_id, meter=Meter.CLASSIFICATION)
+        .aggregate(
+            requests=Sum("requests"),
+            inputs=Sum("units"),
+            policy_requests=Sum("policy_requests"),
+            policy_inputs=Sum("policy_units"),
+            calls=Sum("llm_calls"),
+            prompt_tokens=Sum("llm_prompt_tokens"),
+            completion_tokens=Sum("llm_completion_tokens"),
+        )
+        .items()
+    }
+    return {
+        "requests": totals["requests"],
+        "inputs": totals["inputs"],
+        "model_requests": totals["requests"] - totals["policy_requests"],
+        "policy_requests": totals["policy_requests"],
+        "model_inputs": totals["inputs"] - totals["policy_inputs"],
+        "policy_inputs": totals["policy_inputs"],
+        "policy_share": round(totals["policy_inputs"] / totals["inputs"], 4) if totals["inputs"] else None,
+        "llm": {key: totals[key] for key in ("calls", "prompt_tokens", "completion_tokens")},
+    }
 
 
 def request_log_entries(

@@ -1,15 +1,59 @@
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 from arbiter.api.fields import IdField
+from services.inference import selectors
 from services.inference.models import Deployment, DeploymentStatus, RequestLogEntry
+
+
+class CascadePolicySerializer(serializers.Serializer):
+    model = serializers.IntegerField(help_text="The policy model's id.")
+    version = serializers.IntegerField()
+
+
+class CascadeLlmSerializer(serializers.Serializer):
+    calls = serializers.IntegerField(
+        help_text="LLM calls the policy's decisions cost (cached decisions cost none)"
+    )
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+
+
+class CascadeUsageSerializer(serializers.Serializer):
+    requests = serializers.IntegerField(help_text="classify calls since the deployment was created")
+    inputs = serializers.IntegerField(help_text="inputs classified")
+    model_requests = serializers.IntegerField(help_text="calls the trained model answered alone")
+    policy_requests = serializers.IntegerField(help_text="calls with at least one input sent to the policy")
+    model_inputs = serializers.IntegerField(help_text="inputs the trained model decided")
+    policy_inputs = serializers.IntegerField(help_text="inputs sent to the policy")
+    policy_share = serializers.FloatField(
+        allow_null=True, help_text="policy_inputs / inputs; null before any"
+    )
+    llm = CascadeLlmSerializer()
+
+
+class CascadeSerializer(serializers.Serializer):
+    policy = CascadePolicySerializer()
+    band = serializers.ListField(
+        child=serializers.FloatField(), help_text="[low, high]: the policy decides scores within it"
+    )
+    heads = serializers.DictField(
+        child=serializers.CharField(), help_text="{<trained category>: <policy category>}"
+    )
+    usage = CascadeUsageSerializer()
 
 
 class DeploymentSerializer(serializers.ModelSerializer):
     model = serializers.IntegerField(source="model_id", read_only=True)
     classify_url = serializers.SerializerMethodField(help_text="Where to POST {inputs: [...]} to classify.")
+    cascade = serializers.SerializerMethodField(
+        help_text="The policy that decides the inputs the trained model is unsure of, and the share it decided; "
+        "null without one."
+    )
 
     class Meta:
         model = Deployment
@@ -31,11 +75,23 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "live_at",
             "stopped_at",
             "classify_url",
+            "cascade",
         ]
         read_only_fields = fields
 
     def get_classify_url(self, obj: Deployment) -> str:
         return f"/api/v1/orgs/{self.context['org']}/deployments/{obj.pk}/classify"
+
+    @extend_schema_field(CascadeSerializer(allow_null=True))
+    def get_cascade(self, obj: Deployment) -> dict[str, Any] | None:
+        if not obj.is_cascade:
+            return None
+        return {
+            "policy": {"model": obj.policy_model_id, "version": obj.policy_version},
+            "band": obj.cascade.get("band"),
+            "heads": obj.cascade.get("heads"),
+            "usage": selectors.cascade_usage(deployment_id=obj.pk),
+        }
 
 
 class DeploymentCreateSerializer(serializers.Serializer):
@@ -47,6 +103,12 @@ class DeploymentCreateSerializer(serializers.Serializer):
     )
     log_requests = serializers.BooleanField(default=False)
     log_retention_days = serializers.IntegerField(required=False, min_value=1)
+    cascade = serializers.JSONField(
+        required=False,
+        help_text='{"policy": {"model": <policy id>, "version": <n>}, "band": [low, high], "heads": '
+        "{<trained category>: <policy category>}}: the policy decides the inputs whose score of a handed-over "
+        "category lies within the band.",
+    )
 
 
 class DeploymentListQuerySerializer(serializers.Serializer):
@@ -76,6 +138,17 @@ HEAD_RESULT = inline_serializer(
         "labels": serializers.ListField(child=serializers.CharField(), help_text="Every decided label"),
         "label_scores": serializers.DictField(child=serializers.FloatField()),
         "flagged": serializers.BooleanField(),
+        "decided_by": serializers.ChoiceField(
+            choices=["model", "policy"],
+            required=False,
+            help_text="A cascade deployment's: who decided this head",
+        ),
+        "reason": serializers.CharField(
+            required=False, help_text="The policy's reason, when a policy decided"
+        ),
+        "policy_category": serializers.CharField(
+            required=False, help_text="A cascade's: the policy category that decided this head"
+        ),
     },
 )
 

@@ -117,6 +117,7 @@ class DeploymentViewSet(OrgScopedViewSet):
             log_retention_days=data.get("log_retention_days"),
             actor=self.access.actor,
             idempotency_key=request.headers.get("Idempotency-Key", ""),
+            cascade=data.get("cascade"),
         )
         # Accepted: the model loads in the background; `status` turns `live` (or `failed`, with a reason).
         return Response(self.get_serializer(deployment).data, status=status.HTTP_202_ACCEPTED)

@@ -163,6 +163,7 @@ def deployment_detail(
         else [],
         "usage": days,
         "usage_total": sum(v["requests"] for series in days["series"] for v in series["values"]),
+        "cascade": _cascade(org, deployment),
         "api": {
             "classify": f"/api/v1/orgs/{org}/deployments/{deployment.pk}/classify",
         },
@@ -172,6 +173,23 @@ def deployment_detail(
         "examples": "\n".join(EXAMPLE_INPUTS),
     }
     return render(request, "inference/deployment_detail.html", context)
+
+
+def _cascade(org: str, deployment: Deployment) -> dict[str, Any] | None:
+    """What the page shows of a cascade: its policy, band and handed-over categories, and who decided how much."""
+    if not deployment.is_cascade:
+        return None
+    usage = selectors.cascade_usage(deployment_id=deployment.pk)
+    share = usage["policy_share"]
+    return {
+        "policy_url": page_path("console-policy", org=org, policy_id=deployment.policy_model_id),
+        "policy_model_id": deployment.policy_model_id,
+        "policy_version": deployment.policy_version,
+        "band": deployment.cascade.get("band") or [],
+        "heads": sorted((deployment.cascade.get("heads") or {}).items()),
+        "usage": usage,
+        "policy_percent": None if share is None else round(100 * share, 1),
+    }
 
 
 @org_page("models:read")

@@ -49,6 +49,30 @@ class PolicyHead:
     thresholds: Mapping[str, float]
 
 
+@dataclass(frozen=True)
+class LlmCost:
+    """What asking the LLM cost: its calls and tokens."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: LlmCost) -> LlmCost:
+        return LlmCost(
+            self.calls + other.calls,
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class Decided:
+    """A policy's decisions for some texts, and the cost of those not cached before (cached ones cost none)."""
+
+    decisions: list[PolicyDecision]
+    cost: LlmCost
+
+
 def input_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -73,6 +97,14 @@ class PolicyModel:
 
     def decisions(self, texts: Sequence[str]) -> list[PolicyDecision]:
         """Each text's decision, from the cache or the LLM; a 502 for the first text without one."""
+        return self.decisions_costed(texts).decisions
+
+    def decisions_costed(self, texts: Sequence[str], *, indexes: Sequence[int] | None = None) -> Decided:
+        """`decisions`, with what this call cost (the LLM calls and tokens of the decisions not cached yet).
+
+        `indexes` are the texts' positions in the request (a cascade sends some of its inputs): a 502 names the
+        input by it."""
+        positions = list(indexes) if indexes is not None else list(range(len(texts)))
         hashes = [input_hash(text) for text in texts]
         cached = {
             row.input_sha256: PolicyDecision.from_dict(row.decision)
@@ -95,11 +127,13 @@ class PolicyModel:
             max_workers=max(1, min(len(missing), self._client.settings.concurrency))
         ) as pool:
             fresh = dict(zip(missing, pool.map(decide, [by_hash[h] for h in missing]), strict=True))
+        cost = LlmCost()
         for digest, outcome in fresh.items():
             if isinstance(outcome, PolicyDecision):
                 self._remember(digest, outcome)
                 cached[digest] = outcome
-        for index, digest in enumerate(hashes):
+                cost = cost + LlmCost(outcome.calls, outcome.prompt_tokens, outcome.completion_tokens)
+        for index, digest in zip(positions, hashes, strict=True):
             failed = fresh.get(digest)
             if isinstance(failed, PolicyError):
                 raise ApiError(
@@ -108,7 +142,7 @@ class PolicyModel:
                     message=f"inputs[{index}]: the policy model gave no usable decision: {failed.message}",
                     details={"index": index, "reason": failed.reason, "raw": failed.raw},
                 )
-        return [cached[digest] for digest in hashes]
+        return Decided(decisions=[cached[digest] for digest in hashes], cost=cost)
 
     def _remember(self, digest: str, decision: PolicyDecision) -> None:
         try:

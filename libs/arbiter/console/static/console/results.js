@@ -1,5 +1,5 @@
 /* Renders classification results (the native shape: one entry per head with label, labels, score,
-   label_scores and flagged) as score bars. Shared by the playground and a deployment's "Try it". */
+   label_scores and flagged, and a policy's reason or a cascade's decided_by when present) as score bars. Shared by the playground and a deployment's "Try it". */
 (function () {
   "use strict";
 
@@ -23,8 +23,11 @@
     });
     if (!labels.length) { decided.appendChild(el("span", "muted small", "no label")); }
     if (r.flagged) { decided.appendChild(el("span", "pill bad", "flagged")); }
+    /* A cascade deployment's heads say who decided them; a policy's decision comes with its reason. */
+    if (r.decided_by) { decided.appendChild(el("span", "pill", "decided by " + r.decided_by)); }
     top.appendChild(decided);
     box.appendChild(top);
+    if (r.reason) { box.appendChild(el("p", "muted small reason", r.reason)); }
     var scores = r.label_scores || {};
     Object.keys(scores).sort(function (a, b) { return scores[b] - scores[a]; }).forEach(function (label) {
       var row = el("div", "score-row" + (labels.indexOf(label) >= 0 && r.flagged ? " flagged" : ""));
