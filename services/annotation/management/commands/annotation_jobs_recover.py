@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-import signal
 import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import connections
 
+from arbiter.config.periodic import every_argument, repeat
 from services.annotation.logic import annotation_jobs_recover
 
 
@@ -19,22 +18,16 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--every", type=float, default=0, help="look again every N seconds until stopped")
+        every_argument(parser, help="look again every N seconds until stopped")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        stop = threading.Event()
-        if options["every"] > 0:
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            signal.signal(signal.SIGINT, lambda *_: stop.set())
-        while True:
+        def recover() -> None:
             counts = annotation_jobs_recover()
             self.stdout.write(f"Resumed {counts['resumed']} and failed {counts['failed']} interrupted jobs.")
-            if options["every"] <= 0:
-                # Resumed jobs run in threads of this process: let them finish before it exits.
-                for thread in threading.enumerate():
-                    if thread.name.startswith("annotation-job-"):
-                        thread.join()
-                return
-            connections.close_all()  # not held while waiting
-            if stop.wait(options["every"]):
-                return
+
+        repeat(options["every"], recover)
+        if options["every"] <= 0:
+            # Resumed jobs run in threads of this process: let them finish before it exits.
+            for thread in threading.enumerate():
+                if thread.name.startswith("annotation-job-"):
+                    thread.join()

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-import signal
-import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import connections
 
+from arbiter.config.periodic import every_argument, repeat
 from services.dataset.logic import dataset_jobs_recover
 
 
@@ -17,18 +15,10 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--every", type=float, default=0, help="look again every N seconds until stopped")
+        every_argument(parser, help="look again every N seconds until stopped")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        stop = threading.Event()
-        if options["every"] > 0:
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            signal.signal(signal.SIGINT, lambda *_: stop.set())
-        while True:
-            settled = dataset_jobs_recover()
-            self.stdout.write(f"Settled {settled} interrupted dataset jobs.")
-            if options["every"] <= 0:
-                return
-            connections.close_all()  # not held while waiting
-            if stop.wait(options["every"]):
-                return
+        def recover() -> None:
+            self.stdout.write(f"Settled {dataset_jobs_recover()} interrupted dataset jobs.")
+
+        repeat(options["every"], recover)

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import signal
-import threading
 from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import close_old_connections
 
+from arbiter.config.periodic import every_argument, repeat
 from arbiter.config.typed_settings import arbiter_settings
 from services.inference.batches import batches_work
 
@@ -21,20 +19,13 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--every", type=float, default=0, help="look for work every N seconds until stopped"
-        )
+        every_argument(parser, help="look for work every N seconds until stopped")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        stop = threading.Event()
-        if options["every"] > 0:
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            signal.signal(signal.SIGINT, lambda *_: stop.set())
-        while True:
-            close_old_connections()
+        def work() -> None:
             wait = timedelta(seconds=arbiter_settings().training.wait_for_events_s)
             ran = batches_work(wait=wait)
             if ran and options["every"] <= 0:
                 self.stdout.write(f"Ran {ran} batches.")
-            if options["every"] <= 0 or stop.wait(options["every"]):
-                return
+
+        repeat(options["every"], work)

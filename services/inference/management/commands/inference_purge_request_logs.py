@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import signal
-import threading
 from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import connections
 
+from arbiter.config.periodic import every_argument, repeat
 from arbiter.config.typed_settings import arbiter_settings
 from services.inference.logic import (
     deployments_waiting_expire,
@@ -25,16 +23,10 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--every", type=float, default=0, help="purge again every N seconds until stopped"
-        )
+        every_argument(parser, help="purge again every N seconds until stopped")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        stop = threading.Event()
-        if options["every"] > 0:
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            signal.signal(signal.SIGINT, lambda *_: stop.set())
-        while True:
+        def sweep() -> None:
             deleted = request_log_purge()
             self.stdout.write(f"Deleted {deleted} logged requests past their retention.")
             resumed = deployments_waiting_resume()
@@ -44,6 +36,5 @@ class Command(BaseCommand):
             expired = deployments_waiting_expire(older_than=wait)
             if expired:
                 self.stdout.write(f"Failed {expired} deployments whose version never arrived.")
-            connections.close_all()
-            if options["every"] <= 0 or stop.wait(options["every"]):
-                return
+
+        repeat(options["every"], sweep)
