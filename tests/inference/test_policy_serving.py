@@ -148,6 +148,19 @@ def test_a_failed_decision_is_a_502_never_safe(
     assert not PolicyDecision.objects.unscoped().filter(org_id=tenant.org.pk).exists()
 
 
+def test_a_failed_input_is_sent_to_the_model_once_though_the_call_came_with_an_api_key(
+    api: InferenceApi, tenant: Tenant, fake: FakeLlm
+) -> None:
+    # The classify fast path leaves policies to the normal pipeline: a fallback after the 502 would ask again.
+    fake.script(judge())
+    _, deployment = deploy(api, tenant, fake)
+    fake.script(fake_llm.refusal("No."))
+    before = len(fake.requests)
+    response = api.classify(deployment["id"], ["hello again"])
+    assert response.status_code == 502, response.content
+    assert len(fake.requests) - before == 1
+
+
 def test_the_playground_tries_a_policy_version(api: InferenceApi, tenant: Tenant, fake: FakeLlm) -> None:
     fake.script(judge())
     policy = write_policy(tenant, fake)

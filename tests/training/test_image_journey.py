@@ -82,7 +82,7 @@ def test_an_image_csv_becomes_a_vision_moderation_model_the_openai_sdk_asks(
             "type": "image_classification",
             "base_model": "vision-moderation",
             "snapshots": [snapshot.json()["id"]],
-            "options": {"strategy": "auto", "max_epochs": 40},
+            "options": {"strategy": "head", "max_epochs": 40},
         },
         format="json",
     )

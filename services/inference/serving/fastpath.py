@@ -12,8 +12,9 @@ calls (`inputs_validate`, `deployment_classify`, with the same usage), and the a
 Anything else, including every error, goes on down the normal pipeline, which answers it as it always did
 (the same 401, 403, 404, 409, 400, 402 or 429). A fallback never repeats work: the only errors after which it
 happens are raised before the model runs and before anything is recorded. A cascade deployment (a trained model
-paired with a policy, `services.inference.cascade`) goes down the normal pipeline too: its policy's error is a
-502 raised after the model ran, and the LLM call it waits on dwarfs what the pipeline costs.
+paired with a policy, `services.inference.cascade`) and a policy's deployment (runtime `llm`) go down the normal
+pipeline too: a policy's error is a 502 raised after the LLM was called (a fallback would call it again), and
+the LLM call dwarfs what the pipeline costs.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def classify_fast(request: HttpRequest, *, org_slug: str, deployment_id: int) ->
     if body is None:
         return None
     deployment = _live_deployment(key.org_id, deployment_id)
-    if deployment is None or deployment.is_cascade:
+    if deployment is None or deployment.is_cascade or deployment.runtime == "llm":
         return None
     try:
         texts = logic.inputs_validate(body.get("inputs"), field="inputs")

@@ -429,11 +429,16 @@ def _plan(
     From the per-row cost model of `arbiter.ml.automl` (measured on a 2-core CPU): the trainer measures
     its own speed once it runs, so this is an estimate, and says so.
     """
-    rows = sum(s.rows for s in snapshots if str(s.snapshot_id) in selected)
+    chosen = [s for s in snapshots if str(s.snapshot_id) in selected]
+    rows = sum(s.rows for s in chosen)
+    # Images have no TF-IDF candidate: their plan is head, then full (the image cost model).
+    image = bool(chosen) and all(s.type == "image_classification" for s in chosen)
     budget = _number(values.get("time_budget_minutes"), OPTION_DEFAULTS["time_budget_minutes"])
     max_epochs = int(_number(values.get("max_epochs"), OPTION_DEFAULTS["max_epochs"]))
     split = _number(test.get("split_percent"), 20.0) if test.get("kind") != "snapshot" else 0.0
-    steps = auto_plan(rows=rows, time_budget_minutes=budget, max_epochs=max_epochs, test_percent=split)
+    steps = auto_plan(
+        rows=rows, time_budget_minutes=budget, max_epochs=max_epochs, test_percent=split, image=image
+    )
     return {
         "rows": rows,
         "budget_minutes": budget,
