@@ -38,6 +38,7 @@ METER_UNITS = {
     "playground": "playground queries",
     "auto_label": "auto-labels",
     "training_minute": "training minutes",
+    "llm_call": "LLM calls",
 }
 # How long a process trusts its cached copy of a record before reading the read model again.
 CACHE_SECONDS = 5.0

@@ -35,6 +35,19 @@ def on_annotation_completed(event: Event) -> None:
     )
 
 
+@handles("policy.evaluated")
+def on_policy_evaluated(event: Event) -> None:
+    """The LLM calls a policy evaluation made enter the ledger (serving's are announced as `usage.recorded`)."""
+    usage_record(
+        org_id=event.org_id,
+        event_id=event.id,
+        meter="llm_call",
+        units=int(event.data["llm_calls"]),
+        occurred_at=event.time,
+        model_id=event.data.get("model_id"),
+    )
+
+
 @handles("training.completed")
 def on_training_completed(event: Event) -> None:
     """A finished run's training time enters the ledger as training minutes."""

@@ -18,6 +18,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from arbiter.api.errors import ApiError
+from arbiter.config.typed_settings import METERS
 from arbiter.entitlements import billing_settings, period_of
 from arbiter.events import publish
 from arbiter.tenancy.scoping import org_scope
@@ -73,7 +74,7 @@ def entitlements_data(*, account: Account, now: datetime, reason: str) -> dict[s
                 "overage": plan.allowance(meter).overage,
                 "used": used.get(meter, 0),
             }
-            for meter in ("classification", "playground", "auto_label", "training_minute")
+            for meter in METERS
         },
     }
 

@@ -36,7 +36,7 @@ def head_categories(spec: HeadSpec) -> list[tuple[str, str]]:
 
 
 def moderation_result(
-    result: NativeResult, heads: Sequence[HeadSpec], *, input_type: str = "text"
+    result: NativeResult, heads: Sequence[HeadSpec], *, input_type: str | Sequence[str] = "text"
 ) -> dict[str, Any]:
     """One input's OpenAI moderation result.
 
@@ -54,7 +54,10 @@ def moderation_result(
         "flagged": any(categories.values()),
         "categories": categories,
         "category_scores": scores,
-        "category_applied_input_types": {category: [input_type] for category in categories},
+        "category_applied_input_types": {
+            category: [input_type] if isinstance(input_type, str) else list(input_type)
+            for category in categories
+        },
     }
 
 

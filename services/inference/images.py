@@ -27,6 +27,7 @@ from arbiter.ml.image_encoders import remember_image
 from arbiter.storage import get_blob_store
 from services.inference import logic
 from services.inference.conf import inference_settings
+from services.inference.serving.inputs import MULTIMODAL, multimodal_input
 
 # Images fetched at once for one request.
 FETCH_CONCURRENCY = 8
@@ -99,6 +100,8 @@ def _attempt(kind: str, value: str) -> FetchedImage | ImageError:
 def classify_inputs(value: Any, *, field: str, kind: str, store: bool = False) -> list[str]:
     """The inputs of a classify request for a model of `kind`: texts as `logic.inputs_validate` checks them,
     image items as image keys. An input of the wrong kind is a 400 naming it."""
+    if kind == MULTIMODAL:
+        return _multimodal_inputs(value, field=field, store=store)
     items = value if isinstance(value, list) else [value]
     if kind == "text":
         for index, item in enumerate(items):
@@ -141,6 +144,62 @@ def classify_inputs(value: Any, *, field: str, kind: str, store: bool = False) -
             )
         located.append((where, item))
     return images_resolve(located, store=store)
+
+
+def _multimodal_inputs(value: Any, *, field: str, store: bool) -> list[str]:
+    """A policy's inputs: each a text, an image item, or an image item with a `text` beside it (one input read
+    together); see `services.inference.serving.inputs`."""
+    items = value if isinstance(value, list) else [value]
+    if not any(isinstance(item, dict) for item in items):
+        plain = logic.inputs_validate(value, field=field)
+        for index, text in enumerate(plain):
+            _no_nul(text, f"{field}[{index}]" if isinstance(value, list) else field)
+        return plain
+    max_inputs = inference_settings().max_inputs
+    if len(items) > max_inputs:
+        raise ApiError(
+            status=413,
+            code="too_many_inputs",
+            message=f"{field}: at most {max_inputs} inputs per request, got {len(items)}; split them.",
+            details={"max_inputs": max_inputs, "inputs": len(items)},
+        )
+    texts: list[str] = []
+    located: list[tuple[int, str, dict[str, Any]]] = []
+    for index, item in enumerate(items):
+        where = f"{field}[{index}]" if isinstance(value, list) else field
+        if isinstance(item, dict) and not _is_image_item(item) and set(item) != {"text"}:
+            raise ApiError(
+                status=400,
+                code="unsupported_input",
+                message=f'{where}: give a text, {{"image_url": ...}} or {{"image_base64": ...}} (with an optional '
+                '"text" read with it), or {"text": ...}.',
+                details={"index": index},
+            )
+        image = isinstance(item, dict) and _is_image_item(item)
+        text = item.get("text", "") if isinstance(item, dict) else item
+        if not isinstance(text, str):
+            raise ApiError(
+                status=400,
+                code="invalid",
+                message=f'{where}: "text" must be a string.',
+                details={"index": index},
+            )
+        if text or not image:  # an image may come alone; a text is checked as any text is
+            logic.inputs_validate(text, field=where)
+            _no_nul(text, where)
+        texts.append(text)
+        if image:
+            located.append((index, where, item))
+    keys = images_resolve([(where, item) for _, where, item in located], store=store)
+    images = {index: key for (index, _, _), key in zip(located, keys, strict=True)}
+    return [multimodal_input(text=text, image_key=images.get(index)) for index, text in enumerate(texts)]
+
+
+def _no_nul(text: str, where: str) -> None:
+    if "\x00" in text:
+        raise ApiError(
+            status=400, code="invalid", message=f"{where}: the text holds a NUL character (\\u0000)."
+        )
 
 
 def openai_multimodal(value: Any) -> list[dict[str, Any]] | None:

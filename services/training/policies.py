@@ -30,6 +30,7 @@ from django.utils import timezone
 from arbiter.api.errors import ApiError
 from arbiter.config.typed_settings import arbiter_settings
 from arbiter.egress import EgressRefused, check_url
+from arbiter.entitlements import entitlements_check
 from arbiter.events import publish
 from arbiter.llm import LlmClient, secret_encrypt, secret_hint
 from arbiter.llm.policy import (
@@ -55,7 +56,15 @@ from arbiter.ml.predict import Predictor
 from arbiter.ml.specs import HeadSpec
 from arbiter.storage import get_blob_store
 from arbiter.tenancy.scoping import org_scope
-from services.training.models import Model, ModelVersion, PolicyEvaluation, RunState, Snapshot, TrainingRun
+from services.training.models import (
+    Entitlement,
+    Model,
+    ModelVersion,
+    PolicyEvaluation,
+    RunState,
+    Snapshot,
+    TrainingRun,
+)
 from services.training.operator.conditions import condition_set
 from services.training.snapshots import snapshot_rows
 
@@ -314,6 +323,12 @@ def evaluation_request(
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise _invalid("limit: a number of rows (0: every row).", "limit")
     rows = min(snapshot.rows, limit) if limit else snapshot.rows
+    earlier = PolicyEvaluation.objects.filter(
+        version=version, snapshot_id=snapshot.snapshot_id, head=head_name, limit=limit
+    ).first()
+    if earlier is None or earlier.state == PolicyEvaluation.FAILED:
+        # The plan's LLM calls this month, as billing last announced them: each row costs at least one.
+        entitlements_check(model=Entitlement, org_id=version.org_id, meter="llm_call", units=rows)
     evaluation, created = PolicyEvaluation.objects.get_or_create(
         version=version,
         snapshot_id=snapshot.snapshot_id,
@@ -455,23 +470,42 @@ def _evaluate(evaluation: PolicyEvaluation) -> None:
             else ""
         )
         state = PolicyEvaluation.SUCCEEDED
-    PolicyEvaluation.objects.filter(pk=evaluation.pk).update(
-        state=state,
-        rows=len(decisions),
-        done=len(decisions),
-        errors=errors,
-        decisions=decisions,
-        evaluation=metrics if answered else None,
-        warnings=warnings,
-        llm_calls=F("llm_calls") + calls,
-        prompt_tokens=F("prompt_tokens") + prompt,
-        completion_tokens=F("completion_tokens") + completion,
-        message=message,
-        finished_at=timezone.now(),
-    )
-    if answered:
-        # The version page shows its newest evaluation, like a trained version's test metrics.
-        ModelVersion.objects.filter(pk=version.pk).update(evaluation=metrics)
+    with transaction.atomic(using=ALIAS):
+        PolicyEvaluation.objects.filter(pk=evaluation.pk).update(
+            state=state,
+            rows=len(decisions),
+            done=len(decisions),
+            errors=errors,
+            decisions=decisions,
+            evaluation=metrics if answered else None,
+            warnings=warnings,
+            llm_calls=F("llm_calls") + calls,
+            prompt_tokens=F("prompt_tokens") + prompt,
+            completion_tokens=F("completion_tokens") + completion,
+            message=message,
+            finished_at=timezone.now(),
+        )
+        if answered:
+            # The version page shows its newest evaluation, like a trained version's test metrics.
+            ModelVersion.objects.filter(pk=version.pk).update(evaluation=metrics)
+        # What this run of the rows cost, for billing (meter llm_call), in the transaction that records it.
+        publish(
+            type="policy.evaluated",
+            org_id=evaluation.org_id,
+            subject=f"policies/{version.model_id}/evaluations/{evaluation.pk}",
+            data={
+                "evaluation_id": evaluation.pk,
+                "model_id": version.model_id,
+                "version": version.number,
+                "snapshot_id": evaluation.snapshot_id,
+                "state": state,
+                "rows": len(decisions),
+                "errors": errors,
+                "llm_calls": calls,
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+            },
+        )
 
 
 class _Heartbeat:

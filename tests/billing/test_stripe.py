@@ -16,6 +16,7 @@ from django.core.management import CommandError, call_command
 from django.db.models import Sum
 from django.test import Client
 
+from arbiter.entitlements import METER_UNITS
 from arbiter.testing.tenants import Tenant, assert_not_found
 from services.billing import logic, payments
 from services.billing.models import Account, LedgerEntry, MeterReport, StripeEvent
@@ -87,7 +88,7 @@ def test_usage_reaches_stripe_once_and_a_refused_report_stays_queued_with_its_re
     assert fake_stripe.totals() == ledger_totals()
     # The pro org is subscribed to the plan's metered prices; the free org has no subscription.
     [subscription] = fake_stripe.of("subscription")
-    assert subscription["customer"] == cus and len(subscription["items"]["data"]) == 4
+    assert subscription["customer"] == cus and len(subscription["items"]["data"]) == len(METER_UNITS)
     assert account.stripe_subscription_id == subscription["id"] and account.subscription_status == "active"
     assert published(org_id=org)[-1].data["payment_ok"] is True
 

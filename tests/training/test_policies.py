@@ -9,16 +9,23 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
+from arbiter.entitlements import entitlements_cache_clear
+from arbiter.events.envelope import Event
+from arbiter.events.models import OutboxEvent
 from arbiter.storage import get_blob_store
 from arbiter.tenancy.scoping import org_scope
 from arbiter.testing.artifacts import cached_head_artifact
 from arbiter.testing.tenants import Tenant, assert_not_found
+from services.billing import logic as billing_logic
 from services.training.models import Model, ModelVersion, PolicyEvaluation, RunState, TrainingRun
 from services.training.policies import evaluation_run, evaluations_recover
 from tests.annotation import fake_llm
 from tests.annotation.fake_llm import FakeLlm
+from tests.billing.conftest import deliver as deliver_to
+from tests.billing.conftest import published as published_events
 from tests.training.conftest import TOXIC, TOXICITY, published, snapshot_publish, toxicity_rows
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -444,3 +451,35 @@ def test_an_evaluation_whose_process_died_is_resumed_by_the_sweep_then_failed_wh
     assert evaluations_recover(start=start_here) == {"resumed": 0, "failed": 1}
     failed = PolicyEvaluation.objects.unscoped().get(pk=evaluation["id"])
     assert failed.state == "failed" and "stopped 3 times (process_died)" in failed.message
+
+
+def test_an_evaluations_llm_calls_are_billed_and_refused_beyond_the_plan(
+    tenant: Tenant, fake: FakeLlm, override_arbiter_settings: Any
+) -> None:
+    override_arbiter_settings(ARBITER_BILLING_PLANS='{"free": {"meters": {"llm_call": {"included": 10}}}}')
+    entitlements_cache_clear()
+    fake.script(strict_judge())
+    snapshot = snapshot_publish(
+        org_id=tenant.org.pk, rows=toxicity_rows(6, with_topic=False), heads=[TOXICITY]
+    )
+    policy = create(tenant, fake)
+    assert evaluate(tenant, policy["id"], snapshot).status_code == 201
+    (cost,) = published("policy.evaluated")
+    assert cost["llm_calls"] == 6 and cost["rows"] == 6 and cost["state"] == "succeeded"
+    event = Event.from_dict(OutboxEvent.objects.using("training").filter(type="policy.evaluated").get().body)
+    deliver_to(event, service="billing")
+    with transaction.atomic(using="billing"), org_scope(tenant.org.pk):
+        billing_logic.entitlements_publish(
+            account=billing_logic.account_get(org_id=tenant.org.pk), reason="usage"
+        )
+    announcement = published_events("entitlements.changed", alias="billing")[-1]
+    assert announcement.data["meters"]["llm_call"]["used"] == 6
+    deliver_to(announcement, service="training")
+    # 6 of 10 used: a 6-row evaluation would go past the plan, and is refused before any call.
+    before = len(fake.requests)
+    refused = evaluate(tenant, policy["id"], snapshot, limit=5)
+    assert refused.status_code == 429 and "LLM calls" in refused.json()["error"]["message"]
+    assert len(fake.requests) == before
+    assert evaluate(tenant, policy["id"], snapshot, limit=4).status_code == 201
+    # Asking again for an evaluation that exists costs nothing and is not refused.
+    assert evaluate(tenant, policy["id"], snapshot).status_code == 200

@@ -669,8 +669,9 @@ class EmailSettings(Concern):
         }
 
 
-METERS = ("classification", "playground", "auto_label", "training_minute")
-MeterName = Literal["classification", "playground", "auto_label", "training_minute"]
+# llm_call: a call a policy makes to its language model (serving a decision not cached yet, or evaluating).
+METERS = ("classification", "playground", "auto_label", "training_minute", "llm_call")
+MeterName = Literal["classification", "playground", "auto_label", "training_minute", "llm_call"]
 
 
 class MeterAllowance(BaseModel):
@@ -711,6 +712,7 @@ def _builtin_plans(playground_free: int) -> dict[str, dict[str, Any]]:
                     "playground": playground_free,
                     "auto_label": 1_000,
                     "training_minute": 60,
+                    "llm_call": 1_000,
                 },
                 overage=False,
             ),
@@ -724,6 +726,7 @@ def _builtin_plans(playground_free: int) -> dict[str, dict[str, Any]]:
                     "playground": playground_free,
                     "auto_label": 10_000,
                     "training_minute": 600,
+                    "llm_call": 20_000,
                 },
                 overage=True,
             ),

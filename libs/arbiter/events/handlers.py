@@ -38,4 +38,3 @@ def handlers_for(service: str) -> dict[str, Handler]:
     """The handlers a service declares (importing its `events.py`)."""
     import_module(f"services.{service}.events")
     return dict(_handlers.get(service, {}))
-

@@ -211,6 +211,13 @@ EVENT_TYPES: dict[str, EventType] = {
             "A deployment's predictions for a labeling job's rows are in the blob store, or why there are none.",
         ),
         EventType(
+            "policy.evaluated",
+            TRAINING,
+            "training",
+            ("billing",),
+            "A policy version decided a snapshot's rows: its LLM calls and tokens (billing meters llm_call).",
+        ),
+        EventType(
             "review.requested",
             TRAINING,
             "training",

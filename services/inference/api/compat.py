@@ -24,6 +24,7 @@ from arbiter.api.schema import error_responses
 from services.inference import compat, images, logic, selectors
 from services.inference.api import serializers as s
 from services.inference.api.views import caller_of, json_object
+from services.inference.serving.inputs import MULTIMODAL
 
 
 class _KeyScopedView(KeyScopedView):
@@ -52,7 +53,7 @@ class _KeyScopedView(KeyScopedView):
 
     def classify_multimodal(
         self, request: Request, parts: list[dict[str, Any]]
-    ) -> tuple[Any, logic.Classification, str]:
+    ) -> tuple[Any, logic.Classification, str | list[str]]:
         """OpenAI's multi-modal input: one input made of parts; the parts of the kind the model classifies
         are classified and, per head, the part that scores highest on a flagging label answers."""
         body = json_object(request)
@@ -70,6 +71,8 @@ class _KeyScopedView(KeyScopedView):
                 "text",
             )
         kind = images.model_input_kind(deployment.artifact)
+        if kind == MULTIMODAL:
+            return self._policy_multimodal(request, deployment, parts)
         usable = [
             (index, part) for index, part in enumerate(parts) if ("image_url" in part) == (kind == "image")
         ]
@@ -92,6 +95,35 @@ class _KeyScopedView(KeyScopedView):
         merged = compat.results_merge(classification.results, classification.heads)
         return deployment, logic.Classification(results=[merged], heads=classification.heads), kind
 
+    def _policy_multimodal(
+        self, request: Request, deployment: Any, parts: list[dict[str, Any]]
+    ) -> tuple[Any, logic.Classification, list[str]]:
+        """A policy reads the parts together: its text parts joined, with the image (one per input)."""
+        pictures = [(index, part) for index, part in enumerate(parts) if "image_url" in part]
+        if len(pictures) > 1:
+            raise ApiError(
+                status=400,
+                code="unsupported_input",
+                message=f"input[{pictures[1][0]}]: a policy reads one image per input; send the others as "
+                "inputs of their own.",
+            )
+        words = [part.get("text") for part in parts if "image_url" not in part]
+        if not all(isinstance(word, str) for word in words):
+            raise ApiError(
+                status=400, code="invalid", message="input: each text part's text must be a string."
+            )
+        item: dict[str, Any] = {"text": "\n".join(str(word) for word in words)}
+        if pictures:
+            item["image_url"] = pictures[0][1]["image_url"]
+        texts = images.classify_inputs(item, field="input", kind=MULTIMODAL, store=deployment.log_requests)
+        classification = logic.deployment_classify(
+            deployment=deployment, texts=texts, caller=caller_of(request, self.org_id), endpoint=self.endpoint
+        )
+        applied = [
+            kind for kind, present in (("text", bool(item["text"])), ("image", bool(pictures))) if present
+        ]
+        return deployment, classification, applied
+
 
 class ModerationsView(_KeyScopedView):
     endpoint = "moderations"
@@ -110,11 +142,10 @@ class ModerationsView(_KeyScopedView):
                 deployment, classification, kind = self.classify_multimodal(request, parts)
             else:
                 deployment, classification = self.classify(request, body["input"], "input")
-                kind = (
-                    "image"
-                    if deployment.status == "live" and images.model_input_kind(deployment.artifact) == "image"
-                    else "text"
+                served = (
+                    images.model_input_kind(deployment.artifact) if deployment.status == "live" else "text"
                 )
+                kind = "image" if served == "image" else "text"
             results = [
                 compat.moderation_result(result, classification.heads, input_type=kind)
                 for result in classification.results
