@@ -150,6 +150,8 @@
     var free = document.getElementById("free-queries");
     // An image model's playground: an uploaded or pasted image travels as a data: URI, or a URL as given.
     var imageKind = form.dataset.kind === "image";
+    // A policy's: a text, an image, or both read together as one input.
+    var bothKind = form.dataset.kind === "multimodal";
     var pasted = null;
     var preview = document.getElementById("playground-preview");
     function show(file) {
@@ -157,7 +159,7 @@
       reader.onload = function () { pasted = reader.result; preview.src = pasted; preview.hidden = false; };
       reader.readAsDataURL(file);
     }
-    if (imageKind) {
+    if (imageKind || bothKind) {
       form.image.addEventListener("change", function () { if (form.image.files[0]) { show(form.image.files[0]); } });
       document.addEventListener("paste", function (event) {
         var items = (event.clipboardData && event.clipboardData.files) || [];
@@ -165,6 +167,13 @@
       });
     }
     function playgroundInput() {
+      if (bothKind) {
+        var text = form.input.value;
+        var picture = form.url.value ? { image_url: form.url.value } : (pasted ? { image_base64: pasted } : null);
+        if (!picture) { return text.trim() ? { input: text, shown: text } : null; }
+        if (text.trim()) { picture.text = text; }
+        return { input: [picture], shown: (text.trim() ? text + " + " : "") + (form.url.value || "the image") };
+      }
       if (!imageKind) { return { input: form.input.value, shown: form.input.value }; }
       if (form.url.value) { return { input: [{ image_url: form.url.value }], shown: form.url.value }; }
       if (pasted) { return { input: [{ image_base64: pasted }], shown: "the image" }; }
@@ -174,7 +183,11 @@
       event.preventDefault();
       var button = form.querySelector("button");
       var given = playgroundInput();
-      if (!given) { errorBox.textContent = "Choose, paste or link an image first."; errorBox.hidden = false; return; }
+      if (!given) {
+        errorBox.textContent = bothKind ? "Give a text, an image, or both first." : "Choose, paste or link an image first.";
+        errorBox.hidden = false;
+        return;
+      }
       button.disabled = true;
       errorBox.hidden = true;
       Arbiter.api(api.playground, { method: "POST", json: { input: given.input } })
