@@ -103,9 +103,14 @@ def _candidates(result: Any) -> str:
         if "skipped" in candidate:
             parts.append(f"{candidate['name']}: skipped ({candidate['skipped']})")
         else:
-            parts.append(
-                f"{candidate['name']}: {candidate.get('selection_metric')} in {candidate.get('seconds', 0):.0f} s"
-            )
+            part = f"{candidate['name']}: {candidate.get('selection_metric')} in {candidate.get('seconds', 0):.0f} s"
+            if "c_tried" in candidate:
+                part += f" (C tried {candidate['c_tried']})"
+            if "epochs" in candidate:
+                part += f" ({candidate['epochs']} epochs, best {candidate.get('best_epoch')})"
+            if "stopped" in candidate:
+                part += f" [cut: {candidate['stopped']}]"
+            parts.append(part)
     return "; ".join(parts)
 
 

@@ -1,16 +1,22 @@
-"""`auto` and its time budget: the plan, rare classes on a skewed set, calibration, never below a candidate."""
+"""`auto` and its time budget: the plan, rare classes on a skewed set, calibration, never below a candidate,
+and candidates cut at the deadline (on a simulated clock)."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from arbiter.ml import EmbeddingCache, HeadSpec, TrainOptions, train_from_snapshot
+from arbiter.ml import automl as automl_module
+from arbiter.ml.encoders import Encoder
 from arbiter.ml.errors import MLError
+from arbiter.ml.heads import EpochProgress
 from arbiter.ml.plan import CPU_SPEEDS, Speeds, auto_plan, plan_make
+from arbiter.ml.tfidf import logistic_fit
 
 from .synthetic import HEADS, synthetic_rows
 
@@ -188,3 +194,156 @@ def test_auto_plans_fine_tuning_and_never_ends_below_its_best_candidate(
     if any(c.features.startswith("tfidf") for head in result.artifact.model.heads for c in head.components):
         assert result.candidates[-1]["name"] == "refit"
         assert result.candidates[-1]["rows"] == training["rows"]["train"] + training["rows"]["validation"]
+
+
+class SimulatedClock:
+    """Time that passes only where the work is said to cost it, so budget tests are exact and take seconds
+    of real time for minutes of simulated time. Everything still runs for real; the clock is handed to
+    `train_from_snapshot` and charged per logistic-regression fit (`fit_row` seconds per row), per row
+    embedded (`embed_row`, then `slow_embed_row` once `fast_rows` rows were embedded: the machine got
+    busier after the speed sample), per row of a fine-tuning forward pass (`step_row`) and per `head`
+    epoch (`head_epoch`, through the progress callback)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.fit_row = 0.0
+        self.embed_row = 0.01
+        self.slow_embed_row: float | None = None
+        self.fast_rows = 64
+        self.step_row = 0.0
+        self.head_epoch = 0.0
+        self.embedded = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def embedding(self, rows: int) -> None:
+        for _ in range(rows):
+            slow = self.slow_embed_row is not None and self.embedded >= self.fast_rows
+            self.now += self.slow_embed_row if slow else self.embed_row  # type: ignore[operator]
+            self.embedded += 1
+
+    def progress(self, progress: EpochProgress) -> None:
+        if progress.candidate == "head":
+            self.now += self.head_epoch
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimulatedClock]:
+    simulated = SimulatedClock()
+
+    def fit(**kwargs: Any) -> Any:
+        simulated.now += simulated.fit_row * int(kwargs["labels"].mask.sum())
+        return logistic_fit(**kwargs)
+
+    embed_uncached, forward = Encoder._embed_uncached, Encoder.forward
+
+    def embedded(self: Encoder, texts: list[str], **kwargs: Any) -> Any:
+        simulated.embedding(len(texts))
+        return embed_uncached(self, texts, **kwargs)
+
+    def forwarded(self: Encoder, input_ids: Any, attention_mask: Any) -> Any:
+        if self.model.training:
+            simulated.now += simulated.step_row * len(input_ids)
+        return forward(self, input_ids, attention_mask)
+
+    monkeypatch.setattr(automl_module, "logistic_fit", fit)
+    monkeypatch.setattr(Encoder, "_embed_uncached", embedded)
+    monkeypatch.setattr(Encoder, "forward", forwarded)
+    yield simulated
+
+
+def auto(minutes: float, **options: Any) -> TrainOptions:
+    return TrainOptions(strategy="auto", time_budget_minutes=minutes, export_onnx=False, **options)
+
+
+def candidate(result: Any, name: str) -> dict[str, Any]:
+    (found,) = [c for c in result.candidates if c["name"] == name]
+    return found
+
+
+def test_the_tfidf_grid_stops_before_the_deadline_and_says_what_it_left_out(
+    tmp_path: Path, clock: SimulatedClock
+) -> None:
+    """A fit costs 0.1 s a row: a cross-validation round on 900 fit rows takes 3 minutes. In a 10-minute
+    budget the second C fits but a third would leave no time for the final fit and the refit."""
+    clock.fit_row, clock.embed_row = 0.1, 0.1
+    result = train_from_snapshot(
+        rows=skewed_rows(), heads=SKEWED, options=auto(10), out_dir=tmp_path / "artifact", clock=clock
+    )
+    tfidf = candidate(result, "tfidf")
+    assert tfidf["c_tried"] == [1.0, 0.5]
+    assert tfidf["c"]["intent"] in (1.0, 0.5)
+    assert tfidf["stopped"].startswith("C 2, 4 not tried: a cross-validation round at C=2")
+    assert "the best C of those tried is kept" in tfidf["stopped"]
+    # The grid left the refit its time: the version, TF-IDF alone here, ends within the budget.
+    assert result.selected == "tfidf" and candidate(result, "refit")["seconds"] > 0
+    training = result.metrics["training"]
+    assert training["plan"]["tfidf_refit_s"] == pytest.approx(100, abs=1)
+    assert training["seconds"] <= training["time_budget_s"] == 600
+    assert threat(result)["recall"] >= 0.5
+
+
+def test_without_a_deadline_in_sight_the_whole_grid_runs(tmp_path: Path, clock: SimulatedClock) -> None:
+    # The grid's four rounds take seconds; the encoder's candidates do not fit (and are not the point here).
+    clock.fit_row, clock.embed_row, clock.step_row = 0.001, 1.0, 1.0
+    result = train_from_snapshot(
+        rows=skewed_rows(), heads=SKEWED, options=auto(10), out_dir=tmp_path / "artifact", clock=clock
+    )
+    tfidf = candidate(result, "tfidf")
+    assert tfidf["c_tried"] == [1.0, 0.5, 2.0, 4.0] and "stopped" not in tfidf
+
+
+def test_head_stops_at_the_deadline_and_keeps_its_best_epoch(tmp_path: Path, clock: SimulatedClock) -> None:
+    """Fine-tuning costs 0.3 s a row (an epoch does not fit in 2 minutes), embedding 10 ms a row, a `head`
+    epoch 10 s: of its 30 epochs only those that end before the deadline (less the evaluation's reserve)
+    run, and the version is trained with the best of them."""
+    clock.step_row, clock.head_epoch = 0.3, 10.0
+    result = train_from_snapshot(
+        rows=synthetic_rows(600),
+        heads=HEADS,
+        options=auto(2, max_epochs=30, early_stopping=0),
+        out_dir=tmp_path / "artifact",
+        clock=clock,
+        on_progress=clock.progress,
+    )
+    assert "does not fit" in candidate(result, "full")["skipped"]
+    head = candidate(result, "head")
+    history = [p for p in result.history if p.candidate == "head"]
+    assert 3 <= head["epochs"] == len(history) < 30
+    assert head["stopped"] == (
+        f"stopped at the time budget after {head['epochs']} of 30 epochs; the best epoch "
+        f"({head['best_epoch']}) kept"
+    )
+    best = max(history, key=lambda p: (p.selection_metric, p.best))
+    assert [p.epoch for p in history if p.best][-1] == head["best_epoch"]
+    assert head["selection_metric"] == pytest.approx(best.selection_metric)
+    training = result.metrics["training"]
+    assert training["seconds"] <= training["time_budget_s"] == 120
+    # Never below the best candidate that finished, on the validation rows.
+    assert result.selection_metric >= max(candidate(result, n)["selection_metric"] for n in ("tfidf", "head"))
+    assert result.metrics["heads"]["toxicity"]["macro"]["f1"] >= 0.9
+
+
+def test_embedding_that_cannot_finish_skips_head_and_the_version_still_trains(
+    tmp_path: Path, clock: SimulatedClock
+) -> None:
+    """The speed sample embeds at 50 ms a row, then the machine gets six times slower: after the first
+    chunk (5 s at the sample's pace, 100 rows) the rows left would end after the deadline, so embedding
+    stops there and `head` is skipped with the reason; TF-IDF, which finished, is the version."""
+    clock.embed_row, clock.slow_embed_row, clock.step_row = 0.05, 0.3, 0.3
+    result = train_from_snapshot(
+        rows=skewed_rows(), heads=SKEWED, options=auto(3), out_dir=tmp_path / "artifact", clock=clock
+    )
+    assert result.metrics["training"]["plan"]["head"] is True  # planned at the sample's pace
+    head = candidate(result, "head")
+    assert head["skipped"].startswith("embedding the rows would overrun the time budget: 100 of ")
+    assert "rows embedded in 30 s; the " in head["skipped"] and "at 300 ms a row" in head["skipped"]
+    # Its time counts from loading the encoder: the speed sample (3.2 s), the fine-tuning step (19.2 s), then
+    # the one chunk embedded.
+    assert head["seconds"] == pytest.approx(3.2 + 19.2 + 30)
+    assert result.selected == "tfidf" and "head" not in {p.candidate for p in result.history}
+    assert not (result.artifact_dir / "encoder").exists()
+    assert threat(result)["recall"] >= 0.5
+    training = result.metrics["training"]
+    assert training["seconds"] <= training["time_budget_s"]

@@ -5,15 +5,23 @@ was skipped):
 
 1. `tfidf` always runs first: word (1-2) + character (2-5) n-gram TF-IDF with logistic regression per
    head, the regularisation C picked per head from a small grid by 3-fold cross-validation on the fit rows.
+   The grid's first C always runs (its out-of-fold predictions feed the blend and the calibration); before
+   each further C its cost is estimated from the rounds measured so far, and the grid stops, keeping the best
+   C so far, when that round plus the final fit and the refit (step 6) would end after the deadline. The
+   candidate records the C values tried and, when the grid was cut, what was left out and why.
 2. The encoder is loaded and its speed measured on a sample: seconds per row to embed, and seconds per
    row of a fine-tuning step (a forward and backward pass, nothing applied). `max_tokens` is set from the
    data: the 95th percentile of the fit rows' token counts (never above the option).
 3. From those speeds and the budget left (less a reserve for the final evaluation and export):
    - `head` (linear heads on frozen embeddings) runs when embedding every row fits, and does not cost
-     fine-tuning its second epoch;
+     fine-tuning its second epoch. The rows are embedded in chunks of a few seconds; before each, the rows
+     left are costed at the pace so far, and when they would end after the deadline (less the reserve) the
+     embedding stops and `head` is skipped with that reason. Its epochs stop at the deadline, the best
+     epoch so far kept;
    - `full` (fine-tuning: class weights, warmup then linear decay, early stopping on the selection rule,
      the best epoch kept) runs when at least one epoch fits and no kept parent head needs the encoder
      unchanged, for as many epochs as fit (at most `max_epochs`); with a GPU, in bf16 with larger batches.
+     An epoch that would end after the deadline does not start, and one running at the deadline ends there.
 4. `blend`: per head, the encoder candidate (the better of `head` and `full`) and `tfidf` mixed by averaging
    probabilities, the encoder's share picked per head (on out-of-fold predictions of the fit rows plus the
    validation rows for `head`; on the validation rows for `full`, which has seen the fit rows). A head
@@ -27,6 +35,8 @@ was skipped):
    everything chosen above (C, shares, offsets) kept.
 
 The result is always servable: every choice is a set of linear components (see `arbiter.ml.model`).
+Every deadline is read on the search's clock (`time.monotonic` unless a caller simulates time), so a candidate
+cut by the budget ends the run `succeeded` with what fit, and its row says what was cut.
 `auto_plan` gives the same plan before a run, from a per-row cost model (the console's estimate).
 
 An image base runs `image_automl_search` instead: steps 2 and 3 alone (no TF-IDF, so no blend, calibration or
@@ -53,6 +63,7 @@ from arbiter.ml.encoders import EmbeddingCache, Encoder
 from arbiter.ml.finetune import encoder_finetune
 from arbiter.ml.heads import (
     CancelCheck,
+    Clock,
     EpochProgress,
     EpochTracker,
     HeadStack,
@@ -65,7 +76,7 @@ from arbiter.ml.image_encoders import ImageEncoder
 from arbiter.ml.image_finetune import image_encoder_finetune, image_finetune_speed
 from arbiter.ml.metrics import head_loss, head_score, selection_score
 from arbiter.ml.model import ENCODER, HeadModel, LinearComponent, sigmoid, softmax
-from arbiter.ml.plan import Plan, Speeds, plan_make
+from arbiter.ml.plan import Plan, Speeds, duration_text, plan_make
 from arbiter.ml.specs import HeadSpec, TrainOptions
 from arbiter.ml.tfidf import TfidfFeatures, logistic_fit
 
@@ -86,6 +97,10 @@ CALIBRATION_OFFSETS = tuple(np.round(np.linspace(-1.0, 1.0, 17), 3))
 # on their predictions do not carry over (measured on OLID samples), so only a clear one is taken.
 CALIBRATION_MIN_GAIN = 0.01
 CALIBRATION_MIN_ROWS = 150
+# Rows are embedded for `head` in chunks of about this many seconds at the pace so far (within these bounds),
+# the deadline checked before each.
+EMBED_CHUNK_SECONDS = 5.0
+EMBED_CHUNK_ROWS = (32, 4096)
 
 
 @dataclass
@@ -117,9 +132,11 @@ class _Search:
     started: float
     deadline: float
     tune_max_tokens: bool = True
-    reserve: float = 0.0  # seconds kept for the final evaluation (from the plan)
+    reserve: float = 0.0  # seconds kept for the final evaluation (from the plan) and the TF-IDF refit
     candidates: list[dict[str, Any]] = field(default_factory=list)
     history: list[EpochProgress] = field(default_factory=list)
+    clock: Clock = time.monotonic
+    embed_speed: float = 0.0  # seconds per row, measured on a sample (text bases)
 
     @property
     def sign(self) -> float:
@@ -140,8 +157,10 @@ class _Search:
         )
         return -np.inf if score is None else score
 
-    def skip(self, name: str, reason: str) -> None:
-        self.candidates.append({"name": name, "skipped": reason})
+    def skip(self, name: str, reason: str, *, seconds: float | None = None) -> None:
+        self.candidates.append(
+            {"name": name, "skipped": reason, **({} if seconds is None else {"seconds": round(seconds, 2)})}
+        )
 
 
 @dataclass
@@ -155,6 +174,7 @@ class _Tfidf:
     out_of_fold: dict[str, np.ndarray]
     valid_features: sp.csr_matrix
     detail: dict[str, Any]
+    refit_seconds: float = 0.0  # the refit's estimated cost, kept out of the encoder's plan
 
 
 @dataclass
@@ -215,20 +235,37 @@ def _tfidf_candidate(
     deadline: float,
     features_name: str,
     should_cancel: CancelCheck | None,
+    clock: Clock = time.monotonic,
 ) -> _Tfidf:
     """TF-IDF + logistic regression per head, C chosen per head by cross-validation on the fit rows.
 
     Cross-validation rather than the validation rows: a small head's validation rows are too few to
-    rank regularisation strengths, and picking on them overfits them.
+    rank regularisation strengths, and picking on them overfits them. The first C of the grid always runs;
+    each further one only when `_tfidf_costs` says its round, the final fit and the refit end before the
+    deadline (the detail's `c_tried`, and `stopped` when the grid was cut).
     """
+    started = clock()
     features = TfidfFeatures.fit(fit.texts)
     x_fit, x_valid = features.transform(fit.texts), features.transform(valid.texts)
+    costs = _TfidfCosts(features=clock() - started, fit_rows=len(fit), valid_rows=len(valid))
     folds = {spec.name: _folds(fit.heads[spec.name], seed=options.seed) for spec in specs}
     scores: dict[str, dict[float, float]] = {spec.name: {} for spec in specs}
     out_of_fold: dict[str, dict[float, np.ndarray]] = {spec.name: {} for spec in specs}
+    stopped = None
     for c in C_GRID:
-        if scores[specs[0].name] and time.monotonic() > deadline:
-            break
+        if costs.rounds:
+            left = deadline - clock()
+            need = costs.round(c) + costs.after()
+            if need > left:
+                untried = [value for value in C_GRID if value not in costs.rounds]
+                stopped = (
+                    f"C {', '.join(f'{value:g}' for value in untried)} not tried: a cross-validation round at "
+                    f"C={c:g} (about {duration_text(costs.round(c))}) and the final fit and refit after it "
+                    f"(about {duration_text(costs.after())}) would end after the time budget "
+                    f"({duration_text(max(left, 0.0))} left); the best C of those tried is kept"
+                )
+                break
+        round_started = clock()
         for spec in specs:
             score, predicted = _cross_validate(
                 spec,
@@ -241,6 +278,7 @@ def _tfidf_candidate(
             )
             scores[spec.name][c] = score
             out_of_fold[spec.name][c] = predicted
+        costs.rounds[c] = clock() - round_started
     heads, valid_probabilities, chosen = [], {}, {}
     for spec in specs:
         # max() keeps the first of equal scores, and the grid starts at the usual C=1.
@@ -256,14 +294,51 @@ def _tfidf_candidate(
         head.thresholds = head.default_thresholds()
         heads.append(head)
         valid_probabilities[spec.name] = _logistic_probabilities(x_valid, head.components[0], spec)
+    detail: dict[str, Any] = {"c": chosen, "c_tried": list(costs.rounds), "features": features.dim}
+    if stopped is not None:
+        detail["stopped"] = stopped
     return _Tfidf(
         features=features,
         heads=heads,
         valid_probabilities=valid_probabilities,
         out_of_fold={name: out_of_fold[name][c] for name, c in chosen.items()},
         valid_features=x_valid,
-        detail={"c": chosen, "features": features.dim},
+        detail=detail,
+        refit_seconds=costs.refit(),
     )
+
+
+@dataclass
+class _TfidfCosts:
+    """The TF-IDF candidate's cost model, from what it measured on these rows: the features (fit and
+    transform) and each cross-validation round (C -> seconds).
+
+    A round fits every head on 3 folds of two thirds of the rows, about two fits on all of them. Logistic
+    regression needs more iterations as C grows (weaker regularisation): a round at a larger C than one
+    measured is costed at the measured time times the square root of the ratio, which errs on the safe
+    side (on OLID's three heads, a fit at C=4 took 0.8 to 1.2 times one at C=1, and C=0.5 about half). The
+    refit fits the features and each head again on the fit and validation rows together.
+    """
+
+    features: float
+    fit_rows: int
+    valid_rows: int
+    rounds: dict[float, float] = field(default_factory=dict)
+
+    def round(self, c: float) -> float:
+        return max(seconds * max(1.0, math.sqrt(c / measured)) for measured, seconds in self.rounds.items())
+
+    def fit(self) -> float:
+        """One fit per head on the fit rows (at the costliest C measured)."""
+        return max(self.rounds.values(), default=0.0) / 2
+
+    def refit(self) -> float:
+        scale = (self.fit_rows + self.valid_rows) / max(self.fit_rows, 1)
+        return (self.features + self.fit()) * scale
+
+    def after(self) -> float:
+        """What still follows the grid: the final fit and the refit."""
+        return self.fit() + self.refit()
 
 
 def _cross_validate(
@@ -310,7 +385,12 @@ def _max_tokens_from_data(encoder: Encoder, texts: Sequence[str], *, limit: int)
 
 
 def _embed_speed(
-    encoder: Encoder, texts: Sequence[str], *, max_tokens: int, cache: EmbeddingCache | None
+    encoder: Encoder,
+    texts: Sequence[str],
+    *,
+    max_tokens: int,
+    cache: EmbeddingCache | None,
+    clock: Clock = time.monotonic,
 ) -> float:
     """Seconds per row to embed, timed on a sample of rows not in the cache (whose embeddings go to the
     cache, so the timing costs nothing when `head` runs); on uncached copies when every row is cached."""
@@ -318,9 +398,9 @@ def _embed_speed(
     sample = missing[:SPEED_SAMPLE] if missing else list(dict.fromkeys(texts))[:SPEED_SAMPLE]
     if not sample:
         return 0.0
-    started = time.monotonic()
+    started = clock()
     encoder.embed(sample, max_tokens=max_tokens, cache=cache if missing else None)
-    return (time.monotonic() - started) / len(sample)
+    return (clock() - started) / len(sample)
 
 
 def _finetune_speed(encoder: Encoder, search: _Search, *, max_tokens: int, batch_size: int) -> float:
@@ -343,14 +423,14 @@ def _finetune_speed(encoder: Encoder, search: _Search, *, max_tokens: int, batch
     timings = []
     try:
         for _ in range(2):  # the first pass warms up kernels and allocations; the second is timed
-            started = time.monotonic()
+            started = search.clock()
             input_ids, attention_mask = encoder.pad(ids)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = stack(encoder.forward(input_ids, attention_mask))
             loss = targets.loss(logits, torch.arange(count, device=device))
             if loss.requires_grad:
                 loss.backward()
-            timings.append(time.monotonic() - started)
+            timings.append(search.clock() - started)
     finally:
         encoder.model.zero_grad(set_to_none=True)
         word_embeddings.requires_grad_(frozen)
@@ -374,14 +454,16 @@ def automl_search(
     deadline: float | None = None,
     test_rows: int = 0,
     tune_max_tokens: bool = True,
+    clock: Clock = time.monotonic,
 ) -> tuple[AutoOutcome, Encoder | None]:
     """Run the plan; returns the outcome and the encoder (fine-tuned if `full` won) when used.
 
-    `deadline` (a `time.monotonic()` value) defaults to the options' budget from now; `test_rows` sizes the
+    `deadline` (a `clock()` value) defaults to the options' budget from now; `test_rows` sizes the
     reserve for the final evaluation; `tune_max_tokens` lets the data set `max_tokens` (not when kept
-    heads of a parent depend on the encoder as it is).
+    heads of a parent depend on the encoder as it is). `clock` is what the budget is measured on (every
+    step's seconds too): `time.monotonic` unless a caller simulates time.
     """
-    started = time.monotonic()
+    started = clock()
     search = _Search(
         specs=specs,
         fit=fit,
@@ -389,23 +471,27 @@ def automl_search(
         test_rows=test_rows,
         options=options,
         parents=parents,
-        cache=cache,
+        # `head` embeds in chunks through a cache, so that rows embedded before the deadline stay known.
+        cache=cache if cache is not None else EmbeddingCache(),
         on_progress=on_progress,
         should_cancel=should_cancel,
         started=started,
         deadline=deadline if deadline is not None else started + options.time_budget_s,
         tune_max_tokens=tune_max_tokens,
+        clock=clock,
     )
     tfidf = _tfidf_run(search, features_name=features_name)
-    phase = time.monotonic()  # the encoder's candidates' times include loading it and measuring its speed
-    encoder, plan = _encoder_plan(search, encoder_load, allow_full=allow_full)
+    phase = clock()  # the encoder's candidates' times include loading it and measuring its speed
+    encoder, plan = _encoder_plan(search, encoder_load, allow_full=allow_full, tfidf=tfidf)
     best = None
     if encoder is not None and plan is not None:
         head = _head_run(search, encoder, started=phase) if plan.head else None
         if plan.head:
-            phase = time.monotonic()
+            phase = clock()
         best = _full_run(search, encoder, head=head, epochs=plan.full_epochs, started=phase)
     plan_record = {"budget_s": round(search.deadline - started, 1), **(plan.to_dict() if plan else {})}
+    if tfidf.refit_seconds:
+        plan_record["tfidf_refit_s"] = round(tfidf.refit_seconds, 1)
     if encoder is not None:
         plan_record["max_tokens"] = search.options.max_tokens
     if encoder is None or best is None:
@@ -507,7 +593,9 @@ def image_automl_search(
     head = None
     phase = started  # the first candidate's time includes loading the backbone and measuring its speed
     if plan.head or over_budget:
-        head = _head_run(search, encoder, started=phase)
+        # Over budget, `head` is all an image model has: its epochs are not cut (they cost little beside the
+        # embedding).
+        head = _head_run(search, encoder, started=phase, deadline=not over_budget)
         phase = time.monotonic()
     best = _full_run(search, encoder, head=head, epochs=plan.full_epochs, started=phase)
     assert best is not None
@@ -534,7 +622,7 @@ def _tfidf_refit(
     uses_tfidf = any(component.features != ENCODER for head in heads for component in head.components)
     if not uses_tfidf or search.valid is search.fit:
         return tfidf.features, heads
-    started = time.monotonic()
+    started = search.clock()
     rows = search.fit.concat(search.valid)
     features = TfidfFeatures.fit(rows.texts)
     x_rows = features.transform(rows.texts)
@@ -562,7 +650,7 @@ def _tfidf_refit(
     search.candidates.append(
         {
             "name": "refit",
-            "seconds": round(time.monotonic() - started, 2),
+            "seconds": round(search.clock() - started, 2),
             "rows": len(rows),
             "features": features.dim,
         }
@@ -580,9 +668,10 @@ def _tfidf_run(search: _Search, *, features_name: str) -> _Tfidf:
         deadline=search.deadline,
         features_name=features_name,
         should_cancel=search.should_cancel,
+        clock=search.clock,
     )
     score, per_head = search.score(tfidf.valid_probabilities)
-    seconds = time.monotonic() - search.started
+    seconds = search.clock() - search.started
     losses = [
         loss
         for name, labels in search.valid.heads.items()
@@ -616,11 +705,11 @@ def _tfidf_run(search: _Search, *, features_name: str) -> _Tfidf:
 
 
 def _encoder_plan(
-    search: _Search, encoder_load: Any, *, allow_full: bool
+    search: _Search, encoder_load: Any, *, allow_full: bool, tfidf: _Tfidf
 ) -> tuple[Encoder | None, Plan | None]:
-    """Load the encoder, set `max_tokens` from the data, measure speeds and plan the budget left; the
-    skipped candidates go to the record with their reasons."""
-    if time.monotonic() >= search.deadline:
+    """Load the encoder, set `max_tokens` from the data, measure speeds and plan the budget left less the
+    TF-IDF refit's estimate; the skipped candidates go to the record with their reasons."""
+    if search.clock() >= search.deadline - tfidf.refit_seconds:
         search.skip("head", "the time budget was spent")
         if allow_full:
             search.skip("full", "the time budget was spent")
@@ -635,7 +724,10 @@ def _encoder_plan(
         options = dataclasses.replace(options, batch_size=max(options.batch_size, GPU_BATCH_SIZE))
     search.options = options
     texts = search.fit.texts + search.valid.texts
-    embed = _embed_speed(encoder, texts, max_tokens=options.max_tokens, cache=search.cache)
+    embed = _embed_speed(
+        encoder, texts, max_tokens=options.max_tokens, cache=search.cache, clock=search.clock
+    )
+    search.embed_speed = embed
     finetune = (
         _finetune_speed(encoder, search, max_tokens=options.max_tokens, batch_size=options.batch_size)
         if allow_full
@@ -647,11 +739,11 @@ def _encoder_plan(
         valid_rows=len(search.valid),
         test_rows=search.test_rows,
         embed_rows=len(encoder.missing(texts, max_tokens=options.max_tokens, cache=search.cache)),
-        remaining=search.deadline - time.monotonic(),
+        remaining=search.deadline - tfidf.refit_seconds - search.clock(),
         max_epochs=options.max_epochs,
         allow_full=allow_full,
     )
-    search.reserve = plan.estimates["reserve"]
+    search.reserve = plan.estimates["reserve"] + tfidf.refit_seconds
     for name, reason in plan.skipped.items():
         search.skip(name, reason)
     if not plan.head and plan.full_epochs < 1:
@@ -659,9 +751,20 @@ def _encoder_plan(
     return encoder, plan
 
 
-def _head_run(search: _Search, encoder: Encoder | ImageEncoder, *, started: float) -> _EncoderCandidate:
-    """Linear heads on the frozen encoder's embeddings."""
+def _head_run(
+    search: _Search, encoder: Encoder | ImageEncoder, *, started: float, deadline: bool = True
+) -> _EncoderCandidate | None:
+    """Linear heads on the frozen encoder's embeddings, within the deadline less the reserve (`deadline`
+    False: not cut). A text encoder embeds the rows with `_embed_within`; when they cannot all be embedded
+    in time, `head` is skipped with the reason (and None returned). The epochs stop at the deadline, the
+    best so far kept."""
     options = search.options
+    until = search.deadline - search.reserve if deadline else None
+    if until is not None and not isinstance(encoder, ImageEncoder):
+        unfinished = _embed_within(search, encoder, search.fit.texts + search.valid.texts, deadline=until)
+        if unfinished is not None:
+            search.skip("head", unfinished, seconds=search.clock() - started)
+            return None
     fit_embeddings = encoder.embed(search.fit.texts, max_tokens=options.max_tokens, cache=search.cache)
     valid_embeddings = encoder.embed(search.valid.texts, max_tokens=options.max_tokens, cache=search.cache)
     heads, tracker = heads_train_frozen(
@@ -674,6 +777,8 @@ def _head_run(search: _Search, encoder: Encoder | ImageEncoder, *, started: floa
         parents=search.parents,
         on_progress=search.on_progress,
         should_cancel=search.should_cancel,
+        deadline=until,
+        clock=search.clock,
     )
     search.history.extend(tracker.history)
     candidate = _EncoderCandidate(
@@ -689,11 +794,44 @@ def _head_run(search: _Search, encoder: Encoder | ImageEncoder, *, started: floa
             "name": "head",
             "selection_metric": round(search.sign * tracker.best_score, 6),
             "head_metrics": _head_metrics(search, candidate.valid_probabilities),
-            "seconds": round(time.monotonic() - started, 2),
+            "seconds": round(search.clock() - started, 2),
             "best_epoch": tracker.best_epoch,
+            "epochs": len(tracker.history),
+            **({"stopped": tracker.stopped} if tracker.stopped else {}),
         }
     )
     return candidate
+
+
+def _embed_within(search: _Search, encoder: Encoder, texts: Sequence[str], *, deadline: float) -> str | None:
+    """Embed the texts the cache lacks, into the cache, in chunks of about EMBED_CHUNK_SECONDS (shortest
+    texts first, so batches pad little). Before each chunk the rows left are costed at the pace so far (the
+    sample's speed until a chunk is timed); when they would end after `deadline`, it stops there and says
+    why (None once every row is embedded). What was embedded stays in the cache."""
+    max_tokens = search.options.max_tokens
+    missing = sorted(encoder.missing(texts, max_tokens=max_tokens, cache=search.cache), key=len)
+    total, done, spent = len(missing), 0, 0.0
+    pace = search.embed_speed
+    while done < total:
+        cancel_check(search.should_cancel)
+        left = deadline - search.clock()
+        need = (total - done) * pace
+        if need > left:
+            so_far = f"{done} of {total} rows embedded in {duration_text(spent)}; " if done else ""
+            return (
+                f"embedding the rows would overrun the time budget: {so_far}the {total - done} rows left "
+                f"would take about {duration_text(need)} at {pace * 1000:.0f} ms a row, with "
+                f"{duration_text(max(left, 0.0))} left"
+            )
+        low, high = EMBED_CHUNK_ROWS
+        size = int(min(high, max(low, EMBED_CHUNK_SECONDS / max(pace, 1e-9))))
+        chunk = missing[done : done + size]
+        chunk_started = search.clock()
+        encoder.embed(chunk, max_tokens=max_tokens, cache=search.cache)
+        spent += search.clock() - chunk_started
+        done += len(chunk)
+        pace = spent / done
+    return None
 
 
 def _head_metrics(search: _Search, probabilities: dict[str, np.ndarray]) -> dict[str, float]:
@@ -715,7 +853,8 @@ def _full_run(
         return head
     frozen_state = copy.deepcopy(encoder.model.state_dict()) if head is not None else None
     was_fine_tuned = getattr(encoder, "fine_tuned", False)
-    finetune: Any = image_encoder_finetune if isinstance(encoder, ImageEncoder) else encoder_finetune
+    image = isinstance(encoder, ImageEncoder)
+    finetune: Any = image_encoder_finetune if image else encoder_finetune
     heads, tracker = finetune(
         encoder=encoder,
         specs=search.specs,
@@ -727,6 +866,8 @@ def _full_run(
         should_cancel=search.should_cancel,
         max_epochs=epochs,
         deadline=search.deadline - search.reserve,
+        # An image search is timed on time.monotonic, which image_encoder_finetune reads.
+        **({} if image else {"clock": search.clock}),
     )
     search.history.extend(tracker.history)
     valid_embeddings = encoder.embed(search.valid.texts, max_tokens=search.options.max_tokens)
@@ -743,10 +884,11 @@ def _full_run(
             "name": "full",
             "selection_metric": round(search.sign * tracker.best_score, 6),
             "head_metrics": _head_metrics(search, candidate.valid_probabilities),
-            "seconds": round(time.monotonic() - started, 2),
+            "seconds": round(search.clock() - started, 2),
             "best_epoch": tracker.best_epoch,
             "epochs": len(tracker.history),
             "planned_epochs": epochs,
+            **({"stopped": tracker.stopped} if tracker.stopped else {}),
             **({} if isinstance(encoder, ImageEncoder) else {"max_tokens": search.options.max_tokens}),
             "batch_size": search.options.batch_size,
         }
@@ -767,7 +909,7 @@ def _blend(
     """Per head, the encoder candidate and `tfidf` mixed with the share that scores best, never below either
     alone on the validation rows; then calibrated. The outcome names the simplest candidate the shares
     amount to."""
-    started = time.monotonic()
+    started = search.clock()
     shares = _shares_pick(search, tfidf=tfidf, best=best)
     for name, share in list(shares.items()):
         # The share was picked on more rows than the validation ones; on those, a pure candidate that
@@ -795,7 +937,7 @@ def _blend(
             "name": "blend",
             "selection_metric": round(search.sign * blend_score, 6),
             "head_metrics": _head_metrics(search, blended),
-            "seconds": round(time.monotonic() - started, 2),
+            "seconds": round(search.clock() - started, 2),
             "encoder": best.name,
             "encoder_share": shares,
         }
@@ -835,7 +977,7 @@ def _shares_pick(search: _Search, *, tfidf: _Tfidf, best: _EncoderCandidate) -> 
         tfidf.valid_probabilities,
     )
     enough_rows = len(fit) >= 2 * CV_FOLDS
-    if best.fit_embeddings is not None and enough_rows and time.monotonic() < search.deadline:
+    if best.fit_embeddings is not None and enough_rows and search.clock() < search.deadline:
         encoder_oof = _encoder_out_of_fold(
             specs=search.specs,
             fit=fit,
@@ -914,7 +1056,7 @@ def _calibrate(
     """
     if search.options.selection_rule == "loss":
         return heads
-    started = time.monotonic()
+    started = search.clock()
     rule = search.options.selection_rule
     offsets: dict[str, dict[str, float]] = {}
     shifts: dict[str, np.ndarray] = {}
@@ -972,7 +1114,7 @@ def _calibrate(
                 "name": "calibrate",
                 "selection_metric": round(search.sign * total_score, 6),
                 "head_metrics": _head_metrics(search, final),
-                "seconds": round(time.monotonic() - started, 2),
+                "seconds": round(search.clock() - started, 2),
                 "offsets": offsets,
             }
         )

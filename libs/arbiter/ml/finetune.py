@@ -20,6 +20,7 @@ from arbiter.ml.data import LabelledRows
 from arbiter.ml.encoders import Encoder
 from arbiter.ml.heads import (
     CancelCheck,
+    Clock,
     EpochTracker,
     HeadStack,
     HeadTargets,
@@ -45,11 +46,12 @@ def encoder_finetune(
     should_cancel: CancelCheck | None,
     max_epochs: int | None = None,
     deadline: float | None = None,
+    clock: Clock = time.monotonic,
 ) -> tuple[list[HeadModel], EpochTracker]:
     """Fine-tune `encoder` in place; on return it holds the best epoch's weights.
 
-    With a `deadline` (a `time.monotonic()` value) no epoch starts that would, at the pace of the
-    epochs so far, end after it, and an epoch still running at the deadline ends there.
+    With a `deadline` (a `clock()` value) no epoch starts that would, at the pace of the epochs so far,
+    end after it, and an epoch still running at the deadline ends there (the tracker's `stopped` says so).
     """
     torch.manual_seed(options.seed)
     device = encoder.device
@@ -83,7 +85,7 @@ def encoder_finetune(
     parameters = [*trained, *stack.parameters()]
     generator = torch.Generator().manual_seed(options.seed)
     tracker = EpochTracker(candidate="full", options=options, valid=valid, on_progress=on_progress)
-    first_started = time.monotonic()
+    first_started = clock()
     for epoch in range(1, epochs + 1):
         started = time.monotonic()
         encoder.model.train()
@@ -92,7 +94,7 @@ def encoder_finetune(
         losses: list[float] = []
         for start in range(0, len(order), options.batch_size):
             cancel_check(should_cancel)
-            if deadline is not None and losses and time.monotonic() > deadline:
+            if deadline is not None and losses and clock() > deadline:
                 break
             index = order[start : start + options.batch_size]
             input_ids, attention_mask = encoder.pad([token_ids[i] for i in index.tolist()])
@@ -117,8 +119,12 @@ def encoder_finetune(
             state=lambda: {"encoder": encoder.model.state_dict(), "heads": stack.state_dict()},
             started=started,
         )
-        epoch_seconds = (time.monotonic() - first_started) / epoch
-        if stop or (deadline is not None and time.monotonic() + epoch_seconds > deadline):
+        epoch_seconds = (clock() - first_started) / epoch
+        if stop:
+            break
+        if deadline is not None and clock() + epoch_seconds > deadline:
+            if epoch < epochs:
+                tracker.deadline_stop(epochs)
             break
     encoder.model.load_state_dict(tracker.best_state["encoder"])
     encoder.model.eval()

@@ -67,6 +67,8 @@ class EpochProgress:
 
 ProgressCallback = Callable[[EpochProgress], None]
 CancelCheck = Callable[[], bool]
+# What a time budget is measured on: `time.monotonic` unless a caller (a test) simulates time.
+Clock = Callable[[], float]
 
 
 def cancel_check(should_cancel: CancelCheck | None) -> None:
@@ -217,6 +219,15 @@ class EpochTracker:
     best_epoch: int = 0
     best_state: Any = None
     history: list[EpochProgress] = field(default_factory=list)
+    # Set when the epochs stopped at the deadline before `max_epochs` or early stopping: why, in words.
+    stopped: str | None = None
+
+    def deadline_stop(self, planned: int) -> None:
+        """Record that the epochs stopped at the deadline (the best epoch so far is the one kept)."""
+        self.stopped = (
+            f"stopped at the time budget after {len(self.history)} of {planned} epochs; the best epoch "
+            f"({self.best_epoch}) kept"
+        )
 
     def record(
         self,
@@ -274,11 +285,16 @@ def heads_train_frozen(
     should_cancel: CancelCheck | None,
     candidate: str = "head",
     keep_best: bool = True,
+    deadline: float | None = None,
+    clock: Clock = time.monotonic,
 ) -> tuple[list[HeadModel], EpochTracker]:
     """Train heads on fixed embeddings with AdamW; returns the heads and the history.
 
     The heads are the best epoch's by the selection rule on `valid`, or with `keep_best=False` the last
-    epoch's (for cross-validation, where `valid` is the held-out fold and must not choose).
+    epoch's (for cross-validation, where `valid` is the held-out fold and must not choose). With a
+    `deadline` (a `clock()` value) no epoch starts that would, at the pace of the epochs so far, end after
+    it, and an epoch still running at the deadline ends there; the first epoch always runs, and the
+    tracker's `stopped` says when the deadline cut the epochs.
     """
     with _one_thread():
         return _heads_train_frozen(
@@ -293,6 +309,8 @@ def heads_train_frozen(
             should_cancel=should_cancel,
             candidate=candidate,
             keep_best=keep_best,
+            deadline=deadline,
+            clock=clock,
         )
 
 
@@ -320,6 +338,8 @@ def _heads_train_frozen(
     should_cancel: CancelCheck | None,
     candidate: str,
     keep_best: bool,
+    deadline: float | None,
+    clock: Clock,
 ) -> tuple[list[HeadModel], EpochTracker]:
     torch.manual_seed(options.seed)
     device = torch.device("cpu")
@@ -334,13 +354,16 @@ def _heads_train_frozen(
     )
     generator = torch.Generator().manual_seed(options.seed)
     tracker = EpochTracker(candidate=candidate, options=options, valid=valid, on_progress=on_progress)
+    first_started = clock()
     for epoch in range(1, options.max_epochs + 1):
         cancel_check(should_cancel)
         started = time.monotonic()
         stack.train()
         order = torch.randperm(len(fit), generator=generator)
-        losses = []
+        losses: list[float] = []
         for start in range(0, len(order), options.batch_size):
+            if deadline is not None and losses and clock() > deadline:
+                break
             index = order[start : start + options.batch_size]
             loss = targets.loss(stack(features[index]), index)
             if not loss.requires_grad:
@@ -360,6 +383,10 @@ def _heads_train_frozen(
             started=started,
         )
         if stop:
+            break
+        epoch_seconds = (clock() - first_started) / epoch
+        if deadline is not None and epoch < options.max_epochs and clock() + epoch_seconds > deadline:
+            tracker.deadline_stop(options.max_epochs)
             break
     if keep_best:
         stack.load_state_dict(tracker.best_state)

@@ -60,7 +60,8 @@ class Plan:
         }
 
 
-def _minutes(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """Seconds as the candidates table words them: "45 s", "2.5 min"."""
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
@@ -93,7 +94,7 @@ def plan_make(
         epochs = min(max_epochs, with_head if head else alone)
         if not head:
             skipped["head"] = (
-                f"fine-tuning gets the budget: embedding every row (about {_minutes(embed)}) would leave "
+                f"fine-tuning gets the budget: embedding every row (about {duration_text(embed)}) would leave "
                 f"{with_head} of the {min(max_epochs, alone)} epochs that fit"
             )
         return Plan(head=head, full_epochs=epochs, estimates=estimates, skipped=skipped)
@@ -101,14 +102,14 @@ def plan_make(
         skipped["full"] = "the parent's kept heads need its encoder unchanged"
     else:
         skipped["full"] = (
-            f"one fine-tuning epoch (about {_minutes(epoch)}) does not fit in the {_minutes(max(left, 0))} "
+            f"one fine-tuning epoch (about {duration_text(epoch)}) does not fit in the {duration_text(max(left, 0))} "
             "left of the time budget"
         )
     if embed <= left:
         return Plan(head=True, full_epochs=0, estimates=estimates, skipped=skipped)
     skipped["head"] = (
-        f"embedding the rows (about {_minutes(embed)}) would overrun the time budget "
-        f"({_minutes(max(left, 0))} left)"
+        f"embedding the rows (about {duration_text(embed)}) would overrun the time budget "
+        f"({duration_text(max(left, 0))} left)"
     )
     return Plan(head=False, full_epochs=0, estimates=estimates, skipped=skipped)
 

@@ -25,7 +25,14 @@ from arbiter.ml.data import LabelledRows, rows_check_trainable, rows_parse, rows
 from arbiter.ml.encoders import DEFAULT_BASE_MODEL, EmbeddingCache, Encoder
 from arbiter.ml.errors import ArtifactError, BaseModelError, MLError
 from arbiter.ml.finetune import encoder_finetune
-from arbiter.ml.heads import CancelCheck, EpochProgress, ProgressCallback, cancel_check, heads_train_frozen
+from arbiter.ml.heads import (
+    CancelCheck,
+    Clock,
+    EpochProgress,
+    ProgressCallback,
+    cancel_check,
+    heads_train_frozen,
+)
 from arbiter.ml.image_encoders import ImageEncoder, builtin_heads, image_encoder_add_onnx, is_image_base
 from arbiter.ml.image_finetune import image_encoder_finetune
 from arbiter.ml.metrics import model_evaluate, selection_score, threshold_for_precision
@@ -173,6 +180,7 @@ def train_from_snapshot(
     should_cancel: CancelCheck | None = None,
     cache: EmbeddingCache | None = None,
     device: torch.device | None = None,
+    clock: Clock = time.monotonic,
 ) -> TrainResult:
     """Train the heads of a snapshot, evaluate them, and write a servable artifact into `out_dir`.
 
@@ -183,9 +191,10 @@ def train_from_snapshot(
     With a `parent`, the parent's heads that are not in `heads` are kept unchanged (and still served);
     heads in both are retrained, starting from the parent's weights when their labels match; the
     parent's encoder is reused. `on_progress` gets an `EpochProgress` per epoch; `should_cancel` is
-    polled between steps and raises `TrainingCancelled` when it returns True.
+    polled between steps and raises `TrainingCancelled` when it returns True. `options.time_budget_minutes`
+    is measured on `clock` (`time.monotonic`; tests pass a simulated one), and so is the time used.
     """
-    started = time.monotonic()
+    started = clock()
     options = options or TrainOptions()
     deadline = started + options.time_budget_s
     # Validation and test texts are embedded while training and again for evaluation: keep them.
@@ -215,6 +224,7 @@ def train_from_snapshot(
         deadline=deadline,
         test_rows=len(data.test),
         image=is_image_base(update.source),
+        clock=clock,
     )
     cancel_check(should_cancel)
     if trained.max_tokens is not None and trained.max_tokens != options.max_tokens:
@@ -250,7 +260,7 @@ def train_from_snapshot(
         selection_metric=selection_metric,
         kept=update.kept,
         inits=inits,
-        seconds=time.monotonic() - started,
+        seconds=clock() - started,
     )
     if parent is not None and parent.metrics and update.kept:
         metrics["inherited_heads"] = _inherited_metrics(parent_metrics=parent.metrics, kept=update.kept)
@@ -273,7 +283,7 @@ def train_from_snapshot(
         history=trained.history,
         candidates=trained.candidates,
         warnings=data.warnings,
-        seconds=time.monotonic() - started,
+        seconds=clock() - started,
     )
 
 
@@ -528,7 +538,10 @@ def _train(
     deadline: float,
     test_rows: int,
     image: bool,
+    clock: Clock,
 ) -> _Trained:
+    # Image training reads time.monotonic: the time left is carried over to it.
+    monotonic_deadline = time.monotonic() + (deadline - clock())
     if options.strategy == "auto" and image:
         outcome = image_automl_search(
             specs=specs,
@@ -541,7 +554,7 @@ def _train(
             cache=cache,
             on_progress=on_progress,
             should_cancel=should_cancel,
-            deadline=deadline,
+            deadline=monotonic_deadline,
             test_rows=test_rows,
         )
         return _Trained(
@@ -571,6 +584,7 @@ def _train(
             test_rows=test_rows,
             # Kept heads read the parent's embeddings: the tokens they were trained on stay.
             tune_max_tokens=allow_full,
+            clock=clock,
         )
         used = {component.features for head in outcome.heads for component in head.components}
         return _Trained(
@@ -595,7 +609,7 @@ def _train(
             parents=inits,
             on_progress=on_progress,
             should_cancel=should_cancel,
-            deadline=deadline,
+            deadline=monotonic_deadline,
         )
     elif options.strategy == "full":
         heads, tracker = encoder_finetune(
@@ -608,6 +622,7 @@ def _train(
             on_progress=on_progress,
             should_cancel=should_cancel,
             deadline=deadline,
+            clock=clock,
         )
     else:
         heads, tracker = heads_train_frozen(
@@ -620,6 +635,8 @@ def _train(
             parents=inits,
             on_progress=on_progress,
             should_cancel=should_cancel,
+            deadline=deadline,
+            clock=clock,
         )
     return _Trained(
         heads=heads,
