@@ -316,3 +316,34 @@ def test_a_policy_version_that_never_comes_fails_the_deployment_saying_which(
     assert failed["message"].startswith(
         f"Version 9 of policy {policy['id']} never reached the inference service"
     )
+
+
+def test_the_console_deploys_a_cascade_and_says_what_is_wrong_with_one(
+    api: InferenceApi, tenant: Tenant, fake: FakeLlm, trained: dict[str, Any]
+) -> None:
+    fake.script(judge())
+    policy = write_policy(tenant, fake)
+    browser = Client()
+    browser.force_login(tenant.owner)
+    url = f"/console/{tenant.slug}/deployments/new"
+    form = {
+        "version": f"{trained['model_id']}:1",
+        "name": "console-cascade",
+        "cascade_policy": f"{policy['id']}:1",
+        "cascade_low": "0.2",
+        "cascade_high": "0.85",
+        "cascade_heads": "toxicity=insult",
+    }
+    assert "Pair it with a policy" in browser.get(url).content.decode()
+    bad = browser.post(url, {**form, "cascade_heads": "toxicity insult"})
+    assert bad.status_code == 400 and "write each as &lt;trained category&gt;=&lt;policy category&gt;" in (
+        bad.content.decode()
+    )
+    reversed_band = browser.post(url, {**form, "cascade_low": "0.9", "cascade_high": "0.1"})
+    assert reversed_band.status_code == 400 and "cascade.band" in reversed_band.content.decode()
+    created = browser.post(url, form)
+    assert created.status_code == 302, created.content.decode()[:2000]
+    deployment = Deployment.objects.unscoped().get(org_id=tenant.org.pk, name="console-cascade")
+    assert deployment.is_cascade
+    detail = api.client.get(api.url(f"/deployments/{deployment.pk}")).json()
+    assert detail["cascade"]["band"] == [0.2, 0.85] and detail["cascade"]["heads"] == {"toxicity": "insult"}

@@ -8,6 +8,7 @@ Writes go through `logic`, reads through `selectors`. Going live happens in the 
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 from typing import Any
 
@@ -88,6 +89,7 @@ def deployment_create(request: HttpRequest, *, org: str, access: OrgAccess) -> H
                 name=request.POST.get("name", "").strip() or None,
                 log_requests=request.POST.get("log_requests") == "on",
                 log_retention_days=int(retention) if retention.isdigit() else None,
+                cascade=_cascade_from_post(request.POST),
             )
         except ApiError as exc:
             error = exc.message
@@ -108,6 +110,39 @@ def deployment_create(request: HttpRequest, *, org: str, access: OrgAccess) -> H
         "max_retention": inference_settings().max_log_retention_days,
     }
     return render(request, "inference/deployment_create.html", context, status=400 if error else 200)
+
+
+def _cascade_from_post(data: Any) -> dict[str, Any] | None:
+    """The form's cascade (a policy version, the band, `head=category` lines) in the API's shape; the API's
+    checks then name what is wrong, as for any request."""
+    chosen = data.get("cascade_policy", "")
+    if not chosen:
+        return None
+    model_id, _, number = chosen.partition(":")
+    if not (model_id.isdigit() and number.isdigit()):
+        raise ApiError(status=400, code="invalid", message="cascade.policy: choose the policy version.")
+    band = []
+    for field in ("cascade_low", "cascade_high"):
+        try:
+            band.append(float(data.get(field, "")))
+        except ValueError:
+            raise ApiError(
+                status=400,
+                code="invalid",
+                message="cascade.band: give the band's bounds as numbers from 0 to 1.",
+            ) from None
+    heads: dict[str, str] = {}
+    for line in re.split(r"[\n,]", data.get("cascade_heads", "")):
+        head, sep, category = line.partition("=")
+        if line.strip() and not sep:
+            raise ApiError(
+                status=400,
+                code="invalid",
+                message=f"cascade.heads: {line.strip()!r}: write each as <trained category>=<policy category>.",
+            )
+        if line.strip():
+            heads[head.strip()] = category.strip()
+    return {"policy": {"model": int(model_id), "version": int(number)}, "band": band, "heads": heads}
 
 
 def _snippets(*, org: str, deployment: Deployment) -> dict[str, str]:
