@@ -470,6 +470,25 @@ def image_encoder_add_onnx(*, artifact: Any, encoder: ImageEncoder) -> None:
     config_write(artifact.path, artifact.config)
 
 
+def onnx_session_options(threads: int, *, spin: bool = False) -> Any:
+    """ONNX Runtime options for the image backbone on `threads` CPU threads.
+
+    Its worker threads sleep instead of spinning between parallel loops: a spinning thread burns the core that
+    decodes the next images (serving decodes between batches) and the cores other processes need. Measured on a
+    loaded 2-core machine, this serves 1.5x more images per second (66 against 44, decoding included); `spin`
+    gives ONNX Runtime's default back (the benchmark compares the two).
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.log_severity_level = 3
+    return options
+
+
 class ImageRuntime:
     """Serves an image model: embeddings from the backbone (ONNX Runtime, or torch), the heads in numpy, and
     the base's built-in heads (Open-NSFW) where the model has them."""
@@ -493,13 +512,10 @@ class ImageRuntime:
         if onnx_path is not None and self.family != "huggingface":
             import onnxruntime
 
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = threads or max(1, min(4, torch.get_num_threads()))
-            options.inter_op_num_threads = 1
-            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.log_severity_level = 3
             self.session = onnxruntime.InferenceSession(
-                str(onnx_path), options, providers=["CPUExecutionProvider"]
+                str(onnx_path),
+                onnx_session_options(threads or max(1, min(4, torch.get_num_threads()))),
+                providers=["CPUExecutionProvider"],
             )
             self.name = "onnx"
         else:
