@@ -23,6 +23,7 @@ artifact has it, else torch.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -72,7 +73,11 @@ class TorchRuntime:
 
 
 class OnnxRuntime:
-    """Runs the exported encoder+heads graph with ONNX Runtime on CPU."""
+    """Runs an exported graph (encoder+heads, or the encoder alone) with ONNX Runtime on CPU.
+
+    Thread-safe: ONNX Runtime sessions run concurrently, and tokenizing (whose truncation settings are
+    mutable state in the fast tokenizer) takes a lock.
+    """
 
     name = "onnx"
 
@@ -85,6 +90,7 @@ class OnnxRuntime:
         max_tokens: int,
         threads: int | None = None,
         batch_size: int = 32,
+        spin: bool = True,
     ) -> None:
         import onnxruntime
 
@@ -94,20 +100,32 @@ class OnnxRuntime:
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        if (
+            not spin
+        ):  # idle intra-op threads sleep instead of spinning: better where other work shares the cores
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.tokenizer = tokenizer
         self.outputs = outputs
         self.max_tokens = max_tokens
         self.batch_size = batch_size
         self.path = path
+        self._tokenizer_lock = threading.Lock()
 
     def encoder_logits(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        return self.run(texts)
+
+    def run(self, texts: Sequence[str], *, max_tokens: int | None = None) -> dict[str, np.ndarray]:
+        """The graph's outputs `{key: [len(texts), width]}` for each key of `outputs`, in input order."""
         heads = list(self.outputs)
         names = [self.outputs[head] for head in heads]
         result: dict[str, np.ndarray] = {}
         if not texts:
             return result
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens)["input_ids"]
+        with self._tokenizer_lock:
+            ids = self.tokenizer(list(texts), truncation=True, max_length=max_tokens or self.max_tokens)[
+                "input_ids"
+            ]
         for batch in length_batches(ids, batch_size=self.batch_size):
             padded = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="np")
             values = self.session.run(
