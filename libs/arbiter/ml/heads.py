@@ -201,7 +201,9 @@ def _weighted_loss(
 def mean_head_loss(probabilities: dict[str, np.ndarray], rows: LabelledRows) -> float:
     """Mean over heads of each head's cross-entropy on its applicable rows (inf when no head applies)."""
     losses = [
-        loss for name, labels in rows.heads.items() if (loss := head_loss(probabilities[name], labels)) is not None
+        loss
+        for name, labels in rows.heads.items()
+        if (loss := head_loss(probabilities[name], labels)) is not None
     ]
     return float(np.mean(losses)) if losses else math.inf
 

@@ -222,7 +222,9 @@ def head_evaluate(
     probabilities = probabilities[labels.mask]
     truth = labels.indicators[labels.mask] > 0.5
     decided = (
-        head_predictions(probabilities, multi_label=spec.multi_label) if decided is None else decided[labels.mask]
+        head_predictions(probabilities, multi_label=spec.multi_label)
+        if decided is None
+        else decided[labels.mask]
     )
     per_label = {
         label: _label_metrics(
