@@ -454,7 +454,9 @@ def deployment_create(
                 trained.heads or None,
                 [str(head["name"]) for head in policy.heads] if policy.heads else None,
             )
-        awaited = [] if trained.pk is not None else [f"version {trained.version} of model {trained.model_id}"]
+        awaited: list[str] = (
+            [] if trained.pk is not None else [f"version {trained.version} of model {trained.model_id}"]
+        )
         if policy is not None and policy.pk is None:
             awaited.append(f"version {policy.version} of policy {policy.model_id}")
         if name:
