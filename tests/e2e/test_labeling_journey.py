@@ -12,13 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.annotation import fake_llm
-from tests.e2e.conftest import ARTIFACTS, SAFE, TOXIC, RunningArbiter
-from tests.e2e.test_journey import CHROMIUM, CHROMIUM_ARGS, PASSWORD
+from tests.e2e.browser import console_browser
+from tests.e2e.conftest import SAFE, TOXIC, RunningArbiter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -47,34 +46,12 @@ def llm() -> Iterator[fake_llm.FakeLlm]:
 def test_a_user_labels_an_unlabeled_csv_in_the_console_and_trains_on_the_labels(
     split_arbiter: RunningArbiter, llm: fake_llm.FakeLlm, tmp_path: Path
 ) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("Chromium is not installed (/usr/bin/chromium); `make browser` installs it")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    expect = sync_api.expect
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     base = split_arbiter.base
     csv_file = tmp_path / "comments.csv"
     csv_file.write_text("comment\n" + "\n".join(text_of(i) for i in range(ROWS)) + "\n")
-    problems: list[str] = []
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(30_000)
-        page.on("pageerror", lambda error: problems.append(f"script error on {page.url}: {error}"))
-        page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 500 else None)
-        shots = iter(range(1, 100))
-
-        def shot(name: str) -> None:
-            page.screenshot(path=str(ARTIFACTS / f"labeling-{next(shots):02d}-{name}.png"), full_page=True)
-
-        def reload_until(check: Any, what: str, timeout_s: float = 180) -> None:
-            for _ in range(int(timeout_s)):
-                if check():
-                    return
-                page.wait_for_timeout(1000)
-                page.reload()
-            raise AssertionError(f"{what} did not happen within {timeout_s:.0f} s")
+    with console_browser("labeling") as console:
+        page, expect, shot, reload_until = console.page, console.expect, console.shot, console.reload_until
 
         def latest_job_state() -> str:
             return page.locator("#jobs tbody tr").first.locator("td").nth(2).inner_text().strip()
@@ -92,17 +69,8 @@ def test_a_user_labels_an_unlabeled_csv_in_the_console_and_trains_on_the_labels(
             return page.locator("#jobs tbody tr").first.inner_text()
 
         # 1. Sign up and upload a CSV with one text column and no labels.
-        page.goto(f"{base}/")
-        page.click("text=Create an account")
-        page.fill("#email", "labeler.user@example.com")
-        page.fill("#password", PASSWORD)
-        page.fill("#org_name", "Label Works")
-        page.click("button:has-text('Create account')")
-        page.click("a:has-text('Upload data')")
-        page.click("text=Upload a file")
-        page.set_input_files("#file", str(csv_file))
-        page.click("#upload-button")
-        page.wait_for_url("**/columns")
+        console.sign_up(base, email="labeler.user@example.com", org_name="Label Works")
+        console.upload(csv_file)
         expect(page.locator("#role-0")).to_have_value("text")
         page.click("button:has-text('Confirm columns') >> nth=0")
         page.wait_for_url("**/snapshots")
@@ -199,6 +167,3 @@ def test_a_user_labels_an_unlabeled_csv_in_the_console_and_trains_on_the_labels(
         page.wait_for_url("**/versions/1")
         expect(page.locator("#metrics")).to_be_visible(timeout=300_000)
         shot("trained")
-        browser.close()
-
-    assert problems == []

@@ -18,8 +18,8 @@ import pytest
 
 from arbiter.testing.images import make_image
 from tests.annotation import fake_llm
-from tests.e2e.conftest import ARTIFACTS, RunningArbiter, comments_csv
-from tests.e2e.test_journey import CHROMIUM, CHROMIUM_ARGS, PASSWORD
+from tests.e2e.browser import console_browser
+from tests.e2e.conftest import RunningArbiter, comments_csv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -52,49 +52,17 @@ def llm() -> Iterator[fake_llm.FakeLlm]:
 def test_a_user_writes_evaluates_edits_and_tries_a_policy_in_the_console(
     split_arbiter: RunningArbiter, llm: fake_llm.FakeLlm, tmp_path: Path
 ) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("Chromium is not installed (/usr/bin/chromium); `make browser` installs it")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    expect = sync_api.expect
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     base = split_arbiter.base
     csv_file = tmp_path / "comments.csv"
     csv_file.write_bytes(comments_csv())
     picture = tmp_path / "gesture.png"
     picture.write_bytes(make_image("PNG", size=(48, 32), color=(240, 20, 20)))
-    problems: list[str] = []
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(30_000)
-        page.on("pageerror", lambda error: problems.append(f"script error on {page.url}: {error}"))
-        page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 500 else None)
-        shots = iter(range(1, 100))
-
-        def shot(name: str) -> None:
-            page.screenshot(path=str(ARTIFACTS / f"policy-{next(shots):02d}-{name}.png"), full_page=True)
-
-        def reload_until(check: Any, what: str, timeout_s: float = 120) -> None:
-            for _ in range(int(timeout_s)):
-                if check():
-                    return
-                page.wait_for_timeout(1000)
-                page.reload()
-            raise AssertionError(f"{what} did not happen within {timeout_s:.0f} s")
-
+    with console_browser("policy") as console:
+        page, expect, shot, reload_until = console.page, console.expect, console.shot, console.reload_until
         # 1. Sign up; a labeled CSV, snapshotted.
-        page.goto(f"{base}/")
-        page.click("text=Create an account")
-        page.fill("#email", "policy.user@example.com")
-        page.fill("#password", PASSWORD)
-        page.fill("#org_name", "Policy Works")
-        page.click("button:has-text('Create account')")
-        page.click("a:has-text('Upload data')")
-        page.click("text=Upload a file")
-        page.set_input_files("#file", str(csv_file))
-        page.click("#upload-button")
-        page.wait_for_url("**/columns")
+        console.sign_up(base, email="policy.user@example.com", org_name="Policy Works")
+        console.upload(csv_file)
         page.click("button:has-text('Confirm columns') >> nth=0")
         page.wait_for_url("**/snapshots")
         page.click("button:has-text('Create snapshot')")
@@ -178,6 +146,3 @@ def test_a_user_writes_evaluates_edits_and_tries_a_policy_in_the_console(
         expect(page.locator("#suggestion-reason")).to_contain_text("Why: No insult")
         expect(page.locator("#review-request")).to_contain_text("disagrees with the labels")
         shot("review")
-        browser.close()
-
-    assert problems == []

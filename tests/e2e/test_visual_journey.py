@@ -13,14 +13,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from openai import OpenAI
 
 from arbiter.testing.images import ImageServer, make_image, running_image_server
-from tests.e2e.conftest import ARTIFACTS, RunningArbiter
-from tests.e2e.test_journey import CHROMIUM, CHROMIUM_ARGS, PASSWORD
+from tests.e2e.browser import console_browser
+from tests.e2e.conftest import RunningArbiter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -42,11 +41,6 @@ def images() -> Iterator[ImageServer]:
 def test_a_user_builds_a_visual_moderation_model_in_the_console_and_the_openai_sdk_asks_it(
     split_arbiter: RunningArbiter, images: ImageServer, tmp_path: Path
 ) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("Chromium is not installed (/usr/bin/chromium); `make browser` installs it")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    expect = sync_api.expect
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     base = split_arbiter.base
     lines = ["image,tobacco"]
     for i in range(ROWS):
@@ -59,39 +53,12 @@ def test_a_user_builds_a_visual_moderation_model_in_the_console_and_the_openai_s
     csv_file.write_text("\n".join(lines) + "\n")
     upload = tmp_path / "ask.jpg"
     upload.write_bytes(picture(5, yes=True))
-    problems: list[str] = []
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(30_000)
-        page.on("pageerror", lambda error: problems.append(f"script error on {page.url}: {error}"))
-        page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 500 else None)
-        shots = iter(range(1, 100))
-
-        def shot(name: str) -> None:
-            page.screenshot(path=str(ARTIFACTS / f"visual-{next(shots):02d}-{name}.png"), full_page=True)
-
-        def reload_until(check: Any, what: str, timeout_s: float = 180) -> None:
-            for _ in range(int(timeout_s)):
-                if check():
-                    return
-                page.wait_for_timeout(1000)
-                page.reload()
-            raise AssertionError(f"{what} did not happen within {timeout_s:.0f} s")
-
+    with console_browser("visual") as console:
+        page, expect, shot, reload_until = console.page, console.expect, console.shot, console.reload_until
         # 1. Sign up; upload the CSV; the URL column is recognised as an image.
-        page.goto(f"{base}/")
-        page.click("text=Create an account")
-        page.fill("#email", "vision.user@example.com")
-        page.fill("#password", PASSWORD)
-        page.fill("#org_name", "Vision Works")
-        page.click("button:has-text('Create account')")
-        page.click("a:has-text('Upload data')")
-        page.click("text=Upload a file")
-        page.set_input_files("#file", str(csv_file))
-        page.click("#upload-button")
-        page.wait_for_url("**/columns")
+        console.sign_up(base, email="vision.user@example.com", org_name="Vision Works")
+        console.upload(csv_file)
         expect(page.locator("#role-0")).to_have_value("image")
         shot("columns")
         page.click("button:has-text('Confirm columns') >> nth=0")
@@ -165,7 +132,6 @@ def test_a_user_builds_a_visual_moderation_model_in_the_console_and_the_openai_s
         page.fill("#key-name", "vision service")
         page.click("button:has-text('Create key')")
         secret = page.locator("#new-key-secret").inner_text()
-        browser.close()
 
     # 6. The user's application asks with the official SDK, an image URL as OpenAI's multi-modal input.
     asked = images.serve("/ask/red.jpg", picture(77, yes=True))
@@ -176,4 +142,3 @@ def test_a_user_builds_a_visual_moderation_model_in_the_console_and_the_openai_s
     (result,) = answer.results
     assert result.categories.to_dict()["tobacco"] is True and result.flagged is True
     assert result.category_applied_input_types.to_dict() == {"tobacco": ["image"], "nsfw": ["image"]}
-    assert problems == []
