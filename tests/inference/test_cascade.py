@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +21,9 @@ from services.inference.models import Deployment, PolicyDecision
 from tests.annotation import fake_llm
 from tests.annotation.fake_llm import FakeLlm
 from tests.inference.conftest import InferenceApi, deliver, published
-from tests.inference.test_policy_serving import write_policy
+from tests.inference.test_policy_serving import fake, write_policy
+
+__all__ = ["fake"]  # the policy tests' fake LLM fixture, used here too
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=False)
 
@@ -31,17 +32,6 @@ BAND = [0.2, 0.85]
 SURE_TOXIC, SURE_SAFE = "you are an idiot", "lovely weather"
 # ... and unsure of these: a television, and an insult it scores below its usual confidence.
 TV, THANKS_IDIOT = "the idiot box is on", "thanks idiot"
-
-
-@pytest.fixture
-def fake(override_arbiter_settings: Any, fresh_models: None) -> Iterator[FakeLlm]:
-    override_arbiter_settings(
-        ARBITER_LLM_ALLOWED_NETWORKS="127.0.0.0/8",
-        ARBITER_LLM_TIMEOUT_SECONDS="1",
-        ARBITER_LLM_RETRY_MAX_SECONDS="0.1",
-        ARBITER_LLM_MAX_ATTEMPTS="1",
-    )
-    yield from fake_llm.serve()
 
 
 def judge() -> fake_llm.Answer:

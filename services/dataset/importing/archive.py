@@ -175,6 +175,17 @@ def _hidden(name: str) -> bool:
     return name.startswith("__MACOSX/") or any(part.startswith(".") for part in name.split("/"))
 
 
+# What reading a damaged member raises: zipfile's own errors, zlib's, a short file, and NotImplementedError for a
+# compression method zipfile cannot inflate (a real archive can use one; it is a bad file, not missing code).
+UNREADABLE: tuple[type[Exception], ...] = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    NotImplementedError,
+)
+
+
 class MemberNotFound(LookupError):
     """A cell names no file of the archive (or several); the message says which and why."""
 
@@ -269,7 +280,7 @@ class ImageArchive:
         try:
             with self._lock, self._zip.open(self._files[self.table_name]) as member:
                 shutil.copyfileobj(member, spool, 1024 * 1024)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
+        except UNREADABLE as exc:
             spool.close()
             raise ImportFileError(
                 f"the table {self.table_name} could not be read from the archive ({exc})",
@@ -330,13 +341,17 @@ class ImageArchive:
         try:
             with self._lock, self._zip.open(self._files[name]) as member:
                 return member.read(limit)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+        except UNREADABLE_MEMBER as exc:
             raise MemberUnreadable(f"{name} could not be read from {self.file_name} ({exc})") from None
 
     def close(self) -> None:
         self._zip.close()
         if self._owned is not None:
             self._owned.close()
+
+
+# A member, also: RuntimeError is what zipfile raises for an encrypted one.
+UNREADABLE_MEMBER: tuple[type[Exception], ...] = (*UNREADABLE, RuntimeError)
 
 
 def is_zip(raw: BinaryIO) -> bool:
