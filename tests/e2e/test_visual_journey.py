@@ -28,7 +28,7 @@ ROWS = 24
 
 def picture(i: int, *, yes: bool) -> bytes:
     """Reddish pictures are `yes_tobacco`, bluish ones `no_tobacco`: a head on image embeddings learns it."""
-    colour = (200 + i % 40, 30 + i, 20) if yes else (20, 30 + i, 200 + i % 40)
+    colour = (200 + i % 40, 30 + i % 32, 20) if yes else (20, 30 + i % 32, 200 + i % 40)
     return make_image("JPEG", size=(96, 64), color=colour, noise=True)
 
 

@@ -27,7 +27,7 @@ RED, BLUE = (220, 30, 20), (20, 30, 220)
 
 
 def tobacco_picture(i: int, *, yes: bool, size: tuple[int, int] = (96, 64)) -> bytes:
-    colour = (200 + i % 40, 30 + i, 20) if yes else (20, 30 + i, 200 + i % 40)
+    colour = (200 + i % 40, 30 + i % 32, 20) if yes else (20, 30 + i % 32, 200 + i % 40)
     return make_image("JPEG", size=size, color=colour, noise=True)
 
 

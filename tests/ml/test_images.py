@@ -4,6 +4,7 @@ backbone, which the artifact saves and serves; `auto` weighs `head` against `ful
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ def image_rows(count: int = 36) -> list[dict[str, Any]]:
     rows = []
     for i in range(count):
         yes = i % 2 == 0
-        colour = (200 + i % 40, 30 + i, 20) if yes else (20, 30 + i, 200 + i % 40)
+        colour = (200 + i % 40, 30 + i % 32, 20) if yes else (20, 30 + i % 32, 200 + i % 40)
         image = decode_image(make_image("JPEG", size=(96, 64), color=colour, noise=True))
         rows.append(
             {
@@ -64,6 +65,56 @@ def test_efficientnet_lite0_embeds_offline_and_its_onnx_export_agrees(
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (exported,) = session.run(None, {"pixel_values": encoder.pixel_batch(keys)})
     assert np.abs(exported - vectors).max() < 1e-4
+
+
+def _batch_norm_shift(encoder: ImageEncoder, pictures: np.ndarray) -> float:
+    """How far (in running standard deviations, squared) the features entering each batch-norm layer sit from
+    the means the weights were trained with, averaged over layers."""
+    shifts: list[float] = []
+
+    def seen(layer: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+        mean = inputs[0].mean(dim=(0, 2, 3))
+        shift = (mean - layer.running_mean) ** 2 / (layer.running_var + 1e-3)  # type: ignore[operator]
+        shifts.append(float(shift.mean()))
+
+    hooks = [
+        layer.register_forward_hook(seen)
+        for layer in encoder.model.modules()
+        if isinstance(layer, torch.nn.BatchNorm2d)
+    ]
+    with torch.inference_mode():
+        encoder.model(torch.from_numpy(pictures))
+    for hook in hooks:
+        hook.remove()
+    return float(np.mean(shifts))
+
+
+def test_efficientnet_lite0_runs_the_relu6_its_weights_were_trained_with_and_old_artifacts_keep_swish(
+    tmp_path: Path,
+) -> None:
+    """EfficientNet-Lite drops swish for ReLU6; a network built with swish over Lite's weights feeds every
+    batch-norm layer features far from the statistics it was trained on (and its embeddings are noise)."""
+    encoder = ImageEncoder.load("efficientnet-lite0", device=torch.device("cpu"))
+    pictures = np.stack(
+        [
+            encoder.preprocess(
+                make_image("JPEG", size=(96, 64), color=(30 * i, 100, 200 - 20 * i), mark=(250, 250, 250))
+            )
+            for i in range(8)
+        ]
+    )
+    right = _batch_norm_shift(encoder, pictures)
+    encoder.save(tmp_path / "new")
+    assert ImageEncoder.load(str(tmp_path / "new")).model.activation == "relu6"  # type: ignore[union-attr]
+    # An artifact saved before the activation was recorded was trained on swish features: it keeps them.
+    saved = tmp_path / "new" / IMAGE_ENCODER_FILE
+    legacy = {key: value for key, value in json.loads(saved.read_text()).items() if key != "activation"}
+    saved.write_text(json.dumps(legacy))
+    old = ImageEncoder.load(str(tmp_path / "new"), device=torch.device("cpu"))
+    assert old.model.activation == "swish"  # type: ignore[union-attr]
+    assert old.fingerprint() != encoder.fingerprint()  # cached swish embeddings are never reused for ReLU6
+    wrong = _batch_norm_shift(old, pictures)
+    assert right < 0.5 and wrong > 4 * right, (right, wrong)
 
 
 def test_a_vision_moderation_model_keeps_nsfw_and_learns_the_users_head(

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.django_db(databases="__all__", transaction=True), pyte
 
 
 def picture(i: int, *, yes: bool) -> bytes:
-    colour = (200 + i % 40, 30 + i, 20) if yes else (20, 30 + i, 200 + i % 40)
+    colour = (200 + i % 40, 30 + i % 32, 20) if yes else (20, 30 + i % 32, 200 + i % 40)
     return make_image("JPEG", size=(96, 64), color=colour, noise=True)
 
 

