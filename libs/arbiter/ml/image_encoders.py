@@ -21,9 +21,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,8 @@ NSFW_HEAD = "nsfw"
 # The built-in head's feature source: the Open-NSFW network's log-probabilities (sfw, nsfw).
 OPEN_NSFW_FEATURES = "builtin:opennsfw"
 IMAGE_ENCODER_FILE = "image_encoder.json"
+
+logger = logging.getLogger(__name__)
 
 
 def is_image_base(name: str) -> bool:
@@ -123,6 +127,37 @@ def pixels(data: bytes, *, size: int = IMAGE_SIZE, mean: float = 127.0, std: flo
         rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
         array = np.asarray(rgb, dtype=np.float32)
     return np.ascontiguousarray(((array - mean) / std).transpose(2, 0, 1))
+
+
+_DECODERS: Any = None
+_DECODERS_LOCK = threading.Lock()
+
+
+def _decoders() -> Any:
+    """The process's image-decoding threads, one per core (Pillow and numpy release the GIL while they work)."""
+    global _DECODERS
+    with _DECODERS_LOCK:
+        if _DECODERS is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _DECODERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="image-decode")
+        return _DECODERS
+
+
+def prepared_batches(
+    items: Sequence[Any], prepare: Callable[[Any], np.ndarray], batch_size: int
+) -> Iterator[np.ndarray]:
+    """`np.stack` of `prepare(item)` per batch of `batch_size` items, the next batch decoded on the decoding
+    threads while the caller runs the network on this one: decoding is then off the critical path instead of
+    a third of the time (a 640x480 JPEG takes about 3 ms, the int8 backbone about 6 ms of 2 cores)."""
+    pool = _decoders()
+    chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+    pending = [pool.submit(prepare, item) for item in chunks[0]] if chunks else []
+    for index in range(len(chunks)):
+        batch = np.stack([future.result() for future in pending])
+        if index + 1 < len(chunks):
+            pending = [pool.submit(prepare, item) for item in chunks[index + 1]]
+        yield batch
 
 
 # --- the networks ----------------------------------------------------------------------------------------------
@@ -380,10 +415,10 @@ class ImageEncoder:
             size = batch_size or (128 if self.device.type == "cuda" else 32)
             vectors = np.zeros((len(missing), self.dim), dtype=np.float32)
             with torch.inference_mode():
-                for start in range(0, len(missing), size):
-                    chunk = missing[start : start + size]
-                    batch = torch.from_numpy(self.pixel_batch(chunk)).to(self.device)
-                    vectors[start : start + len(chunk)] = self.forward_pixels(batch).float().cpu().numpy()
+                batches = prepared_batches(missing, lambda key: self.preprocess(image_bytes(key)), size)
+                for start, pixel_values in zip(range(0, len(missing), size), batches, strict=True):
+                    batch = torch.from_numpy(pixel_values).to(self.device)
+                    vectors[start : start + len(batch)] = self.forward_pixels(batch).float().cpu().numpy()
             if cache:
                 cache.store(key, missing, vectors)
             known = {**known, **dict(zip(missing, vectors, strict=True))}
@@ -423,9 +458,7 @@ class ImageEncoder:
                     "builtin": list(self.builtin),
                     "fine_tuned": self.fine_tuned,
                     **(
-                        {"activation": self.model.activation}
-                        if isinstance(self.model, _LiteBackbone)
-                        else {}
+                        {"activation": self.model.activation} if isinstance(self.model, _LiteBackbone) else {}
                     ),
                 },
                 indent=2,
@@ -476,14 +509,111 @@ def builtin_heads(base_model: str) -> list[Any]:
     return heads
 
 
-def image_encoder_add_onnx(*, artifact: Any, encoder: ImageEncoder) -> None:
-    """Export the artifact's image backbone for serving (`onnx/image_encoder.onnx`) and record it."""
+# Static int8 of the image backbone: calibrated on this many of the training images, checked on at most this
+# many validation rows (the built-in nsfw head costs a ResNet-50 pass per row, so fewer than text's 2000).
+CALIBRATION_IMAGES = 64
+IMAGE_CHECK_ROWS = 256
+
+
+class _Calibration:
+    """onnxruntime's calibration reader: prepared pixels, eight at a time."""
+
+    def __init__(self, prepared: np.ndarray) -> None:
+        self.batches = iter([{"pixel_values": prepared[i : i + 8]} for i in range(0, len(prepared), 8)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.batches, None)
+
+
+def image_onnx_quantize(fp32_path: Path, calibration: np.ndarray) -> Path:
+    """Static int8 (QDQ): per-channel int8 weights and uint8 activations whose ranges come from `calibration`
+    (prepared pixels of real images of the task). Weights keep to 7 bits (`reduce_range`), as the text export
+    does, so the AVX2/AVX-512 kernels of CPUs without VNNI cannot saturate. On 2 cores this embeds about twice
+    as many images per second as fp32; whether it serves is decided on validation rows
+    (`image_encoder_add_onnx`)."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    target = fp32_path.with_name(fp32_path.stem + ".int8.onnx")
+    root = logging.getLogger()
+    chatter = _QuantiserChatter()
+    root.addFilter(chatter)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            prepared = Path(folder) / "prepared.onnx"
+            quant_pre_process(str(fp32_path), str(prepared))
+            quantize_static(
+                str(prepared),
+                str(target),
+                _Calibration(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=True,
+                weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8,
+            )
+    finally:
+        root.removeFilter(chatter)
+    return target
+
+
+class _QuantiserChatter(logging.Filter):
+    """onnxruntime's quantiser logs every weight scale it widens (hundreds of lines) through the root logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "onnxruntime" not in record.pathname
+
+
+def image_encoder_add_onnx(
+    *,
+    artifact: Any,
+    encoder: ImageEncoder,
+    fit: Any,
+    valid: Any,
+    rule: str,
+    head: str | None,
+) -> dict[str, Any]:
+    """Export the artifact's image backbone for serving (`onnx/image_encoder.onnx`), quantise it to int8
+    calibrated on the training images, keep whichever of the two scores better on validation rows (int8 when it
+    loses less than half a point, as for text), and record the choice in config.json."""
     from arbiter.ml.artifacts import ONNX_FOLDER, config_write
+    from arbiter.ml.onnx_export import onnx_precision_choose
 
     relative = f"{ONNX_FOLDER}/image_encoder.onnx"
-    encoder.onnx_export(artifact.path / relative)
-    artifact.config["onnx"] = {"fp32": relative, "selected": "fp32", "kind": "image", "outputs": {}}
+    fp32 = encoder.onnx_export(artifact.path / relative)
+    config: dict[str, Any] = {"fp32": relative, "selected": "fp32", "kind": "image", "outputs": {}}
+    check = valid.subset(np.arange(min(len(valid), IMAGE_CHECK_ROWS)))
+    if len(check) and len(fit) and encoder.family == "efficientnet-lite0":
+        chosen = np.linspace(0, len(fit) - 1, num=min(len(fit), CALIBRATION_IMAGES)).astype(int)
+        calibration = np.stack([encoder.preprocess(image_bytes(fit.texts[i])) for i in sorted(set(chosen))])
+        try:
+            int8 = image_onnx_quantize(fp32, calibration)
+        except Exception as error:  # onnxruntime's quantiser raises many kinds; fp32 always serves
+            logger.warning("image int8 quantisation failed, serving fp32: %s", error)
+        else:
+            model = artifact.model
+            runtimes = {
+                precision: ImageRuntime(
+                    model=model, onnx_path=path, encoder_path=artifact.encoder_path, builtin=False
+                )
+                for precision, path in (("fp32", fp32), ("int8", int8))
+            }
+            shared = {}
+            if model.builtin_features:
+                shared[OPEN_NSFW_FEATURES] = OpenNsfw().log_probabilities(
+                    [image_bytes(t) for t in check.texts]
+                )
+            config["int8"] = f"{ONNX_FOLDER}/{int8.name}"
+            config.update(
+                onnx_precision_choose(
+                    model=model, runtimes=runtimes, rows=check, rule=rule, head=head, shared=shared
+                )
+            )
+    artifact.config["onnx"] = config
     config_write(artifact.path, artifact.config)
+    return config
 
 
 def onnx_session_options(threads: int, *, spin: bool = False) -> Any:
@@ -518,7 +648,9 @@ class ImageRuntime:
         threads: int | None = None,
         device: torch.device | None = None,
         batch_size: int = 16,
+        builtin: bool = True,
     ) -> None:
+        """`builtin=False` leaves the base's built-in heads out (the precision check computes them once)."""
         self.model = model
         self.batch_size = batch_size
         saved = json.loads((encoder_path / IMAGE_ENCODER_FILE).read_text())
@@ -537,7 +669,7 @@ class ImageRuntime:
         else:
             self.encoder = ImageEncoder.load(str(encoder_path), device=device)
             self.name = "torch"
-        self.nsfw = OpenNsfw(threads=threads) if model.builtin_features else None
+        self.nsfw = OpenNsfw(threads=threads) if model.builtin_features and builtin else None
 
     def embeddings(self, texts: Sequence[str]) -> np.ndarray:
         if self.encoder is not None:
@@ -545,9 +677,7 @@ class ImageRuntime:
         assert self.session is not None
         out = np.zeros((len(texts), 0), dtype=np.float32)
         parts = []
-        for start in range(0, len(texts), self.batch_size):
-            chunk = texts[start : start + self.batch_size]
-            batch = np.stack([pixels(image_bytes(key)) for key in chunk])
+        for batch in prepared_batches(texts, lambda key: pixels(image_bytes(key)), self.batch_size):
             (values,) = self.session.run(None, {"pixel_values": batch})
             parts.append(np.asarray(values, dtype=np.float32))
         return np.concatenate(parts) if parts else out

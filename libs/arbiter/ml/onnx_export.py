@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -146,21 +148,19 @@ class _DropPreprocessingHint(logging.Filter):
 def onnx_precision_choose(
     *,
     model: ClassifierModel,
-    tokenizer: Any,
-    paths: dict[str, Path],
-    outputs: dict[str, str],
+    runtimes: Mapping[str, Any],
     rows: LabelledRows,
     rule: str,
     head: str | None,
-    max_tokens: int,
+    shared: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Score fp32 and int8 on `rows` by the selection rule; int8 wins if it loses < 0.005."""
+    """Score each runtime ("fp32", "int8": anything with `encoder_logits(texts)`) on `rows` by the selection
+    rule; int8 wins if it loses < 0.005. `shared` adds features that do not depend on the precision (an image
+    base's built-in heads), computed once."""
     scores = {}
-    for precision, path in paths.items():
-        runtime = OnnxRuntime(path=path, tokenizer=tokenizer, outputs=outputs, max_tokens=max_tokens)
-        probabilities = model.probabilities(
-            texts=rows.texts, encoder_logits=runtime.encoder_logits(rows.texts)
-        )
+    for precision, runtime in runtimes.items():
+        logits = {**runtime.encoder_logits(rows.texts), **(shared or {})}
+        probabilities = model.probabilities(texts=rows.texts, encoder_logits=logits)
         scores[precision] = selection_score(probabilities=probabilities, rows=rows, rule=rule, head=head)[0]
     drop = scores["fp32"] - scores["int8"]
     return {
@@ -181,16 +181,13 @@ def artifact_add_onnx(
     fp32, outputs = onnx_export(encoder=encoder, model=model, folder=folder)
     int8 = onnx_quantize(fp32)
     if len(rows):
-        choice = onnx_precision_choose(
-            model=model,
-            tokenizer=encoder.tokenizer,
-            paths={"fp32": fp32, "int8": int8},
-            outputs=outputs,
-            rows=rows,
-            rule=rule,
-            head=head,
-            max_tokens=artifact.max_tokens,
-        )
+        runtimes = {
+            precision: OnnxRuntime(
+                path=path, tokenizer=encoder.tokenizer, outputs=outputs, max_tokens=artifact.max_tokens
+            )
+            for precision, path in (("fp32", fp32), ("int8", int8))
+        }
+        choice = onnx_precision_choose(model=model, runtimes=runtimes, rows=rows, rule=rule, head=head)
     else:
         choice = {"selected": "fp32", "rule": rule, "rows": 0, "scores": {}, "drop": None}
     artifact.config["onnx"] = {

@@ -272,6 +272,7 @@ def train_from_snapshot(
         metrics=metrics,
         options=options,
         selected=trained.selected,
+        fit=data.fit,
         valid=data.valid,
     )
     return TrainResult(
@@ -487,6 +488,7 @@ def _artifact_write(
     metrics: dict[str, Any],
     options: TrainOptions,
     selected: str,
+    fit: LabelledRows,
     valid: LabelledRows,
 ) -> Artifact:
     """The artifact directory: model, encoder weights, metrics, and the ONNX export checked on validation rows."""
@@ -508,7 +510,14 @@ def _artifact_write(
     artifact = artifact_load(out_dir)
     if isinstance(encoder, ImageEncoder):
         if options.export_onnx:
-            image_encoder_add_onnx(artifact=artifact, encoder=encoder)
+            image_encoder_add_onnx(
+                artifact=artifact,
+                encoder=encoder,
+                fit=fit,
+                valid=valid,
+                rule=options.selection_rule,
+                head=options.selection_head,
+            )
         return artifact
     if options.export_onnx and encoder is not None:
         check_rows = valid.subset(np.arange(min(len(valid), ONNX_CHECK_ROWS)))
