@@ -61,6 +61,13 @@ def job_list(*, dataset_id: int | None = None) -> QuerySet[AnnotationJob]:
     return jobs.filter(dataset_id=dataset_id) if dataset_id is not None else jobs
 
 
+def review_job(value: str | None, *, dataset_id: int, head: str) -> AnnotationJob | None:
+    """The job a review walks (`?job=`): one of this dataset's head, else None (the caller says why)."""
+    if not value or not value.isdigit():
+        return None
+    return job_list(dataset_id=dataset_id).filter(head=head, pk=int(value)).first()
+
+
 def job_suggestions(*, job: AnnotationJob, state: str | None = None) -> QuerySet[Suggestion]:
     suggestions = Suggestion.objects.filter(job=job)
     return suggestions.filter(state=state) if state else suggestions

@@ -98,6 +98,28 @@ def test_a_lone_large_call_is_shared_out_among_the_runners_and_answered_in_order
     assert answer["head"][:, 0].tolist() == list(range(1, 41))
 
 
+def test_a_batch_that_runs_alone_takes_the_all_core_session_and_one_with_company_keeps_its_core() -> None:
+    per_core, all_cores = GatedRuntime(), GatedRuntime()
+    all_cores.gate.set()
+    batcher = MicroBatcher(per_core, max_batch=8, wait_s=0.0, label="test", runners=2, lone=all_cores)
+    # Nothing else running: a lone client's call runs on every core.
+    assert batcher.encoder_logits(["alone"])["head"].tolist() == [[5.0, 0.0]]
+    assert (all_cores.batches, per_core.batches) == ([["alone"]], [])
+    # While that session holds a batch (held at its gate), the next call takes the per-core session.
+    all_cores.entered.clear()
+    all_cores.gate.clear()
+    slow = threading.Thread(target=batcher.encoder_logits, args=(["first"],))
+    slow.start()
+    assert all_cores.entered.wait(timeout=30)
+    per_core.gate.set()
+    assert batcher.encoder_logits(["second"])["head"].tolist() == [[6.0, 0.0]]
+    assert per_core.batches == [["second"]]
+    all_cores.gate.set()
+    slow.join()
+    batcher.close()
+    assert all_cores.batches == [["alone"], ["first"]]
+
+
 def test_a_failing_batch_fails_its_callers_and_the_batcher_keeps_serving() -> None:
     runtime = GatedRuntime()
     runtime.gate.set()

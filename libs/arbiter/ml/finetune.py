@@ -34,6 +34,35 @@ DEFAULT_LEARNING_RATE = 5e-5
 HEAD_LEARNING_RATE_FACTOR = 20.0
 
 
+def finetune_optimiser(
+    *,
+    trained: list[torch.nn.Parameter],
+    heads: torch.nn.Module,
+    learning_rate: float,
+    options: TrainOptions,
+    rows: int,
+    epochs: int,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over an encoder's trained weights and its heads (the heads learn faster), with a linear warmup over
+    `options.warmup_ratio` of the steps, then a linear decay to zero; shared by text and image fine-tuning."""
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": trained, "lr": learning_rate},
+            {"params": heads.parameters(), "lr": learning_rate * HEAD_LEARNING_RATE_FACTOR},
+        ],
+        weight_decay=options.weight_decay,
+    )
+    total_steps = math.ceil(rows / options.batch_size) * epochs
+    warmup = max(1, int(total_steps * options.warmup_ratio))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
 def encoder_finetune(
     *,
     encoder: Encoder,
@@ -64,23 +93,14 @@ def encoder_finetune(
     word_embeddings = encoder.model.get_input_embeddings().weight
     word_embeddings.requires_grad_(False)
     trained = [parameter for parameter in encoder.model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": trained, "lr": learning_rate},
-            {"params": stack.parameters(), "lr": learning_rate * HEAD_LEARNING_RATE_FACTOR},
-        ],
-        weight_decay=options.weight_decay,
+    optimizer, scheduler = finetune_optimiser(
+        trained=trained,
+        heads=stack,
+        learning_rate=learning_rate,
+        options=options,
+        rows=len(fit),
+        epochs=epochs,
     )
-    steps_per_epoch = math.ceil(len(fit) / options.batch_size)
-    total_steps = steps_per_epoch * epochs
-    warmup = max(1, int(total_steps * options.warmup_ratio))
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     parameters = [*trained, *stack.parameters()]
     generator = torch.Generator().manual_seed(options.seed)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from arbiter.ml.data import LabelledRows
+from arbiter.ml.finetune import finetune_optimiser
 from arbiter.ml.heads import (
     CancelCheck,
     EpochTracker,
@@ -41,9 +42,8 @@ from arbiter.ml.model import HeadModel, LinearComponent
 from arbiter.ml.specs import HeadSpec, TrainOptions
 
 # A convolutional backbone takes larger steps than a transformer encoder (text: 5e-5); heads 20 times
-# that, 2e-3, near the 3e-3 of heads on a frozen backbone.
+# that (`finetune_optimiser`), 2e-3, near the 3e-3 of heads on a frozen backbone.
 DEFAULT_LEARNING_RATE = 1e-4
-HEAD_LEARNING_RATE_FACTOR = 20.0
 MIN_CROP_AREA = 0.6
 CROP_RATIO = (3 / 4, 4 / 3)
 FLIP_PROBABILITY = 0.5
@@ -146,23 +146,14 @@ def image_encoder_finetune(
     pixels = TrainingPixels(encoder, fit.texts)
     learning_rate = options.learning_rate or DEFAULT_LEARNING_RATE
     trained = [parameter for parameter in encoder.model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": trained, "lr": learning_rate},
-            {"params": stack.parameters(), "lr": learning_rate * HEAD_LEARNING_RATE_FACTOR},
-        ],
-        weight_decay=options.weight_decay,
+    optimizer, scheduler = finetune_optimiser(
+        trained=trained,
+        heads=stack,
+        learning_rate=learning_rate,
+        options=options,
+        rows=len(fit),
+        epochs=epochs,
     )
-    steps_per_epoch = math.ceil(len(fit) / options.batch_size)
-    total_steps = steps_per_epoch * epochs
-    warmup = max(1, int(total_steps * options.warmup_ratio))
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     parameters = [*trained, *stack.parameters()]
     generator = torch.Generator().manual_seed(options.seed)

@@ -22,6 +22,7 @@ artifact has it, else torch.
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Sequence
@@ -72,6 +73,20 @@ class TorchRuntime:
         return self.model.encoder_logits(embeddings)
 
 
+def _onnx_session(path: Path, *, threads: int, spin: bool) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if not spin:  # idle intra-op threads sleep instead of spinning: better where other work shares the cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntime:
     """Runs an exported graph (encoder+heads, or the encoder alone) with ONNX Runtime on CPU.
 
@@ -92,25 +107,20 @@ class OnnxRuntime:
         batch_size: int = 32,
         spin: bool = True,
     ) -> None:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or threads_default()
-        options.inter_op_num_threads = 1
-        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if (
-            not spin
-        ):  # idle intra-op threads sleep instead of spinning: better where other work shares the cores
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = _onnx_session(path, threads=threads or threads_default(), spin=spin)
         self.tokenizer = tokenizer
         self.outputs = outputs
         self.max_tokens = max_tokens
         self.batch_size = batch_size
         self.path = path
         self._tokenizer_lock = threading.Lock()
+
+    def sibling(self, *, threads: int, spin: bool = False) -> OnnxRuntime:
+        """The same graph on a second session with `threads` intra-op threads, sharing this one's tokenizer
+        (and the lock that guards it)."""
+        twin = copy.copy(self)
+        twin.session = _onnx_session(self.path, threads=threads, spin=spin)
+        return twin
 
     def encoder_logits(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         return self.run(texts)

@@ -220,11 +220,7 @@ def _review_job(value: str | None, *, dataset_id: int, head: str) -> AnnotationJ
     """The job whose rows a review walks (`?job=`): one of this dataset's head, else a 400 saying so."""
     if not value:
         return None
-    job = (
-        selectors.job_list(dataset_id=dataset_id).filter(head=head, pk=int(value)).first()
-        if value.isdigit()
-        else None
-    )
+    job = selectors.review_job(value, dataset_id=dataset_id, head=head)
     if job is None:
         raise ApiError(
             status=400,

@@ -213,11 +213,7 @@ def review(request: HttpRequest, dataset_id: int, *, org: str, access: OrgAccess
     after = int(request.GET.get("after") or 0) if (request.GET.get("after") or "0").isdigit() else 0
     job_id = request.GET.get("job") or request.POST.get("job") or ""
     # Rows sent for review (a policy's disagreements) are walked as one job's pending suggestions.
-    job = (
-        selectors.job_list(dataset_id=dataset_id).filter(head=head, pk=int(job_id)).first()
-        if job_id.isdigit()
-        else None
-    )
+    job = selectors.review_job(job_id, dataset_id=dataset_id, head=head)
     base = page_path("console-labeling-review", org=org, dataset_id=dataset_id)
     base = f"{base}?job={job.pk}&" if job is not None else f"{base}?"
     if request.method == "POST":

@@ -97,13 +97,23 @@ class LoadedModel:
         runtime = predictor.runtime
         # ONNX Runtime sessions take concurrent runs: one runner per core, each on one thread, beats one run
         # spread over the cores (small matrices parallelise poorly). Torch spreads each run over the cores.
+        # A batch that runs alone gets a second session with a thread per runner (see MicroBatcher).
+        onnx = isinstance(runtime, OnnxRuntime)
+        lone = (
+            runtime.sibling(threads=settings.runners)
+            if isinstance(runtime, OnnxRuntime) and settings.runners > settings.threads
+            else None
+        )
+        if lone is not None:
+            self.size_bytes += int(_files_size([lone.path]) * MEMORY_PER_FILE_BYTE)
         self.batcher = (
             MicroBatcher(
                 runtime,
                 max_batch=settings.max_batch,
                 wait_s=settings.batch_wait_ms / 1000,
-                runners=settings.runners if isinstance(runtime, OnnxRuntime) else 1,
+                runners=settings.runners if onnx else 1,
                 label=key,
+                lone=lone,
             )
             if runtime is not None
             else None
