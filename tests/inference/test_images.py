@@ -71,6 +71,8 @@ def vision(api: InferenceApi, image_artifact_blob: bytes) -> dict[str, Any]:
     trained = api.train(IMAGE_ARTIFACT_KEY, model_name="tobacco")
     deployment = api.deploy({"model": trained["model_id"], "name": "tobacco-eye"})
     assert deployment["status"] == "live", deployment
+    # The backbone serves as the int8 graph training chose on its validation rows, and the deployment says so.
+    assert deployment["runtime"] == "onnx-int8", deployment
     return deployment
 
 

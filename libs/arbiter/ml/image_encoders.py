@@ -656,8 +656,10 @@ class ImageRuntime:
         saved = json.loads((encoder_path / IMAGE_ENCODER_FILE).read_text())
         self.family = saved["family"]
         self.session = None
+        self.path: Path | None = None
         self.encoder: ImageEncoder | None = None
         if onnx_path is not None and self.family != "huggingface":
+            self.path = onnx_path
             import onnxruntime
 
             self.session = onnxruntime.InferenceSession(

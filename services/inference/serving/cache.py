@@ -47,10 +47,12 @@ def _files_size(paths: Sequence[Path]) -> int:
 
 def _runtime_label(predictor: Predictor, artifact: Artifact) -> str:
     runtime = predictor.runtime
-    if isinstance(runtime, OnnxRuntime):
+    # Text (OnnxRuntime) and image (ImageRuntime) graphs both say which file they run.
+    path = getattr(runtime, "path", None) if runtime is not None and runtime.name == "onnx" else None
+    if path is not None:
         onnx = artifact.config.get("onnx") or {}
         for precision in ("int8", "fp32"):
-            if onnx.get(precision) and artifact.path / onnx[precision] == runtime.path:
+            if onnx.get(precision) and artifact.path / onnx[precision] == path:
                 return f"onnx-{precision}"
         return "onnx"
     if isinstance(runtime, TorchRuntime):
