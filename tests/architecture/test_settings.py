@@ -25,7 +25,7 @@ def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch, tmp_p
     typed = load_settings()
     assert typed.core.env == "development" and typed.core.django_allowed_hosts == ["*"]
     assert typed.core.home == tmp_path / ".arbiter"
-    assert typed.web.bind == "127.0.0.1:8000" and (typed.web.workers, typed.web.threads) == (1, 16)
+    assert typed.web.bind == "127.0.0.1:8000" and (typed.web.workers, typed.web.threads) == (1, 32)
     assert typed.databases.service_database("dataset")["NAME"] == str(tmp_path / ".arbiter/db/dataset.sqlite3")
     assert typed.storage.blob_store == str(tmp_path / ".arbiter" / "blobs")
     assert typed.events.bootstrap_servers is None and typed.events.partitions == 4

@@ -47,6 +47,45 @@ def test_callers_arriving_during_a_write_share_the_next_one_and_return_after_it(
     assert (group.groups, group.items) == (2, 9)
 
 
+def test_under_concurrency_a_leader_lingers_for_company_and_a_lone_caller_writes_at_once():
+    written: list[list[str]] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def write(items: Sequence[str]) -> None:
+        written.append(list(items))
+        if items == ["first"]:
+            entered.set()
+            release.wait(5)
+
+    group: GroupCommit[str] = GroupCommit(write, linger_s=60.0)
+    # A lone caller (no group before it held several items) does not linger: it would take a minute.
+    lone = threading.Thread(target=group.submit, args=("lone",))
+    lone.start()
+    lone.join(10)
+    assert not lone.is_alive() and written == [["lone"]]
+    # Two callers queued behind a write make a group of two: callers are concurrent from then on.
+    first = threading.Thread(target=group.submit, args=("first",))
+    first.start()
+    assert entered.wait(5)
+    pair = [threading.Thread(target=group.submit, args=(name,)) for name in ("a", "b")]
+    for thread in pair:
+        thread.start()
+    while len(group._queue) < 2:
+        threading.Event().wait(0.01)
+    group._linger_s = 1.0  # the next leader waits a second for company
+    release.set()
+    for thread in [first, *pair]:
+        thread.join(5)
+    assert written[1:] == [["first"], ["a", "b"]]
+    late = [threading.Thread(target=group.submit, args=(name,)) for name in ("c", "d", "e")]
+    for thread in late:
+        thread.start()
+        threading.Event().wait(0.05)  # arriving one after another, well within the leader's linger
+    for thread in late:
+        thread.join(10)
+    assert written[3:] == [["c", "d", "e"]]  # one commit for the three, not three
+
+
 def test_a_failed_write_fails_every_caller_of_its_group_and_the_next_group_goes_on():
     attempts: list[list[str]] = []
 

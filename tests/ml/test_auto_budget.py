@@ -6,12 +6,15 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from arbiter.ml import EmbeddingCache, HeadSpec, TrainOptions, train_from_snapshot
 from arbiter.ml import automl as automl_module
+from arbiter.ml.data import HeadLabels
 from arbiter.ml.encoders import Encoder
 from arbiter.ml.errors import MLError
 from arbiter.ml.heads import EpochProgress
@@ -347,3 +350,43 @@ def test_embedding_that_cannot_finish_skips_head_and_the_version_still_trains(
     assert threat(result)["recall"] >= 0.5
     training = result.metrics["training"]
     assert training["seconds"] <= training["time_budget_s"]
+
+
+def _shares_for(encoder_right: np.ndarray, tfidf_right: np.ndarray) -> Any:
+    """A picked share of 1.0 for a two-label head whose encoder and TF-IDF are right on the given rows."""
+    spec = HeadSpec(name="toxicity", labels=("safe", "toxic"))
+    truth = np.arange(len(encoder_right)) % 2
+    indicators = np.eye(2, dtype=np.float32)[truth]
+
+    def probabilities(right: np.ndarray) -> np.ndarray:
+        decided = np.where(right, truth, 1 - truth)
+        return np.where(np.eye(2, dtype=bool)[decided], 0.8, 0.2)
+
+    labels = HeadLabels(spec, indicators, np.ones(len(truth), dtype=bool))
+    return automl_module._Shares(
+        shares={"toxicity": 1.0},
+        rows=SimpleNamespace(heads={"toxicity": labels}),  # type: ignore[arg-type]
+        encoder={"toxicity": probabilities(encoder_right)},
+        tfidf={"toxicity": probabilities(tfidf_right)},
+    )
+
+
+def test_the_encoder_stays_in_a_blend_only_when_its_gain_over_tfidf_is_beyond_the_noise():
+    search = SimpleNamespace(options=TrainOptions(strategy="auto"))
+    tfidf_right = np.arange(300) % 5 != 0  # right on 80 % of 300 rows
+    # Right on 6 more rows and wrong on 4 others: 2 rows better, within the noise of 10 rows that disagree.
+    close = tfidf_right.copy()
+    close[np.flatnonzero(~tfidf_right)[:6]] = True
+    close[np.flatnonzero(tfidf_right)[:4]] = False
+    picked = _shares_for(close, tfidf_right)
+    noise = automl_module._noise_check(search, picked)  # type: ignore[arg-type]
+    assert picked.shares == {"toxicity": 0.0}
+    assert noise["toxicity"]["kept"] == "tfidf"
+    assert 0 < noise["toxicity"]["gain"] < noise["toxicity"]["standard_error"]
+    # Right on 30 more rows and wrong on none: kept.
+    clear = tfidf_right.copy()
+    clear[np.flatnonzero(~tfidf_right)[:30]] = True
+    picked = _shares_for(clear, tfidf_right)
+    noise = automl_module._noise_check(search, picked)  # type: ignore[arg-type]
+    assert picked.shares == {"toxicity": 1.0} and noise["toxicity"]["kept"] == "encoder"
+    assert noise["toxicity"]["gain"] > 3 * noise["toxicity"]["standard_error"]

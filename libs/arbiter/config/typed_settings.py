@@ -149,7 +149,9 @@ class WebSettings(Concern):
 
     bind: str = Field("127.0.0.1:8000", validation_alias="ARBITER_BIND")
     workers: int = Field(1, ge=1, validation_alias="ARBITER_WEB_WORKERS")
-    threads: int = Field(16, ge=1, validation_alias="ARBITER_WEB_THREADS")
+    # A process serves at most `threads` requests at once, and the inference micro-batcher batches only requests
+    # in flight: 32 lets 32 single-text clients share batches (16 held half of them in the poller).
+    threads: int = Field(32, ge=1, validation_alias="ARBITER_WEB_THREADS")
     # `arbiter up --split` runs nginx in front of the services; empty: `nginx` on the PATH or /usr/sbin/nginx.
     nginx: str = Field("", validation_alias="ARBITER_NGINX")
 

@@ -25,8 +25,10 @@ was skipped):
 4. `blend`: per head, the encoder candidate (the better of `head` and `full`) and `tfidf` mixed by averaging
    probabilities, the encoder's share picked per head (on out-of-fold predictions of the fit rows plus the
    validation rows for `head`; on the validation rows for `full`, which has seen the fit rows). A head
-   whose blend scores below either pure candidate on the validation rows keeps that candidate, so the
-   result is never below the best single candidate there.
+   whose blend scores below either pure candidate on the validation rows keeps that candidate. A head keeps
+   the encoder only when its blend beats TF-IDF alone by more than NOISE_STANDARD_ERRORS standard errors of
+   the gain on the rows the share was picked on (`_noise_check`); else it is TF-IDF alone. So the result is
+   never below TF-IDF there, and pays for the encoder only for a gain beyond the noise.
 5. `calibrate`: per head, a logit offset per label (a class prior for multi-class heads, a threshold for
    multi-label ones) picked for the selection rule on out-of-fold predictions of the fit rows plus the
    validation rows, folded into the heads' biases, kept only when it raises the score and does not lower
@@ -91,6 +93,12 @@ GPU_BATCH_SIZE = 128
 SPEED_SAMPLE = 64
 LENGTH_SAMPLE = 2000
 LENGTH_PERCENTILE = 95
+# A head keeps the encoder in its blend only when the blend beats TF-IDF alone by more than this many standard
+# errors of the gain (a paired bootstrap over the rows the share was picked on). TF-IDF is refit on every labelled
+# row and serves without the encoder (many times faster): a gain within the noise of a few hundred rows does not
+# pay for that, and on OLID's small subtask_c it did not carry over to the test rows.
+NOISE_STANDARD_ERRORS = 1.0
+BOOTSTRAP_RESAMPLES = 200
 # Logit offsets tried per label by the calibration, and the least gain on the validation rows it must bring.
 CALIBRATION_OFFSETS = tuple(np.round(np.linspace(-1.0, 1.0, 17), 3))
 # Out-of-fold models are trained on two thirds of the rows and are less sure than the final one: small gains
@@ -910,7 +918,8 @@ def _blend(
     alone on the validation rows; then calibrated. The outcome names the simplest candidate the shares
     amount to."""
     started = search.clock()
-    shares = _shares_pick(search, tfidf=tfidf, best=best)
+    picked = _shares_pick(search, tfidf=tfidf, best=best)
+    shares = picked.shares
     for name, share in list(shares.items()):
         # The share was picked on more rows than the validation ones; on those, a pure candidate that
         # scores higher wins (ties keep the pick).
@@ -922,6 +931,7 @@ def _blend(
         top = max(pure, key=pure.__getitem__)
         if pure[top] > mixed:
             shares[name] = top
+    noise = _noise_check(search, picked)
     heads = [
         _blended_head(spec, encoder_head=encoder_head, tfidf_head=tfidf_head, share=shares[spec.name])
         for spec, encoder_head, tfidf_head in zip(search.specs, best.heads, tfidf.heads, strict=True)
@@ -940,6 +950,7 @@ def _blend(
             "seconds": round(search.clock() - started, 2),
             "encoder": best.name,
             "encoder_share": shares,
+            **({"noise": noise} if noise else {}),
         }
     )
     heads = _calibrate(search, heads=heads, tfidf=tfidf, encoder=best)
@@ -963,7 +974,17 @@ def _blend(
     return outcome, encoder if uses_encoder else None
 
 
-def _shares_pick(search: _Search, *, tfidf: _Tfidf, best: _EncoderCandidate) -> dict[str, float]:
+@dataclass
+class _Shares:
+    """The encoder's share per head, and the rows and each candidate's probabilities it was picked on."""
+
+    shares: dict[str, float]
+    rows: LabelledRows
+    encoder: dict[str, np.ndarray]
+    tfidf: dict[str, np.ndarray]
+
+
+def _shares_pick(search: _Search, *, tfidf: _Tfidf, best: _EncoderCandidate) -> _Shares:
     """The encoder's share per head.
 
     Shares are picked on out-of-fold predictions for the fit rows plus the validation rows when the
@@ -996,13 +1017,58 @@ def _shares_pick(search: _Search, *, tfidf: _Tfidf, best: _EncoderCandidate) -> 
             n: np.concatenate([tfidf.out_of_fold[n], tfidf.valid_probabilities[n]])
             for n in tfidf.valid_probabilities
         }
-    return _shares_choose(
+    shares = _shares_choose(
         specs=search.specs,
         encoder=encoder_probabilities,
         tfidf=tfidf_probabilities,
         rows=share_rows,
         rule=search.options.selection_rule,
     )
+    return _Shares(shares=shares, rows=share_rows, encoder=encoder_probabilities, tfidf=tfidf_probabilities)
+
+
+def _noise_check(search: _Search, picked: _Shares) -> dict[str, dict[str, Any]]:
+    """Give TF-IDF alone every head whose blend beats it by no more than NOISE_STANDARD_ERRORS standard errors
+    of the gain on the rows the share was picked on (changing `picked.shares`); return, per head that had the
+    encoder, the gain, its standard error and what was kept."""
+    rule = search.options.selection_rule
+    found: dict[str, dict[str, Any]] = {}
+    for name, share in picked.shares.items():
+        if share == 0.0:
+            continue
+        labels = picked.rows.heads[name]
+        mixed = share * picked.encoder[name] + (1 - share) * picked.tfidf[name]
+        gain, error = _gain_and_error(
+            mixed, picked.tfidf[name], labels=labels, rule=rule, seed=search.options.seed
+        )
+        kept = "encoder" if gain > NOISE_STANDARD_ERRORS * error else "tfidf"
+        if kept == "tfidf":
+            picked.shares[name] = 0.0
+        found[name] = {"gain": round(gain, 6), "standard_error": round(error, 6), "kept": kept}
+    return found
+
+
+def _gain_and_error(
+    mixed: np.ndarray, tfidf: np.ndarray, *, labels: HeadLabels, rule: str, seed: int
+) -> tuple[float, float]:
+    """How much `mixed` scores above `tfidf` on `labels`' rows, and the standard error of that gain by a paired
+    bootstrap (the same resampled rows scored for both)."""
+    gain = (head_score(probabilities=mixed, labels=labels, rule=rule) or 0.0) - (
+        head_score(probabilities=tfidf, labels=labels, rule=rule) or 0.0
+    )
+    rows = np.flatnonzero(labels.mask)
+    if len(rows) < 2:
+        return gain, 0.0
+    generator = np.random.default_rng(seed)
+    gains = []
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        sample = rows[generator.integers(0, len(rows), len(rows))]
+        resampled = labels.subset(sample)
+        ours = head_score(probabilities=mixed[sample], labels=resampled, rule=rule)
+        theirs = head_score(probabilities=tfidf[sample], labels=resampled, rule=rule)
+        if ours is not None and theirs is not None:
+            gains.append(ours - theirs)
+    return gain, float(np.std(gains, ddof=1)) if len(gains) > 1 else 0.0
 
 
 def _shifted(probabilities: np.ndarray, shift: np.ndarray, *, multi_label: bool) -> np.ndarray:
