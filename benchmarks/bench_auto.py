@@ -161,6 +161,12 @@ def _candidates(result: Any) -> str:
                 part += f" ({candidate['epochs']} epochs, best {candidate.get('best_epoch')})"
             if "stopped" in candidate:
                 part += f" [cut: {candidate['stopped']}]"
+            if "noise" in candidate:
+                kept = ", ".join(
+                    f"{head} {v['kept']} ({v['gain']:+.4f} ± {v['standard_error']:.4f})"
+                    for head, v in candidate["noise"].items()
+                )
+                part += f" [noise check: {kept}]"
             parts.append(part)
     return "; ".join(parts)
 
