@@ -94,6 +94,7 @@ def candidates_evaluation() -> dict[str, Any]:
                     "selection_metric": 0.86,
                     "seconds": 1.0,
                     "encoder_share": {"toxicity": 0.5},
+                    "noise": {"toxicity": {"gain": 0.03, "standard_error": 0.01, "kept": "encoder"}},
                 },
             ],
         },
@@ -128,7 +129,10 @@ def test_the_version_reports_the_time_used_and_what_auto_ran(tenant: Tenant, tox
         0.84,
     )
     assert rows["full"]["detail"] == {"best_epoch": 1, "epochs": 1}
-    assert rows["blend"]["detail"] == {"encoder_share": {"toxicity": 0.5}}
+    assert rows["blend"]["detail"] == {
+        "encoder_share": {"toxicity": 0.5},
+        "noise": {"toxicity": {"gain": 0.03, "standard_error": 0.01, "kept": "encoder"}},
+    }
 
     page = browser(tenant).get(f"/console/{tenant.slug}/models/{version['model']}/versions/1")
     html = page.content.decode()
@@ -137,6 +141,8 @@ def test_the_version_reports_the_time_used_and_what_auto_ran(tenant: Tenant, tox
     assert "fine-tuning gets the budget" in html and "900.5" in html
     assert "Weighted F1" in html and "0.850" in html
     assert "s used of 1200 s" in html
+    # The blend's noise check in words: which candidate each head kept, its gain over TF-IDF and the noise.
+    assert "noise check: toxicity kept encoder (gain +0.0300 ± 0.0100)" in html
 
 
 @pytest.fixture

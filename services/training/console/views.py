@@ -463,6 +463,20 @@ def _datasets_of(snapshots: list[Snapshot], snapshot_ids: list[int]) -> set[int]
     return {s.dataset_id for s in snapshots if s.snapshot_id in snapshot_ids}
 
 
+def _candidate_detail(detail: dict[str, Any]) -> str:
+    """A candidate's detail as the version page shows it: the blend's noise check in words, the rest as recorded."""
+    parts = []
+    for key, value in detail.items():
+        if key == "noise":
+            value = ", ".join(
+                f"{head} kept {check['kept']} (gain {check['gain']:+.4f} ± {check['standard_error']:.4f})"
+                for head, check in value.items()
+            )
+            key = "noise check"
+        parts.append(f"{key}: {value}")
+    return "; ".join(parts)
+
+
 @org_page("models:read")
 def version_detail(
     request: HttpRequest, model_id: int, number: int, *, org: str, access: OrgAccess
@@ -482,7 +496,10 @@ def version_detail(
         "outcome": selectors.run_outcome(run),
         "progress": selectors.run_progress(run),
         "time": selectors.version_time(version),
-        "candidates": selectors.version_candidates(version),
+        "candidates": [
+            {**candidate, "detail_text": _candidate_detail(candidate["detail"])}
+            for candidate in selectors.version_candidates(version)
+        ],
         "evaluation": evaluation,
         "heads": heads,
         "snapshots": {
