@@ -48,7 +48,7 @@ from bench_training import (  # noqa: E402
 )
 
 from arbiter.ml import HeadSpec, Predictor, TrainOptions, train_from_snapshot  # noqa: E402
-from arbiter.ml.automl import GPU_BATCH_SIZE  # noqa: E402
+from arbiter.ml.automl import GPU_BATCH_SIZE, gain_and_error  # noqa: E402
 from arbiter.ml.data import rows_parse  # noqa: E402
 from arbiter.ml.metrics import head_evaluate  # noqa: E402
 
@@ -125,29 +125,6 @@ def baseline(
     return metrics, found
 
 
-def gain_and_error(ours: Any, theirs: Any, labels: Any, *, resamples: int = 200) -> tuple[float, float]:
-    """Macro F1 of `ours` minus `theirs` on the test rows, and its standard error by a paired bootstrap: a
-    difference within about two of them is noise of the test rows, not a difference of the models."""
-    import numpy as np
-
-    from arbiter.ml.metrics import head_score
-
-    gain = head_score(probabilities=ours, labels=labels, rule="f1") - head_score(  # type: ignore[operator]
-        probabilities=theirs, labels=labels, rule="f1"
-    )
-    rows = np.flatnonzero(labels.mask)
-    generator = np.random.default_rng(0)
-    gains = []
-    for _ in range(resamples):
-        sample = rows[generator.integers(0, len(rows), len(rows))]
-        resampled = labels.subset(sample)
-        gains.append(
-            head_score(probabilities=ours[sample], labels=resampled, rule="f1")  # type: ignore[operator]
-            - head_score(probabilities=theirs[sample], labels=resampled, rule="f1")
-        )
-    return float(gain), float(np.std(gains, ddof=1))
-
-
 def _candidates(result: Any) -> str:
     parts = []
     for candidate in result.candidates:
@@ -200,8 +177,13 @@ def bench_set(
     for spec in heads:
         auto, ref = result.metrics["heads"][spec.name], base[spec.name]
         published = OFFENSEVAL_2019_BEST.get(spec.name) if name == "olid" else None
+        # Within about two standard errors, a difference is the noise of the test rows, not of the models.
         gain, error = gain_and_error(
-            auto_probabilities[spec.name], base_probabilities[spec.name], test.heads[spec.name]
+            auto_probabilities[spec.name],
+            base_probabilities[spec.name],
+            labels=test.heads[spec.name],
+            rule="f1",
+            seed=0,
         )
         lines.append(
             [

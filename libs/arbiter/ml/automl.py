@@ -1038,7 +1038,7 @@ def _noise_check(search: _Search, picked: _Shares) -> dict[str, dict[str, Any]]:
             continue
         labels = picked.rows.heads[name]
         mixed = share * picked.encoder[name] + (1 - share) * picked.tfidf[name]
-        gain, error = _gain_and_error(
+        gain, error = gain_and_error(
             mixed, picked.tfidf[name], labels=labels, rule=rule, seed=search.options.seed
         )
         kept = "encoder" if gain > NOISE_STANDARD_ERRORS * error else "tfidf"
@@ -1048,7 +1048,7 @@ def _noise_check(search: _Search, picked: _Shares) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _gain_and_error(
+def gain_and_error(
     mixed: np.ndarray, tfidf: np.ndarray, *, labels: HeadLabels, rule: str, seed: int
 ) -> tuple[float, float]:
     """How much `mixed` scores above `tfidf` on `labels`' rows, and the standard error of that gain by a paired
