@@ -5,7 +5,7 @@ baseline, all measured in the same run.
 
 Set-up (`arbiter.testing.serving`): a private ARBITER_HOME, a small two-head model trained with the ML core
 (`head` strategy; the artifact is kept in the temp directory between runs), deployed through the inference
-service's own logic and event handlers, served by `arbiter serve --services gateway,inference` (gunicorn, the
+service's own logic and event handlers, served by `arbiter serve --services gateway,inference` (granian, the
 default workers and threads). Arbiter is measured on SQLite, and with --database-url (default: the
 DATABASE_URL variable when it names PostgreSQL) on PostgreSQL, with and without the request log.
 
@@ -243,7 +243,7 @@ class Result:
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time used so far by a process and its children that are still running (gunicorn's workers)."""
+    """CPU time used so far by a process and its children that are still running (the web server's workers)."""
     import psutil
 
     process = psutil.Process(pid)

@@ -13,7 +13,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from django.core.management.base import CommandError
 
+from arbiter.config.management.commands.serve import bind_arguments
 from arbiter.config.services import ServiceConfigError, parse_services
 
 
@@ -91,3 +93,21 @@ def test_dataset_only_process_serves_dataset_urls_and_404s_the_rest(tmp_path: Pa
     finally:
         server.terminate()
         server.wait(timeout=15)
+
+
+@pytest.mark.parametrize(
+    ("bind", "arguments"),
+    [
+        ("127.0.0.1:8000", ["--host", "127.0.0.1", "--port", "8000"]),
+        ("0.0.0.0:8000", ["--host", "0.0.0.0", "--port", "8000"]),  # noqa: S104 - the chart's bind
+        ("[::1]:9000", ["--host", "::1", "--port", "9000"]),
+        ("unix:/run/arbiter.sock", ["--uds", "/run/arbiter.sock"]),
+    ],
+)
+def test_serve_passes_a_bind_to_the_web_server(bind: str, arguments: list[str]) -> None:
+    assert bind_arguments(bind) == arguments
+
+
+def test_serve_refuses_a_bind_without_a_port() -> None:
+    with pytest.raises(CommandError, match="--bind must be HOST:PORT"):
+        bind_arguments("localhost")

@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import pytest
 
+from arbiter.config.management.commands.serve import WEB_SERVER_VARIABLE
 from arbiter.events import Event
 from arbiter.storage import get_blob_store
 from arbiter.tenancy.scoping import org_scope
@@ -11,7 +12,7 @@ from arbiter.testing.tenants import Tenant, assert_not_found
 from services.inference.logic import deployments_waiting_expire, deployments_waiting_resume
 from services.inference.models import Deployment, ModelVersion
 from services.inference.serving.cache import model_cache
-from services.inference.serving.preload import live_deployments_preload
+from services.inference.serving.preload import live_deployments_preload, preload_wanted
 from tests.inference.conftest import InferenceApi, deliver, published
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -169,6 +170,13 @@ def test_a_restarted_process_serves_live_deployments_again(
     response = api.classify(deployment["id"], ["you are an idiot"])
     assert response.status_code == 200
     assert response.json()["results"][0]["toxicity"]["label"] == "toxic"
+
+
+def test_only_a_process_started_by_arbiter_serve_preloads_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WEB_SERVER_VARIABLE, raising=False)
+    assert not preload_wanted()  # a relay, a consumer, a management command: no models to warm
+    monkeypatch.setenv(WEB_SERVER_VARIABLE, "granian")  # what `arbiter serve` gives its web server
+    assert preload_wanted()
 
 
 @pytest.mark.cross_tenant(

@@ -108,11 +108,11 @@ def test_every_answered_classification_is_counted_once_when_the_web_worker_is_ki
 
         wait_for(100)
         workers = psutil.Process(server.pid).children()
-        assert workers, "gunicorn runs its workers as children"
+        assert workers, "granian runs its workers as children"
         for worker in workers:
             os.kill(worker.pid, signal.SIGKILL)
         killed_at = answered_count()
-        wait_for(killed_at + 100)  # gunicorn started a new worker, which answers again
+        wait_for(killed_at + 100)  # granian started a new worker, which answers again
         stop.set()
         for thread in threads:
             thread.join(60)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from arbiter.ml import BaseModelError, EmbeddingCache, Encoder, encoder_resolve
+from arbiter.ml.encoders import length_batches
 
 TEXTS = ["the football match is lovely", "you are a stupid moron", "the football match is lovely", "ok"]
 
@@ -63,3 +64,21 @@ def test_cache_on_disk_is_reused_by_a_new_process(encoder: Encoder, tmp_path: Pa
     np.testing.assert_array_equal(again, first)
     assert list(tmp_path.rglob("*.safetensors")) == shards  # nothing new was computed
     assert reopened.lookup(f"{encoder.fingerprint()}:128", TEXTS) == {}
+
+
+def test_length_batches_cut_where_a_run_costs_less_than_the_padding_it_saves() -> None:
+    ids = [[0] * n for n in (34, 26, 26, 30, 26, 34)]
+
+    def shapes(batches: list[list[int]]) -> list[list[int]]:
+        return [[len(ids[i]) for i in batch] for batch in batches]
+
+    # Fixed size: shortest first, padded to the longest of each batch.
+    assert shapes(list(length_batches(ids, batch_size=4))) == [[26, 26, 26, 30], [34, 34]]
+    # A cheap run: equal lengths run together (3 x 26, then 30 alone, then 2 x 34), each text exactly once.
+    cheap = list(length_batches(ids, batch_size=32, run_cost_tokens=3))
+    assert shapes(cheap) == [[26, 26, 26], [30], [34, 34]]
+    assert sorted(i for batch in cheap for i in batch) == list(range(len(ids)))
+    # A dear run: one padded batch beats three runs.
+    assert shapes(list(length_batches(ids, batch_size=32, run_cost_tokens=100))) == [[26, 26, 26, 30, 34, 34]]
+    # The batch size still caps a batch.
+    assert max(map(len, length_batches(ids, batch_size=2, run_cost_tokens=100))) == 2

@@ -145,7 +145,7 @@ class CoreSettings(Concern):
 
 
 class WebSettings(Concern):
-    """`arbiter serve` / `arbiter up`: where gunicorn listens and how many workers and threads it runs."""
+    """`arbiter serve` / `arbiter up`: where the web server (granian) listens, its worker processes and threads."""
 
     bind: str = Field("127.0.0.1:8000", validation_alias="ARBITER_BIND")
     workers: int = Field(1, ge=1, validation_alias="ARBITER_WEB_WORKERS")
@@ -476,8 +476,9 @@ class InferenceSettings(Concern):
     max_inputs: int = Field(256, ge=1, validation_alias="ARBITER_INFERENCE_MAX_INPUTS")
     max_input_chars: int = Field(20_000, ge=1, validation_alias="ARBITER_INFERENCE_MAX_INPUT_CHARS")
     # Micro-batching: concurrent requests to one model run together, up to `max_batch` texts, waiting at
-    # most `batch_wait_ms` for company once a request arrives.
-    max_batch: int = Field(32, ge=1, validation_alias="ARBITER_INFERENCE_MAX_BATCH")
+    # most `batch_wait_ms` for company once a request arrives. None: by runtime (services/inference/serving/
+    # cache.py: 8 for ONNX Runtime's one-core runners, 32 for torch).
+    max_batch: int | None = Field(None, ge=1, validation_alias="ARBITER_INFERENCE_MAX_BATCH")
     # How long a process trusts a live deployment it looked up for a classify call (a stop made by another
     # replica takes this long to be seen); 0: look it up on every call.
     deployment_cache_seconds: float = Field(
@@ -493,7 +494,7 @@ class InferenceSettings(Concern):
     )
     threads: int = Field(1, ge=1, validation_alias="ARBITER_INFERENCE_THREADS")
     artifact_cache_dir: Path | None = Field(None, validation_alias="ARBITER_INFERENCE_ARTIFACT_CACHE")
-    # None (`auto`): warm live deployments in web servers only (gunicorn); True/False forces it on or off.
+    # None (`auto`): warm live deployments in web servers only (`arbiter serve`); True/False forces it on or off.
     preload: bool | None = Field(None, validation_alias="ARBITER_INFERENCE_PRELOAD")
     log_retention_days: int = Field(30, ge=1, validation_alias="ARBITER_INFERENCE_LOG_RETENTION_DAYS")
     max_log_retention_days: int = Field(

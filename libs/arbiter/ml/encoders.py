@@ -231,11 +231,40 @@ class Encoder:
         )
 
 
-def length_batches(ids: Sequence[Sequence[int]], *, batch_size: int) -> Iterator[list[int]]:
-    """Indices of `ids` in batches of similar length (shortest first), so padding stays small."""
+def length_batches(
+    ids: Sequence[Sequence[int]], *, batch_size: int, run_cost_tokens: float | None = None
+) -> Iterator[list[int]]:
+    """Indices of `ids` in batches of similar length (shortest first), so padding stays small.
+
+    By default the batches are `batch_size` texts each. With `run_cost_tokens` (what one more run costs,
+    counted in padded tokens) they are cut where the padding saved outweighs the extra runs, at most
+    `batch_size` texts each: the fewest padded tokens plus runs, found exactly by dynamic programming over the
+    sorted lengths. On a CPU a run costs little (about 6 tokens for MiniLM under ONNX Runtime) and a padded
+    token costs what a real one does, so eight texts of 26 to 34 tokens run as two or three batches of equal
+    length instead of one padded to 34: about 6% less model time.
+    """
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    if run_cost_tokens is None:
+        for start in range(0, len(order), batch_size):
+            yield order[start : start + batch_size]
+        return
+    lengths = [len(ids[i]) for i in order]
+    # cost[j]: the cheapest way to run the j shortest texts; cut[j]: where its last batch starts.
+    cost = [0.0] + [float("inf")] * len(order)
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        longest = lengths[end - 1]
+        for start in range(max(0, end - batch_size), end):
+            candidate = cost[start] + run_cost_tokens + (end - start) * longest
+            if candidate < cost[end]:
+                cost[end], cut[end] = candidate, start
+    bounds = []
+    end = len(order)
+    while end > 0:
+        bounds.append((cut[end], end))
+        end = cut[end]
+    for start, end in reversed(bounds):
+        yield order[start:end]
 
 
 class EmbeddingCache:

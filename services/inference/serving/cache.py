@@ -34,6 +34,13 @@ Thresholds = Mapping[str, Mapping[str, float]]
 # in ONNX Runtime and running 64-text batches grew resident memory by 1.3 to 2.1 times the model file.
 MEMORY_PER_FILE_BYTE = 2.0
 
+# Texts per micro-batch when ARBITER_INFERENCE_MAX_BATCH is unset. An ONNX Runtime runner runs on one core, where
+# a text costs the same in a batch of 8 as of 32; with 32, one runner could take the whole queue while the other
+# went idle (32 single-text clients: p99 73 ms against 59 with 8, benchmarks/bench_inference.py). Torch spreads
+# one run over every core (or a GPU), which wants larger batches.
+ONNX_MAX_BATCH = 8
+TORCH_MAX_BATCH = 32
+
 
 def _files_size(paths: Sequence[Path]) -> int:
     total = 0
@@ -111,7 +118,7 @@ class LoadedModel:
         self.batcher = (
             MicroBatcher(
                 runtime,
-                max_batch=settings.max_batch,
+                max_batch=settings.max_batch or (ONNX_MAX_BATCH if onnx else TORCH_MAX_BATCH),
                 wait_s=settings.batch_wait_ms / 1000,
                 runners=settings.runners if onnx else 1,
                 label=key,

@@ -12,17 +12,18 @@ import threading
 
 from django.db import connections
 
+from arbiter.config.management.commands.serve import WEB_SERVER_VARIABLE
 from services.inference.conf import inference_settings
 
 log = logging.getLogger(__name__)
 
 
 def preload_wanted() -> bool:
-    """`ARBITER_INFERENCE_PRELOAD`, or by default: whether this process serves HTTP (gunicorn)."""
+    """`ARBITER_INFERENCE_PRELOAD`, or by default: whether this process serves HTTP (`arbiter serve`)."""
     setting = inference_settings().preload
     if setting is not None:
         return setting
-    return os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn")
+    return bool(os.environ.get(WEB_SERVER_VARIABLE))
 
 
 def live_deployments_preload() -> list[str]:
