@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # A call is shared out among several runners only when each gets at least this many texts: below it,
 # the hand-offs cost more than the second core saves.
 MIN_SHARE = 16
+# A share of a large call holds at most this many texts (or `max_batch`, if larger): enough for the runtime to
+# sort them into batches of equal length, few enough that other callers' texts run between the shares.
+MAX_SHARE = 32
 
 
 @dataclass
@@ -86,7 +89,7 @@ class MicroBatcher:
         runners = len(self._runners)
         if runners == 1 or len(texts) < runners * MIN_SHARE:
             return [texts]
-        parts = max(runners, -(-len(texts) // self.max_batch))
+        parts = max(runners, -(-len(texts) // max(self.max_batch, MAX_SHARE)))
         size = -(-len(texts) // parts)
         return [texts[start : start + size] for start in range(0, len(texts), size)]
 
