@@ -111,3 +111,32 @@ def test_serve_passes_a_bind_to_the_web_server(bind: str, arguments: list[str]) 
 def test_serve_refuses_a_bind_without_a_port() -> None:
     with pytest.raises(CommandError, match="--bind must be HOST:PORT"):
         bind_arguments("localhost")
+
+
+def test_serve_becomes_granian_serving_wsgi_with_the_threads_asked_and_marks_its_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.core.management import call_command
+
+    from arbiter.config.management.commands.serve import WEB_SERVER_VARIABLE
+
+    became: list[list[str]] = []
+
+    class Replaced(Exception):
+        pass
+
+    def execv(path: str, argv: list[str]) -> None:  # the process would become the web server here
+        became.append(argv)
+        raise Replaced
+
+    monkeypatch.setattr(os, "execv", execv)
+    monkeypatch.setenv(WEB_SERVER_VARIABLE, "")
+    monkeypatch.setenv("ARBITER_SERVICES", os.environ.get("ARBITER_SERVICES", "all"))
+    with pytest.raises(Replaced):
+        call_command("serve", "--bind", "127.0.0.1:8123", "--threads", "5", "--workers", "2")
+    argv = became[0]
+    assert argv[1:6] == ["-m", "granian", "--interface", "wsgi", "arbiter.config.wsgi:application"]
+    assert argv[argv.index("--port") + 1] == "8123" and argv[argv.index("--blocking-threads") + 1] == "5"
+    assert argv[argv.index("--workers") + 1] == "2" and "--respawn-failed-workers" in argv
+    # The web server inherits the mark that makes inference preload live deployments there.
+    assert os.environ[WEB_SERVER_VARIABLE] == "granian"

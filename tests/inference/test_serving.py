@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,6 +99,18 @@ def test_a_lone_large_call_is_shared_out_among_the_runners_and_answered_in_order
     assert answer["head"][:, 0].tolist() == list(range(1, 41))
 
 
+def test_a_large_call_is_shared_out_in_shares_of_up_to_32_texts_whatever_the_micro_batch() -> None:
+    runtime = GatedRuntime()
+    runtime.gate.set()
+    batcher = MicroBatcher(runtime, max_batch=8, wait_s=0.0, label="test", runners=2)
+    texts = ["x" * n for n in range(1, 65)]
+    answer = batcher.encoder_logits(texts)
+    batcher.close()
+    # Two shares of 32 (the runtime sorts each into equal lengths), not eight padded runs of 8.
+    assert sorted(len(batch) for batch in runtime.batches) == [32, 32]
+    assert answer["head"][:, 0].tolist() == list(range(1, 65))
+
+
 def test_a_batch_that_runs_alone_takes_the_all_core_session_and_one_with_company_keeps_its_core() -> None:
     per_core, all_cores = GatedRuntime(), GatedRuntime()
     all_cores.gate.set()
@@ -149,5 +162,24 @@ def test_the_cache_unloads_the_least_recently_used_model_beyond_its_budget_and_r
         again = cache.get(artifact_key)
         assert again is not first and cache.keys() == [artifact_key]
         assert second.size_bytes > 0 and cache.used_bytes() == again.size_bytes
+    finally:
+        cache.clear()
+
+
+def test_onnx_models_batch_8_texts_at_a_time_unless_the_setting_says_otherwise(
+    artifact_key: str, override_arbiter_settings: Any
+) -> None:
+    cache = ModelCache(budget_bytes=10**10)
+    try:
+        loaded = cache.get(artifact_key)
+        assert loaded.runtime.startswith("onnx") and loaded.batcher is not None
+        assert loaded.batcher.max_batch == 8
+    finally:
+        cache.clear()
+    override_arbiter_settings(ARBITER_INFERENCE_MAX_BATCH="24")
+    cache = ModelCache(budget_bytes=10**10)
+    try:
+        batcher = cache.get(artifact_key).batcher
+        assert batcher is not None and batcher.max_batch == 24
     finally:
         cache.clear()
