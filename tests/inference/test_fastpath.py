@@ -1,17 +1,24 @@
 """The classify fast path answers ordinary API-key calls exactly as the DRF view does, in fewer queries, and
-leaves every other call (and every error) to the normal pipeline."""
+leaves every other call (and every error) to the normal pipeline; under `arbiter serve` it answers them below
+Django's handler (`ClassifyFastPathWSGI`), with the same answer and headers."""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from rest_framework.test import APIClient
+from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
+from rest_framework.test import APIClient, APIRequestFactory
 
 from arbiter.testing.queries import queries_captured
 from arbiter.testing.tenants import Tenant, assert_not_found
 from services.inference.models import Deployment, UsageDay
+from services.inference.serving.fastpath import ClassifyFastPathWSGI
 from tests.inference.conftest import InferenceApi
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -88,3 +95,93 @@ def test_a_deployment_stopped_through_another_replica_stops_answering_within_the
     assert api.classify(deployment["id"], ["hello"]).status_code == 200
     time.sleep(0.6)
     assert api.classify(deployment["id"], ["hello"]).status_code == 409
+
+
+class Served:
+    """The WSGI application as `arbiter serve` runs it (the fast path around Django's handler), called with a
+    test client's key; it records which calls reached Django's handler."""
+
+    def __init__(self) -> None:
+        self.handler = WSGIHandler()
+        self.reached_django: list[str] = []
+        self.application = ClassifyFastPathWSGI(self._django)
+
+    def _django(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        self.reached_django.append(environ["PATH_INFO"])
+        return self.handler(environ, start_response)
+
+    def post(self, client: APIClient, url: str, data: Any, **extra: Any) -> tuple[int, dict[str, str], bytes]:
+        if isinstance(data, str):
+            request = APIRequestFactory().post(url, data, **client._credentials, **extra)
+        else:
+            request = APIRequestFactory().post(url, data, format="json", **client._credentials, **extra)
+        answered: dict[str, Any] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+            answered["status"], answered["headers"] = int(status.split()[0]), dict(headers)
+
+        # As Django's test client does: the test's transaction holds the connection, so it is not recycled.
+        request_started.disconnect(close_old_connections)
+        request_finished.disconnect(close_old_connections)
+        try:
+            answer = self.application(request.environ, start_response)
+            body = b"".join(answer)
+            getattr(answer, "close", lambda: None)()
+        finally:
+            request_started.connect(close_old_connections)
+            request_finished.connect(close_old_connections)
+        return answered["status"], answered["headers"], body
+
+
+def test_served_ordinary_calls_skip_djangos_handler_with_the_same_answer_and_headers(
+    api: InferenceApi, artifact_key: str
+) -> None:
+    served = Served()
+    deployment = api.deploy({"model": api.train(artifact_key)["model_id"]})
+    url = api.url(f"/deployments/{deployment['id']}/classify")
+    texts = {"inputs": ["you are an idiot", "have a nice day"]}
+
+    status, headers, body = served.post(api.client, url, texts)
+    assert served.reached_django == []
+    full = api.client.post(url, texts, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert status == full.status_code == 200
+    assert without_id(json.loads(body)) == without_id(full.json())
+    assert headers == dict(full.headers) | {"Content-Length": str(len(body))}
+    assert headers["X-Content-Type-Options"] == "nosniff"  # the security middleware's headers, added here
+
+    # An Idempotency-Key is for the full pipeline, which answers it from the same WSGI application.
+    status, _, _ = served.post(api.client, url, texts, HTTP_IDEMPOTENCY_KEY="k-2")
+    assert status == 200 and len(served.reached_django) == 1
+    usage = UsageDay.objects.unscoped().get(org_id=api.tenant.org.pk, deployment_id=deployment["id"])
+    assert (usage.requests, usage.units) == (3, 6)  # each call counted once, whichever path took it
+
+
+def test_served_unusual_calls_reach_django_with_their_body_intact(
+    api: InferenceApi, artifact_key: str, victim: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = Served()
+    deployment = api.deploy({"model": api.train(artifact_key)["model_id"]})
+    path = f"/deployments/{deployment['id']}/classify"
+    url = api.url(path)
+
+    # The fast path read these bodies to look at them; the view reads them again and names the field.
+    status, _, body = served.post(api.client, url, {"inputs": ["ok", 3]})
+    assert status == 400 and "inputs" in body.decode()
+    status, _, body = served.post(api.client, url, {"inputs": ["a\x00b"]})
+    assert status == 400 and "NUL" in body.decode()
+    assert served.post(api.client, url, "inputs=x", content_type="text/plain")[0] == 415
+    assert served.post(APIClient(), url, {"inputs": ["x"]})[0] == 401
+    status, _, body = served.post(victim.client(["admin"]), url, {"inputs": ["x"]})
+    assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+    assert len(served.reached_django) == 5
+    assert not UsageDay.objects.unscoped().filter(deployment_id=deployment["id"]).exists()
+
+    # An unexpected failure is answered as Django's handler answers one: a 500, nothing half-sent.
+    from services.inference import logic
+
+    def broken(**_: Any) -> Any:
+        raise RuntimeError("the answer could not be built")
+
+    monkeypatch.setattr(logic, "classify_answer", broken)
+    status, _, _ = served.post(api.client, url, {"inputs": ["x"]})
+    assert status == 500 and len(served.reached_django) == 5

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from arbiter.ml import BaseModelError, EmbeddingCache, Encoder, encoder_resolve
-from arbiter.ml.encoders import length_batches
+from arbiter.ml.encoders import TokenIds, length_batches
 
 TEXTS = ["the football match is lovely", "you are a stupid moron", "the football match is lovely", "ok"]
 
@@ -82,3 +82,32 @@ def test_length_batches_cut_where_a_run_costs_less_than_the_padding_it_saves() -
     assert shapes(list(length_batches(ids, batch_size=32, run_cost_tokens=100))) == [[26, 26, 26, 30, 34, 34]]
     # The batch size still caps a batch.
     assert max(map(len, length_batches(ids, batch_size=2, run_cost_tokens=100))) == 2
+
+
+def test_token_ids_are_the_wrappers_ids_and_padding_without_its_lock_or_python(encoder: Encoder) -> None:
+    """The serving tokenizer (the Rust backend, its truncation set once) gives exactly the ids and padded arrays
+    the transformers wrapper gives, long texts truncated the same way, from several threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tokens = TokenIds(encoder.tokenizer)
+    texts = [
+        "",
+        "ok",
+        "You are a 🤡, go away!!!",
+        "Ünïcödé façade naïve café " * 3,
+        "a very long text " * 200,
+        "   spaces   and\ttabs\nand lines  ",
+    ]
+    for max_tokens in (8, 128):
+        expected = encoder.tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]
+        assert tokens.ids(texts, max_tokens=max_tokens) == expected
+        assert max(len(row) for row in expected) == max_tokens  # the long text was cut
+        padded = encoder.tokenizer.pad({"input_ids": expected}, return_tensors="np")
+        input_ids, mask = tokens.pad(expected)
+        assert input_ids.dtype == mask.dtype == np.int64
+        assert (input_ids == padded["input_ids"]).all()
+        assert (mask == padded["attention_mask"]).all()
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda n: tokens.ids(texts, max_tokens=8 + n % 3), range(60)))
+    for n, answer in enumerate(answers):
+        assert answer == encoder.tokenizer(texts, truncation=True, max_length=8 + n % 3)["input_ids"]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from arbiter.ml.artifacts import Artifact, artifact_load
-from arbiter.ml.encoders import EmbeddingCache, Encoder, length_batches
+from arbiter.ml.encoders import EmbeddingCache, Encoder, TokenIds, length_batches
 from arbiter.ml.model import ClassifierModel, HeadModel
 
 Runtime = Literal["auto", "torch", "onnx"]
@@ -95,8 +94,7 @@ def _onnx_session(path: Path, *, threads: int, spin: bool) -> Any:
 class OnnxRuntime:
     """Runs an exported graph (encoder+heads, or the encoder alone) with ONNX Runtime on CPU.
 
-    Thread-safe: ONNX Runtime sessions run concurrently, and tokenizing (whose truncation settings are
-    mutable state in the fast tokenizer) takes a lock.
+    Thread-safe: ONNX Runtime sessions run concurrently, and so does tokenizing (`TokenIds`).
     """
 
     name = "onnx"
@@ -114,15 +112,14 @@ class OnnxRuntime:
     ) -> None:
         self.session = _onnx_session(path, threads=threads or threads_default(), spin=spin)
         self.tokenizer = tokenizer
+        self.tokens = TokenIds(tokenizer)
         self.outputs = outputs
         self.max_tokens = max_tokens
         self.batch_size = batch_size
         self.path = path
-        self._tokenizer_lock = threading.Lock()
 
     def sibling(self, *, threads: int, spin: bool = False) -> OnnxRuntime:
-        """The same graph on a second session with `threads` intra-op threads, sharing this one's tokenizer
-        (and the lock that guards it)."""
+        """The same graph on a second session with `threads` intra-op threads, sharing this one's tokenizer."""
         twin = copy.copy(self)
         twin.session = _onnx_session(self.path, threads=threads, spin=spin)
         return twin
@@ -137,19 +134,10 @@ class OnnxRuntime:
         result: dict[str, np.ndarray] = {}
         if not texts:
             return result
-        with self._tokenizer_lock:
-            ids = self.tokenizer(list(texts), truncation=True, max_length=max_tokens or self.max_tokens)[
-                "input_ids"
-            ]
+        ids = self.tokens.ids(texts, max_tokens=max_tokens or self.max_tokens)
         for batch in length_batches(ids, batch_size=self.batch_size, run_cost_tokens=RUN_COST_TOKENS):
-            padded = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="np")
-            values = self.session.run(
-                names,
-                {
-                    "input_ids": padded["input_ids"].astype(np.int64),
-                    "attention_mask": padded["attention_mask"].astype(np.int64),
-                },
-            )
+            input_ids, attention_mask = self.tokens.pad([ids[i] for i in batch])
+            values = self.session.run(names, {"input_ids": input_ids, "attention_mask": attention_mask})
             for head, value in zip(heads, values, strict=True):
                 if head not in result:
                     result[head] = np.zeros((len(texts), value.shape[1]), dtype=np.float32)

@@ -9,6 +9,13 @@ org in the URL and holds `inference`; a live deployment of that org; a JSON body
 `Idempotency-Key`; the org's plan allowing it. The checks and the work are the same functions the DRF view
 calls (`inputs_validate`, `deployment_classify`, with the same usage), and the answer has the same body.
 
+In `arbiter serve` the same calls are answered one step earlier, below Django's request handler
+(`ClassifyFastPathWSGI`, wrapping the WSGI application): no request signals (which walk every database alias
+twice per request), no URL-prefix bookkeeping, no middleware chain. What those would have done for this call is
+done here: a thread's database connections are closed when unusable or past their age (as `request_started`
+does), the answer gets the security middleware's headers and the request log's line, and an unexpected error
+becomes Django's error response. With tracing on it stays out of the way, so that every request has its span.
+
 Anything else, including every error, goes on down the normal pipeline, which answers it as it always did
 (the same 401, 403, 404, 409, 400, 402 or 429). A fallback never repeats work: the only errors after which it
 happens are raised before the model runs and before anything is recorded. A cascade deployment (a trained model
@@ -19,18 +26,25 @@ the LLM call dwarfs what the pipeline costs.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
 from django.conf import settings
+from django.core.handlers.exception import response_for_exception
+from django.core.handlers.wsgi import WSGIRequest
+from django.db import connections
 from django.http import HttpRequest, HttpResponse
+from django.middleware.security import SecurityMiddleware
 from rest_framework.exceptions import AuthenticationFailed
 
 from arbiter.api.errors import ApiError
+from arbiter.api.middleware import log_request
 from arbiter.api.parsers import unstorable_text_at
 from arbiter.tenancy.authentication import authenticate_api_key
 from arbiter.tenancy.scopes import holds
@@ -54,6 +68,43 @@ class ClassifyFastPath:
                 if answer is not None:
                     return answer
         return self.get_response(request)
+
+
+class ClassifyFastPathWSGI:
+    """The fast path as a WSGI wrapper: ordinary classify calls are answered before Django's handler runs."""
+
+    def __init__(self, application: Callable[..., Iterable[bytes]]) -> None:
+        self.application = application
+        self.security = SecurityMiddleware(lambda request: HttpResponse())
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "POST" and "HTTP_IDEMPOTENCY_KEY" not in environ:
+            match = CLASSIFY_PATH.match(environ.get("PATH_INFO", ""))
+            if match is not None:
+                started = time.perf_counter()
+                request = WSGIRequest(environ)
+                _connections_refresh()
+                try:
+                    response = classify_fast(request, org_slug=match["org"], deployment_id=int(match["pk"]))
+                except Exception as error:  # noqa: BLE001 - answered as Django's handler answers it
+                    response = response_for_exception(request, error)
+                if response is not None:
+                    response = self.security.process_response(request, response)
+                    log_request(request, response, started)
+                    start_response(f"{response.status_code} {response.reason_phrase}", list(response.items()))
+                    return [response.content]
+                if hasattr(request, "_body"):
+                    # The body was read to look at it: the normal pipeline reads it again from here.
+                    environ["wsgi.input"] = io.BytesIO(request.body)
+        return self.application(environ, start_response)
+
+
+def _connections_refresh() -> None:
+    """What Django's `request_started` does for the database: close this thread's connections that broke or
+    outlived CONN_MAX_AGE, so the next query opens a fresh one (never one inside a transaction: tests hold one)."""
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
 
 
 def _body(request: HttpRequest) -> dict[str, Any] | None:
