@@ -29,6 +29,7 @@ from arbiter.groupcommit import GroupCommit
 from arbiter.llm.policy import is_policy_artifact
 from arbiter.ml.errors import ArtifactError, MLError
 from arbiter.ml.specs import HeadSpec
+from arbiter.sql import insert_rows
 from arbiter.storage import BlobNotFoundError
 from services.inference.cascade import CascadeOutcome, PolicyRef, cascade_apply, cascade_parse, cascade_routes
 from services.inference.compat import NativeResult
@@ -986,7 +987,7 @@ def usage_write(items: Sequence[UsageItem]) -> None:
     days: dict[tuple[int, date, str, int, int, int], list[int]] = {}
     announced: dict[tuple[int, str, int, int, int, int | None, int | None, str], list[int]] = {}
     cascades: set[tuple[int, str, int, int, int, int | None, int | None, str]] = set()
-    entries: list[RequestLogEntry] = []
+    entries: list[dict[str, Any]] = []
     for item in items:
         counts = _counts(item)
         day = days.setdefault(
@@ -1010,22 +1011,21 @@ def usage_write(items: Sequence[UsageItem]) -> None:
         if item.cascade is not None:
             cascades.add(key)
         entries.extend(
-            RequestLogEntry(
-                org_id=item.org_id,
-                deployment_id=item.deployment_id,
-                created_at=item.at,
-                endpoint=item.endpoint,
-                api_key_id=item.api_key_id,
-                text=text,
-                prediction={head: _logged(value) for head, value in result.items()},
-            )
+            {
+                "org_id": item.org_id,
+                "deployment_id": item.deployment_id,
+                "created_at": item.at,
+                "endpoint": item.endpoint,
+                "api_key_id": item.api_key_id,
+                "text": text,
+                "prediction": {head: _logged(value) for head, value in result.items()},
+            }
             for text, result in item.logged
         )
     with transaction.atomic(using=ALIAS):
         with connections[ALIAS].cursor() as cursor:
             cursor.executemany(_USAGE_UPSERT, [(*key, *counts) for key, counts in sorted(days.items())])
-        if entries:
-            RequestLogEntry.objects.unscoped().bulk_create(entries)
+        insert_rows(RequestLogEntry, entries, using=ALIAS)
         for key, counts in announced.items():
             org_id, meter, deployment_id, model_id, version, api_key_id, user_id, endpoint = key
             data: dict[str, Any] = {

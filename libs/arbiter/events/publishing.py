@@ -12,6 +12,7 @@ from arbiter.config.services import db_alias
 from arbiter.events.envelope import Event
 from arbiter.events.models import OutboxEvent
 from arbiter.events.registry import EventSchemaError, get_event_type
+from arbiter.sql import insert_rows
 from arbiter.telemetry.propagation import current_traceparent
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,17 @@ def publish(*, type: str, org_id: int, subject: str, data: dict[str, Any]) -> Ev
     encoded = event.to_json()
     if len(encoded) > MAX_EVENT_BYTES:
         raise PublishError(f"{type}: the event is {len(encoded)} bytes; the limit is {MAX_EVENT_BYTES}")
-    OutboxEvent.objects.using(alias).create(
-        event_id=event.id, type=type, topic=event_type.topic, key=str(event.org_id), payload=encoded.decode()
+    insert_rows(
+        OutboxEvent,
+        [
+            {
+                "event_id": event.id,
+                "type": type,
+                "topic": event_type.topic,
+                "key": str(event.org_id),
+                "payload": encoded.decode(),
+            }
+        ],
+        using=alias,
     )
     return event
