@@ -48,7 +48,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arbiter.testing.serving import SAFE, SERVICES, SPAM, TOXIC, databases_drop
+# The ceiling runs its runners one per core, as the server does; the tokenizer's own threads would only take
+# cores from them (measured: a lower ceiling), and the server runs without them too.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from arbiter.testing.serving import SAFE, SERVICES, SPAM, TOXIC, databases_drop  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OLID_FILE = REPO_ROOT.parent / "shared" / "data" / "olid-training-v1.0.tsv"

@@ -131,6 +131,7 @@ def test_serve_becomes_granian_serving_wsgi_with_the_threads_asked_and_marks_its
 
     monkeypatch.setattr(os, "execv", execv)
     monkeypatch.setenv(WEB_SERVER_VARIABLE, "")
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
     monkeypatch.setenv("ARBITER_SERVICES", os.environ.get("ARBITER_SERVICES", "all"))
     with pytest.raises(Replaced):
         call_command("serve", "--bind", "127.0.0.1:8123", "--threads", "5", "--workers", "2")
@@ -140,3 +141,5 @@ def test_serve_becomes_granian_serving_wsgi_with_the_threads_asked_and_marks_its
     assert argv[argv.index("--workers") + 1] == "2" and "--respawn-failed-workers" in argv
     # The web server inherits the mark that makes inference preload live deployments there.
     assert os.environ[WEB_SERVER_VARIABLE] == "granian"
+    # The micro-batcher's runners take a core each: the tokenizer's own thread pool would only contend with them.
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"

@@ -40,6 +40,10 @@ class Command(BaseCommand):
         # The CLI already moved --services into ARBITER_SERVICES before settings loaded; granian inherits it.
         os.environ["ARBITER_SERVICES"] = ",".join(settings.ARBITER_SERVICES)
         os.environ[WEB_SERVER_VARIABLE] = "granian"
+        # Inference's micro-batcher runs one runner per core; the tokenizer's own thread pool would spread each
+        # batch's tokenising over the cores the other runners hold (it doubled tokenising's CPU time for batches
+        # of 8). Set it in the environment to choose otherwise.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         # Granian parses HTTP and writes answers in Rust, off the GIL: under 32 single-text clients that left
         # the cores about 15% more time for the model than gunicorn's Python workers (benchmarks/bench_inference.py).
         argv = [
