@@ -147,11 +147,13 @@ class OnnxRuntime:
 
 def _head_result(head: HeadModel, scores: np.ndarray) -> dict[str, Any]:
     labels = head.spec.labels
-    negative = set(head.spec.resolved_negative_labels)
-    label_scores = {label: round(float(score), 6) for label, score in zip(labels, scores, strict=True)}
-    top = int(np.argmax(scores))
+    negative = head.spec.resolved_negative_labels
+    # On Python floats: a handful of labels costs less than numpy's per-call overhead (this runs per input).
+    values = scores.tolist()
+    label_scores = {label: round(score, 6) for label, score in zip(labels, values, strict=True)}
+    top = values.index(max(values))
     if head.spec.multi_label:
-        decided = [label for i, label in enumerate(labels) if scores[i] >= head.thresholds.get(label, 0.5)]
+        decided = [label for i, label in enumerate(labels) if values[i] >= head.thresholds.get(label, 0.5)]
         label = max(decided, key=label_scores.__getitem__) if decided else None
     else:
         decided = [labels[top]]
@@ -163,7 +165,7 @@ def _head_result(head: HeadModel, scores: np.ndarray) -> dict[str, Any]:
     )
     return {
         "label": label,
-        "score": round(float(scores[top]), 6),
+        "score": round(values[top], 6),
         "labels": decided,
         "label_scores": label_scores,
         "flagged": flagged,

@@ -7,6 +7,7 @@ snapshot manifest and the run's options) and be written into an artifact's `conf
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -70,7 +71,7 @@ class HeadSpec:
                     f"Head '{self.name}': negative labels {sorted(unknown)} are not among its labels."
                 )
 
-    @property
+    @functools.cached_property
     def resolved_negative_labels(self) -> tuple[str, ...]:
         if self.negative_labels is not None:
             return self.negative_labels
