@@ -8,10 +8,10 @@ once (no added delay); under load a transaction carries as many items as arrived
 committed, so the per-request cost of a commit falls with concurrency. A failed write fails every caller of that
 group (nothing of it was committed).
 
-With `linger_s`, a leader whose previous group held several items (callers are concurrent) first waits that long
-for company, as Kafka producers' `linger.ms` and PostgreSQL's `commit_delay` do: callers that finish together
-(the calls of one micro-batch) then share one commit instead of trickling into groups of two. A lone caller still
-writes at once.
+With `linger_s` (seconds, or a function giving them), a leader whose previous group held several items
+(callers are concurrent) first waits that long for company, as Kafka producers' `linger.ms` and PostgreSQL's
+`commit_delay` do: callers that finish together (the calls of one micro-batch) then share one commit instead of
+trickling into groups of two. A lone caller still writes at once.
 
 Kept here rather than taken from a library: databases implement this inside the server (PostgreSQL's
 commit_delay), and the Python libraries that batch writes do so asynchronously, answering before the commit,
@@ -42,7 +42,11 @@ class GroupCommit(Generic[T]):
     """`submit(item)` returns once `write([... item ...])` has returned; raises what that write raised."""
 
     def __init__(
-        self, write: Callable[[Sequence[T]], None], *, max_items: int = 512, linger_s: float = 0.0
+        self,
+        write: Callable[[Sequence[T]], None],
+        *,
+        max_items: int = 512,
+        linger_s: float | Callable[[], float] = 0.0,
     ) -> None:
         self._write = write
         self._max_items = max_items
@@ -77,7 +81,8 @@ class GroupCommit(Generic[T]):
         """Write the next group (oldest items first), answer its callers, and hand the lead to the oldest caller
         still queued, if any."""
         with self._lock:
-            linger = self._linger_s if self._last_group > 1 and len(self._queue) < self._max_items else 0.0
+            lingers = self._last_group > 1 and len(self._queue) < self._max_items
+        linger = (self._linger_s() if callable(self._linger_s) else self._linger_s) if lingers else 0.0
         if linger > 0:
             time.sleep(linger)  # callers arriving meanwhile queue behind this write (`_writing`)
         with self._lock:

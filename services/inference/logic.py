@@ -1059,10 +1059,11 @@ def _logged(value: Mapping[str, Any]) -> dict[str, Any]:
     return logged
 
 
-# Under concurrency a commit waits 2 ms for company: the calls of one micro-batch finish within about that
-# (their heads and answers run one after another under the GIL), so they share one transaction.
-USAGE_LINGER_S = 0.002
-_usage_group: GroupCommit[UsageItem] = GroupCommit(usage_write, linger_s=USAGE_LINGER_S)
+# Under concurrency a commit waits ARBITER_INFERENCE_USAGE_LINGER_MS for company: the calls of a micro-batch
+# finish one after another under the GIL, and a transaction that carries more of them costs each less.
+_usage_group: GroupCommit[UsageItem] = GroupCommit(
+    usage_write, linger_s=lambda: inference_settings().usage_linger_ms / 1000
+)
 
 
 def request_log_purge(*, now: datetime | None = None) -> int:

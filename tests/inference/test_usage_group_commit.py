@@ -139,3 +139,11 @@ def test_concurrent_classify_usage_is_counted_once_each_in_fewer_transactions(te
     assert sum(d.get("requests", 1) for d in data) == 160
     assert len(data) < 160  # calls that overlapped were announced together...
     assert logic._usage_group.groups - before < 160  # ...and committed together
+
+
+def test_the_usage_commits_linger_is_the_setting_read_when_a_group_is_led(override_arbiter_settings) -> None:
+    from services.inference.logic import _usage_group
+
+    assert callable(_usage_group._linger_s) and _usage_group._linger_s() == 0.004  # the default: 4 ms
+    override_arbiter_settings(ARBITER_INFERENCE_USAGE_LINGER_MS="0")
+    assert _usage_group._linger_s() == 0.0  # operators can turn it off without a restart of the code

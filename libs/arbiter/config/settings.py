@@ -65,6 +65,12 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
 ]
 
+# WSGI applications wrapped around Django's under `arbiter serve` (innermost first), by dotted path as middleware
+# are: inference answers ordinary classify calls below Django's handler (see its module).
+WSGI_WRAPPERS = (
+    ["services.inference.serving.fastpath.ClassifyFastPathWSGI"] if "inference" in ARBITER_SERVICES else []
+)
+
 ROOT_URLCONF = "arbiter.config.urls"
 WSGI_APPLICATION = "arbiter.config.wsgi.application"
 

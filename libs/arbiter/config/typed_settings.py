@@ -485,6 +485,9 @@ class InferenceSettings(Concern):
         2.0, ge=0, validation_alias="ARBITER_INFERENCE_DEPLOYMENT_CACHE_SECONDS"
     )
     batch_wait_ms: float = Field(1.5, ge=0, validation_alias="ARBITER_INFERENCE_BATCH_WAIT_MS")
+    # Under concurrent calls a usage commit waits this long for company (`arbiter.groupcommit`); a lone call
+    # commits at once.
+    usage_linger_ms: float = Field(4.0, ge=0, validation_alias="ARBITER_INFERENCE_USAGE_LINGER_MS")
     runtime: Literal["auto", "onnx", "torch"] = Field("auto", validation_alias="ARBITER_INFERENCE_RUNTIME")
     # ONNX Runtime runs one batch per runner thread at a time, each with `threads` intra-op threads.
     runners: int = Field(

@@ -12,10 +12,8 @@ traced = tracing.setup_tracing(service_name="arbiter-web")
 application = get_wsgi_application()
 
 from django.conf import settings  # noqa: E402
+from django.utils.module_loading import import_string  # noqa: E402
 
-if "inference" in settings.ARBITER_SERVICES and not traced:
-    from services.inference.serving.fastpath import ClassifyFastPathWSGI
-
-    # Ordinary classify calls are answered below Django's handler (see its module); with tracing on, every
-    # request goes through the instrumented handler.
-    application = ClassifyFastPathWSGI(application)
+# With tracing on, every request goes through Django's instrumented handler.
+for wrapper in [] if traced else settings.WSGI_WRAPPERS:
+    application = import_string(wrapper)(application)
