@@ -53,6 +53,9 @@ from arbiter.tenancy.scoping import org_scope
 if TYPE_CHECKING:
     from services.inference.models import Deployment
 
+# Set in the WSGI environ of a call the WSGI wrapper left to Django, so the middleware does not look again.
+DECLINED = "arbiter.classify_fast_path.declined"
+
 CLASSIFY_PATH = re.compile(r"^/api/v1/orgs/(?P<org>[^/]+)/deployments/(?P<pk>[0-9]{1,18})/classify/?$")
 
 
@@ -61,7 +64,11 @@ class ClassifyFastPath:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.method == "POST" and "HTTP_IDEMPOTENCY_KEY" not in request.META:
+        if (
+            request.method == "POST"
+            and "HTTP_IDEMPOTENCY_KEY" not in request.META
+            and DECLINED not in request.META  # the WSGI wrapper looked at this call already
+        ):
             match = CLASSIFY_PATH.match(request.path_info)
             if match is not None:
                 answer = classify_fast(request, org_slug=match["org"], deployment_id=int(match["pk"]))
@@ -93,6 +100,7 @@ class ClassifyFastPathWSGI:
                     log_request(request, response, started)
                     start_response(f"{response.status_code} {response.reason_phrase}", list(response.items()))
                     return [response.content]
+                environ[DECLINED] = True
                 if hasattr(request, "_body"):
                     # The body was read to look at it: the normal pipeline reads it again from here.
                     environ["wsgi.input"] = io.BytesIO(request.body)
