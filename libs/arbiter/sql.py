@@ -23,7 +23,9 @@ def insert_rows(model: type[Model], rows: Sequence[Mapping[str, Any]], *, using:
     connection = connections[using]
     quote = connection.ops.quote_name
     fields = [field for field in model._meta.concrete_fields if not isinstance(field, AutoFieldMixin)]
-    columns = ", ".join(quote(field.column) for field in fields)
+    names = [field.column for field in fields if field.column is not None]
+    assert len(names) == len(fields)  # a concrete field always has its column
+    columns = ", ".join(quote(name) for name in names)
     placeholders = ", ".join(["%s"] * len(fields))
     # Names come from the model, values are bound parameters.
     statement = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({placeholders})"  # noqa: S608

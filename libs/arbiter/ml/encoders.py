@@ -294,6 +294,8 @@ class TokenIds:
         if backend is None:
             from tokenizers import Tokenizer
 
+            assert self._backend_json is not None  # only fast tokenizers come here
+
             backend = Tokenizer.from_str(self._backend_json)
             backend.no_padding()
             backend.enable_truncation(
