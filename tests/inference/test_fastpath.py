@@ -165,8 +165,14 @@ def test_served_unusual_calls_reach_django_with_their_body_intact(
     url = api.url(path)
 
     # The fast path read these bodies to look at them; the view reads them again and names the field.
+    from services.inference.serving import fastpath
+
+    looked: list[str] = []
+    authenticate = fastpath.authenticate_api_key
+    monkeypatch.setattr(fastpath, "authenticate_api_key", lambda key: looked.append(key) or authenticate(key))
     status, _, body = served.post(api.client, url, {"inputs": ["ok", 3]})
     assert status == 400 and "inputs" in body.decode()
+    assert len(looked) == 1  # by the WSGI wrapper; the middleware behind it does not look again
     status, _, body = served.post(api.client, url, {"inputs": ["a\x00b"]})
     assert status == 400 and "NUL" in body.decode()
     assert served.post(api.client, url, "inputs=x", content_type="text/plain")[0] == 415
