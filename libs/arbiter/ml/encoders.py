@@ -76,6 +76,7 @@ class Encoder:
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
+        self.tokens = TokenIds(tokenizer)
         self.pooling = pooling
         self.device = device
         self._fingerprint: str | None = None
@@ -149,14 +150,11 @@ class Encoder:
 
     def tokenize(self, texts: Sequence[str], *, max_tokens: int) -> list[list[int]]:
         """Token ids per text (one batched call to the fast tokenizer), truncated to `max_tokens`."""
-        if not texts:
-            return []
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=max_tokens)
-        return list(encoded["input_ids"])
+        return self.tokens.ids(texts, max_tokens=max_tokens)
 
     def pad(self, ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.tokenizer.pad({"input_ids": list(ids)}, return_tensors="pt")
-        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        input_ids, attention_mask = self.tokens.pad(ids)
+        return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(attention_mask).to(self.device)
 
     def missing(self, texts: Sequence[str], *, max_tokens: int, cache: EmbeddingCache | None) -> list[str]:
         """The distinct texts whose embeddings are not in `cache` yet."""
@@ -295,7 +293,6 @@ class TokenIds:
             from tokenizers import Tokenizer
 
             assert self._backend_json is not None  # only fast tokenizers come here
-
             backend = Tokenizer.from_str(self._backend_json)
             backend.no_padding()
             backend.enable_truncation(
