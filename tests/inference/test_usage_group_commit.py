@@ -147,3 +147,39 @@ def test_the_usage_commits_linger_is_the_setting_read_when_a_group_is_led(overri
     assert callable(_usage_group._linger_s) and _usage_group._linger_s() == 0.004  # the default: 4 ms
     override_arbiter_settings(ARBITER_INFERENCE_USAGE_LINGER_MS="0")
     assert _usage_group._linger_s() == 0.0  # operators can turn it off without a restart of the code
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_insert_rows_stores_what_the_orm_stores(tenant: Tenant) -> None:
+    """The usage write's prepared INSERT: defaults, JSON, times and nulls read back as the ORM's own row does."""
+    from datetime import UTC, datetime
+
+    from arbiter.sql import insert_rows
+    from services.inference.models import RequestLogEntry
+
+    at = datetime(2026, 12, 7, 10, 30, 15, 123456, tzinfo=UTC)
+    prediction = {
+        "toxicity": {"labels": ["toxic"], "flagged": True},
+        "topic": {"labels": [], "flagged": False},
+    }
+    row = {"org_id": tenant.org.pk, "deployment_id": 7, "created_at": at, "endpoint": "classify"}
+    insert_rows(
+        RequestLogEntry,
+        [{**row, "api_key_id": None, "text": "é 🤡", "prediction": prediction}],
+        using=logic.ALIAS,
+    )
+    RequestLogEntry.objects.unscoped().create(**row, api_key_id=3, text="orm", prediction=prediction)
+    mine, orm = RequestLogEntry.objects.unscoped().filter(deployment_id=7).order_by("id")
+    assert (mine.created_at, mine.prediction, mine.text, mine.api_key_id) == (at, prediction, "é 🤡", None)
+    assert (mine.created_at, mine.prediction) == (orm.created_at, orm.prediction)
+
+    before = OutboxEvent.objects.using(logic.ALIAS).count()
+    insert_rows(
+        OutboxEvent,
+        [{"event_id": "e-1", "type": "t", "topic": "x", "key": "1", "payload": "{}"}],
+        using=logic.ALIAS,
+    )
+    event = OutboxEvent.objects.using(logic.ALIAS).get(event_id="e-1")
+    assert OutboxEvent.objects.using(logic.ALIAS).count() == before + 1
+    assert (event.sent_at, event.attempts, event.last_error) == (None, 0, "")  # the model's defaults
+    assert abs((event.created_at - datetime.now(UTC)).total_seconds()) < 60
