@@ -68,6 +68,61 @@ def test_concurrent_calls_share_encoder_batches_and_each_gets_its_own_rows() -> 
         assert rows[:, 0].tolist() == expected
 
 
+class GatedTokenRuntime(GatedRuntime):
+    """A gated runtime that takes token ids (one per word), as ONNX Runtime does: the batcher tokenises on the
+    caller's thread and batches by length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokenised_on: set[str] = set()
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        self.tokenised_on.add(threading.current_thread().name)
+        return [[len(word) for word in text.split()] for text in texts]
+
+    def encoder_logits_ids(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        return self.encoder_logits([" ".join("x" * token for token in row) for row in ids])
+
+
+def test_queued_calls_are_batched_with_the_oldest_by_length_and_each_gets_its_own_rows() -> None:
+    runtime = GatedTokenRuntime()
+    batcher = MicroBatcher(runtime, max_batch=4, wait_s=0.0, label="test")
+    answers: dict[int, np.ndarray] = {}
+
+    def text(n: int) -> str:
+        # Calls alternate between short texts (2 to 3 tokens) and long ones (20 to 21), each word n letters.
+        return " ".join(["y" * n] * ((2 if n % 2 else 20) + n % 4 // 2))
+
+    def call(n: int) -> None:
+        answers[n] = batcher.encoder_logits([text(n)])["head"]
+
+    threads = [threading.Thread(target=call, args=(n,), name=f"caller-{n}") for n in range(1, 18)]
+    threads[0].start()
+    assert runtime.entered.wait(timeout=30)
+    for queued, thread in enumerate(threads[1:], start=1):
+        thread.start()  # and queued behind the ones before it
+        deadline = time.monotonic() + 30
+        while len(batcher._calls) < queued and time.monotonic() < deadline:
+            time.sleep(0.001)
+    runtime.gate.set()
+    for thread in threads:
+        thread.join()
+    batcher.close()
+
+    # Each caller tokenised its own text; the runner ran ids.
+    assert runtime.tokenised_on == {thread.name for thread in threads}
+    # After the first call (alone at the gate), each batch holds the oldest queued call and the queued calls
+    # nearest to it in length: all short or all long, never padded to the other kind.
+    lengths = [[len(text.split()) for text in batch] for batch in runtime.batches]
+    assert [len(batch) for batch in lengths] == [1, 4, 4, 4, 4]
+    assert all(max(batch) - min(batch) <= 1 for batch in lengths), lengths
+    # The oldest call waiting leads each batch (no call waits behind later ones of another length).
+    assert [len(batch[0].split()[0]) for batch in runtime.batches] == [1, 2, 3, 4, 5]
+    # Every caller got its own row back: the word length is its number.
+    for n, rows in answers.items():
+        assert rows[:, 0].tolist() == [len(text(n))]
+
+
 def test_several_runners_serve_a_call_while_another_batch_is_still_running() -> None:
     runtime = GatedRuntime()
     batcher = MicroBatcher(runtime, max_batch=8, wait_s=0.0, label="test", runners=2)

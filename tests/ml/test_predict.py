@@ -21,6 +21,7 @@ from arbiter.ml import (
     artifact_unpack,
 )
 from arbiter.ml.model import ClassifierModel, HeadModel, LinearComponent
+from arbiter.ml.predict import TokenRuntime
 
 TEXTS = [
     "you are a pathetic loser, the senate vote",
@@ -104,6 +105,20 @@ def test_onnx_runtimes_agree_with_torch(head_result: TrainResult) -> None:
             "toxic",
         ]
     assert Predictor.load(head_result.artifact_dir).runtime_name == "onnx"
+
+
+def test_onnx_runs_token_ids_as_it_runs_texts(head_result: TrainResult) -> None:
+    """The micro-batcher tokenises on the caller's thread and runs ids: the same numbers, in input order."""
+    runtime = Predictor.load(head_result.artifact_dir, runtime="onnx").runtime
+    assert isinstance(runtime, TokenRuntime)
+    texts = [*TEXTS, "a much longer text " * 40, "short"]
+    ids = runtime.token_ids(texts)
+    assert [len(row) for row in ids][-2:] == [128, 3]  # truncated at the artifact's max_tokens; [CLS] x [SEP]
+    by_ids, by_texts = runtime.encoder_logits_ids(ids), runtime.encoder_logits(texts)
+    assert set(by_ids) == set(by_texts) == {"toxicity", "topics"}
+    for head in by_ids:
+        np.testing.assert_array_equal(by_ids[head], by_texts[head])
+    assert runtime.encoder_logits_ids([]) == {}
 
 
 def test_flagged_follows_negative_labels_and_thresholds() -> None:

@@ -26,7 +26,7 @@ import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -52,6 +52,15 @@ class EncoderRuntime(Protocol):
     name: str
 
     def encoder_logits(self, texts: Sequence[str]) -> dict[str, np.ndarray]: ...
+
+
+@runtime_checkable
+class TokenRuntime(EncoderRuntime, Protocol):
+    """A runtime that also runs on token ids: a caller can tokenise first (and batch texts of like length)."""
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+    def encoder_logits_ids(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]: ...
 
 
 class TorchRuntime:
@@ -127,20 +136,29 @@ class OnnxRuntime:
     def encoder_logits(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         return self.run(texts)
 
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tokens.ids(texts, max_tokens=self.max_tokens)
+
+    def encoder_logits_ids(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        return self.run_ids(ids)
+
     def run(self, texts: Sequence[str], *, max_tokens: int | None = None) -> dict[str, np.ndarray]:
         """The graph's outputs `{key: [len(texts), width]}` for each key of `outputs`, in input order."""
+        if not texts:
+            return {}
+        return self.run_ids(self.tokens.ids(texts, max_tokens=max_tokens or self.max_tokens))
+
+    def run_ids(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        """As `run`, on token ids (`TokenIds.ids`)."""
         heads = list(self.outputs)
         names = [self.outputs[head] for head in heads]
         result: dict[str, np.ndarray] = {}
-        if not texts:
-            return result
-        ids = self.tokens.ids(texts, max_tokens=max_tokens or self.max_tokens)
         for batch in length_batches(ids, batch_size=self.batch_size, run_cost_tokens=RUN_COST_TOKENS):
             input_ids, attention_mask = self.tokens.pad([ids[i] for i in batch])
             values = self.session.run(names, {"input_ids": input_ids, "attention_mask": attention_mask})
             for head, value in zip(heads, values, strict=True):
                 if head not in result:
-                    result[head] = np.zeros((len(texts), value.shape[1]), dtype=np.float32)
+                    result[head] = np.zeros((len(ids), value.shape[1]), dtype=np.float32)
                 result[head][batch] = value
         return result
 
