@@ -69,15 +69,15 @@ def test_concurrent_calls_share_encoder_batches_and_each_gets_its_own_rows() -> 
 
 
 class GatedTokenRuntime(GatedRuntime):
-    """A gated runtime that takes token ids (one per word), as ONNX Runtime does: the batcher tokenises on the
-    caller's thread and batches by length."""
+    """A gated runtime that takes token ids (one per word), as ONNX Runtime does: the batcher tokenises queued
+    calls and batches them by length."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.tokenised_on: set[str] = set()
+        self.tokenised: list[tuple[str, int]] = []
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        self.tokenised_on.add(threading.current_thread().name)
+        self.tokenised.append((threading.current_thread().name, len(texts)))
         return [[len(word) for word in text.split()] for text in texts]
 
     def encoder_logits_ids(self, ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
@@ -109,8 +109,8 @@ def test_queued_calls_are_batched_with_the_oldest_by_length_and_each_gets_its_ow
         thread.join()
     batcher.close()
 
-    # Each caller tokenised its own text; the runner ran ids.
-    assert runtime.tokenised_on == {thread.name for thread in threads}
+    # The runner tokenised the 16 queued texts in one run, and each call kept its ids until its batch.
+    assert runtime.tokenised == [("batcher:test:0", 16)]
     # After the first call (alone at the gate), each batch holds the oldest queued call and the queued calls
     # nearest to it in length: all short or all long, never padded to the other kind.
     lengths = [[len(text.split()) for text in batch] for batch in runtime.batches]
@@ -121,6 +121,34 @@ def test_queued_calls_are_batched_with_the_oldest_by_length_and_each_gets_its_ow
     # Every caller got its own row back: the word length is its number.
     for n, rows in answers.items():
         assert rows[:, 0].tolist() == [len(text(n))]
+
+
+def test_calls_whose_tokenising_fails_still_run_and_are_answered() -> None:
+    class Untokenisable(GatedTokenRuntime):
+        def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+            raise ValueError("the tokenizer failed")
+
+    runtime = Untokenisable()
+    batcher = MicroBatcher(runtime, max_batch=4, wait_s=0.0, label="test")
+    answers: dict[int, np.ndarray] = {}
+    threads = [
+        threading.Thread(target=lambda n=n: answers.update({n: batcher.encoder_logits(["x" * n])["head"]}))
+        for n in range(1, 6)
+    ]
+    threads[0].start()
+    assert runtime.entered.wait(timeout=30)
+    for queued, thread in enumerate(threads[1:], start=1):
+        thread.start()
+        deadline = time.monotonic() + 30
+        while len(batcher._calls) < queued and time.monotonic() < deadline:
+            time.sleep(0.001)
+    runtime.gate.set()
+    for thread in threads:
+        thread.join()
+    batcher.close()
+    # Run by their texts instead, in arrival order.
+    assert runtime.batches == [["x"], ["xx", "xxx", "xxxx", "xxxxx"]]
+    assert {n: rows[:, 0].tolist() for n, rows in answers.items()} == {n: [n] for n in range(1, 6)}
 
 
 def test_several_runners_serve_a_call_while_another_batch_is_still_running() -> None:

@@ -6,11 +6,14 @@ thread takes the first queued call and gathers the calls queued behind it, up to
 the encoder once on all of them (length-sorted batches inside the runtime) and hands each call its rows back.
 The heads and decisions then run on the caller's thread, with the caller's thresholds.
 
-Where the runtime takes token ids (`TokenRuntime`: ONNX Runtime), each caller tokenises its own texts and a
-runner fills its batch with the queued calls nearest in length to the oldest one: a batch pads to its longest
-text, and eight single texts of 26 to 34 tokens taken in arrival order waste about a tenth of the model's time
-on padding (batches of like length ran 6% more texts a second; benchmarks/bench_inference.py). The oldest call
-always goes first, so a call waits at most until the calls queued before it have run.
+Where the runtime takes token ids (`TokenRuntime`: ONNX Runtime), a runner tokenises the queued calls (one
+run of the tokenizer for all of them; a call keeps its ids until its batch) and fills its batch with those
+nearest in length to the oldest one: a batch pads to its longest text, and eight single texts of 26 to 34
+tokens taken in arrival order waste about a tenth of the model's time on padding (batches of like length ran
+6% more texts a second in-process). The oldest call always goes first, so a call waits at most until the calls
+queued before it have run. Tokenising on the runner, batched, rather than on each caller's thread: one text at a
+time on 32 request threads cost about ten times its in-process time (the tokenizer's tables cold in the cache
+each time), which ate the padding saved.
 
 Several runners (one per core for ONNX Runtime) run batches side by side, and a call too large for one
 core's fair share is cut into shares that different runners take: a lone caller's 64 texts use both
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 # A call is shared out among several runners only when each gets at least this many texts: below it,
 # the hand-offs cost more than the second core saves.
 MIN_SHARE = 16
+# A runner chooses a batch among at most this many queued calls (tokenised, by one run, outside the lock).
+POOL_CALLS = 32
 # A share of a large call holds at most this many texts (or `max_batch`, if larger): enough for the runtime to
 # sort them into batches of equal length, few enough that other callers' texts run between the shares.
 MAX_SHARE = 32
@@ -111,18 +116,7 @@ class MicroBatcher:
 
     def encoder_logits(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         request = next(self._requests)
-        ids = self._tokens.token_ids(texts) if self._tokens is not None else None
-        calls = [
-            _Call(texts=texts[share], request=request)
-            if ids is None
-            else _Call(
-                texts=texts[share],
-                request=request,
-                ids=ids[share],
-                length=max((len(row) for row in ids[share]), default=0),
-            )
-            for share in self._shares(len(texts))
-        ]
+        calls = [_Call(texts=texts[share], request=request) for share in self._shares(len(texts))]
         with self._ready:
             closed = self._closed
             if not closed:
@@ -163,21 +157,59 @@ class MicroBatcher:
                 if remaining <= 0 or self._closed:
                     break
                 self._ready.wait(remaining)
-            batch, size, requests = [first], len(first.texts), {first.request}
-            # The queued calls nearest in length to the first, the older first among equals; shares of one
-            # request go to different runners.
-            for call in sorted(self._calls, key=lambda call: abs(call.length - first.length)):
-                if size >= self.max_batch:
-                    break
-                if call.request not in requests:
-                    batch.append(call)
-                    size += len(call.texts)
-                    requests.add(call.request)
-            if len(batch) > 1:
-                taken = {id(call) for call in batch}
-                self._calls = deque(call for call in self._calls if id(call) not in taken)
             self._busy += 1
+            if self._tokens is None or len(first.texts) >= self.max_batch or not self._calls:
+                batch = self._fill(first, list(self._calls))
+                self._take(batch)
+                return batch, self._busy == 1 and not self._calls
+            # Out of the queue while they are tokenised (outside the lock), the unchosen back to its head after.
+            pool = [self._calls.popleft() for _ in range(min(len(self._calls), POOL_CALLS))]
+        self._tokenise([first, *pool])
+        batch = self._fill(first, sorted(pool, key=lambda call: abs(call.length - first.length)))
+        with self._ready:
+            chosen = {id(call) for call in batch}
+            rest = [call for call in pool if id(call) not in chosen]
+            self._calls.extendleft(reversed(rest))
+            if rest:
+                self._ready.notify()
             return batch, self._busy == 1 and not self._calls
+
+    def _fill(self, first: _Call, candidates: list[_Call]) -> list[_Call]:
+        """`first` and the candidates that fit, in the order given; shares of one request go to different
+        runners."""
+        batch, size, requests = [first], len(first.texts), {first.request}
+        for call in candidates:
+            if size >= self.max_batch:
+                break
+            if call.request not in requests:
+                batch.append(call)
+                size += len(call.texts)
+                requests.add(call.request)
+        return batch
+
+    def _take(self, batch: list[_Call]) -> None:
+        """Remove a batch's calls (other than its first, already taken) from the queue."""
+        if len(batch) > 1:
+            taken = {id(call) for call in batch}
+            self._calls = deque(call for call in self._calls if id(call) not in taken)
+
+    def _tokenise(self, calls: list[_Call]) -> None:
+        """Token ids and length for the calls that have none yet, in one run of the tokenizer (a call left
+        in the queue keeps them for its own batch)."""
+        assert self._tokens is not None
+        pending = [call for call in calls if call.ids is None]
+        if not pending:
+            return
+        try:
+            ids = self._tokens.token_ids([text for call in pending for text in call.texts])
+        except Exception:  # noqa: BLE001 - the run reports it to these calls' callers (it tokenises again)
+            log.debug("tokenising queued calls failed", exc_info=True)
+            return
+        start = 0
+        for call in pending:
+            call.ids = ids[start : start + len(call.texts)]
+            call.length = max((len(row) for row in call.ids), default=0)
+            start += len(call.texts)
 
     def _company(self, first: _Call) -> int:
         """Texts queued that could join `first`'s batch."""
@@ -195,7 +227,7 @@ class MicroBatcher:
 
     def _run_calls(self, calls: list[_Call], runtime: EncoderRuntime) -> None:
         try:
-            if calls[0].ids is not None:
+            if all(call.ids is not None for call in calls):
                 ids = [row for call in calls for row in call.ids or ()]
                 logits = cast(TokenRuntime, runtime).encoder_logits_ids(ids)
             else:
