@@ -16,8 +16,8 @@ when present, else generated sentences):
 
 Ceiling: the same model in this process, no HTTP, batches of 64 texts run by as many threads as the server
 has runners (ONNX Runtime as deployed, and eager PyTorch fp32). Each configuration's 32-client single-text run
-is cut into slices (5; 2 with --quick) with the ONNX ceiling measured before, between and after them, and each
-slice is held to the higher ceiling around it; the goal is judged on the median slice. A shared machine's speed
+is cut into 5 slices, with the ONNX ceiling measured for as long as a slice before, between and after them;
+each slice is held to the higher ceiling around it, and the goal is judged on the median slice. A shared machine's speed
 drifts by a fifth within minutes (seen: 480 to 740 texts/s for the ceiling), so a ceiling from another minute
 says more about the machine than about the server. The table's ratios use the best ceiling of the whole run,
 which is stricter still. Baseline, with the same clients and texts: a
@@ -60,6 +60,8 @@ from arbiter.testing.serving import SAFE, SERVICES, SPAM, TOXIC, databases_drop 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OLID_FILE = REPO_ROOT.parent / "shared" / "data" / "olid-training-v1.0.tsv"
 TARGET_TOKENS = (26, 34)
+# The 32-client single-text run is cut into this many slices, each beside a ceiling measured as long.
+SLICES = 5
 
 # --- set-up -------------------------------------------------------------------------------------------------
 
@@ -466,7 +468,7 @@ def workload(
             return part
 
         if ceiling_now is not None and clients == 32:
-            result = interleaved(run, ceiling_now, seconds=seconds, slices=2 if quick else 5)
+            result = interleaved(run, ceiling_now, seconds=seconds, slices=SLICES)
         else:
             result = run(seconds)
         result.cpu_ms = cpu[0] * 1000 / max(result.requests, 1)
@@ -565,8 +567,13 @@ def main() -> int:
         try:
 
             def ceiling_now(environment: Environment = environment) -> float:
+                # As long as a slice of the 32-client run: the same minute.
                 measured_ceiling = ceiling(
-                    artifact_dir(environment), texts, runtime="onnx", runners=runners, seconds=seconds
+                    artifact_dir(environment),
+                    texts,
+                    runtime="onnx",
+                    runners=runners,
+                    seconds=seconds / SLICES,
                 )
                 onnx_ceilings.append(measured_ceiling)
                 return measured_ceiling
