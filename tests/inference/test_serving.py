@@ -84,6 +84,23 @@ class GatedTokenRuntime(GatedRuntime):
         return self.encoder_logits([" ".join("x" * token for token in row) for row in ids])
 
 
+def run_queued_in_order(
+    runtime: GatedRuntime, batcher: MicroBatcher, threads: list[threading.Thread]
+) -> None:
+    """The first thread's call held at the gate, the others queued behind it one after another; then all run."""
+    threads[0].start()
+    assert runtime.entered.wait(timeout=30)
+    for queued, thread in enumerate(threads[1:], start=1):
+        thread.start()
+        deadline = time.monotonic() + 30
+        while len(batcher._calls) < queued and time.monotonic() < deadline:
+            time.sleep(0.001)
+    runtime.gate.set()
+    for thread in threads:
+        thread.join()
+    batcher.close()
+
+
 def test_queued_calls_are_batched_with_the_oldest_by_length_and_each_gets_its_own_rows() -> None:
     runtime = GatedTokenRuntime()
     batcher = MicroBatcher(runtime, max_batch=4, wait_s=0.0, label="test")
@@ -97,17 +114,7 @@ def test_queued_calls_are_batched_with_the_oldest_by_length_and_each_gets_its_ow
         answers[n] = batcher.encoder_logits([text(n)])["head"]
 
     threads = [threading.Thread(target=call, args=(n,), name=f"caller-{n}") for n in range(1, 18)]
-    threads[0].start()
-    assert runtime.entered.wait(timeout=30)
-    for queued, thread in enumerate(threads[1:], start=1):
-        thread.start()  # and queued behind the ones before it
-        deadline = time.monotonic() + 30
-        while len(batcher._calls) < queued and time.monotonic() < deadline:
-            time.sleep(0.001)
-    runtime.gate.set()
-    for thread in threads:
-        thread.join()
-    batcher.close()
+    run_queued_in_order(runtime, batcher, threads)
 
     # The runner tokenised the 16 queued texts in one run, and each call kept its ids until its batch.
     assert runtime.tokenised == [("batcher:test:0", 16)]
@@ -135,17 +142,7 @@ def test_calls_whose_tokenising_fails_still_run_and_are_answered() -> None:
         threading.Thread(target=lambda n=n: answers.update({n: batcher.encoder_logits(["x" * n])["head"]}))
         for n in range(1, 6)
     ]
-    threads[0].start()
-    assert runtime.entered.wait(timeout=30)
-    for queued, thread in enumerate(threads[1:], start=1):
-        thread.start()
-        deadline = time.monotonic() + 30
-        while len(batcher._calls) < queued and time.monotonic() < deadline:
-            time.sleep(0.001)
-    runtime.gate.set()
-    for thread in threads:
-        thread.join()
-    batcher.close()
+    run_queued_in_order(runtime, batcher, threads)
     # Run by their texts instead, in arrival order.
     assert runtime.batches == [["x"], ["xx", "xxx", "xxxx", "xxxxx"]]
     assert {n: rows[:, 0].tolist() for n, rows in answers.items()} == {n: [n] for n in range(1, 6)}
