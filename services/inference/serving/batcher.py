@@ -80,8 +80,8 @@ class MicroBatcher:
     ) -> None:
         self.runtime = runtime
         self.lone = lone
-        # Tokenise on the caller's thread and batch by length only where every runtime a batch may run on
-        # takes ids.
+        # Batches are filled by length (the runner tokenising the queued calls) only where every runtime a batch
+        # may run on takes ids.
         self._tokens = (
             runtime
             if isinstance(runtime, TokenRuntime) and (lone is None or isinstance(lone, TokenRuntime))
@@ -106,17 +106,17 @@ class MicroBatcher:
         for runner in self._runners:
             runner.start()
 
-    def _shares(self, count: int) -> list[slice]:
+    def _shares(self, texts: Sequence[str]) -> list[Sequence[str]]:
         runners = len(self._runners)
-        if runners == 1 or count < runners * MIN_SHARE:
-            return [slice(0, count)]
-        parts = max(runners, -(-count // max(self.max_batch, MAX_SHARE)))
-        size = -(-count // parts)
-        return [slice(start, start + size) for start in range(0, count, size)]
+        if runners == 1 or len(texts) < runners * MIN_SHARE:
+            return [texts]
+        parts = max(runners, -(-len(texts) // max(self.max_batch, MAX_SHARE)))
+        size = -(-len(texts) // parts)
+        return [texts[start : start + size] for start in range(0, len(texts), size)]
 
     def encoder_logits(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         request = next(self._requests)
-        calls = [_Call(texts=texts[share], request=request) for share in self._shares(len(texts))]
+        calls = [_Call(texts=share, request=request) for share in self._shares(texts)]
         with self._ready:
             closed = self._closed
             if not closed:
