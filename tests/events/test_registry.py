@@ -10,7 +10,7 @@ import pytest
 
 from arbiter.config.services import ALL_SERVICES
 from arbiter.events.handlers import handlers_for
-from arbiter.events.registry import EVENT_TYPES, SCHEMA_DIR, broker_topics, get_event_type
+from arbiter.events.registry import EVENT_TYPES, SCHEMA_DIR, EventSchemaError, broker_topics, get_event_type
 
 TYPES = sorted(EVENT_TYPES)
 REQUIRED_TYPES = {
@@ -67,3 +67,42 @@ def test_no_schema_file_is_left_out_of_the_registry() -> None:
     assert on_disk == registered
     for path in SCHEMA_DIR.glob("*.json"):
         assert json.loads(path.read_text())["$id"].endswith(path.name)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"units": -1}, "at units: -1 is less than the minimum of 0"),
+        ({"meter": "minutes"}, "at meter: "),
+        (
+            {
+                "cascade": {
+                    **dict.fromkeys(
+                        ("policy_requests", "llm_calls", "llm_prompt_tokens", "llm_completion_tokens"), 0
+                    ),
+                    "policy_units": "two",
+                }
+            },
+            "at cascade/policy_units: ",
+        ),
+    ],
+)
+def test_data_off_its_schema_is_refused_naming_where_and_why(data: dict, message: str) -> None:
+    event_type = get_event_type("usage.recorded")
+    good = dict(event_type.example)
+    event_type.validate(good)
+    with pytest.raises(
+        EventSchemaError, match=f"^usage.recorded data does not match its schema v1 {message}"
+    ):
+        event_type.validate({**good, **data})
+
+
+def test_formats_are_checked() -> None:
+    event_type = next(et for et in EVENT_TYPES.values() if '"date-time"' in et.schema_path.read_text())
+    example = dict(event_type.example)
+    field = next(
+        name for name, value in event_type.schema["properties"].items() if value.get("format") == "date-time"
+    )
+    event_type.validate(example)
+    with pytest.raises(EventSchemaError, match=f"at {field}: "):
+        event_type.validate({**example, field: "yesterday"})
