@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from arbiter.handoff import Handoff
+
 T = TypeVar("T")
 
 
@@ -34,8 +36,9 @@ class _Ticket(Generic[T]):
     item: T
     done: bool = False
     error: BaseException | None = field(default=None)
-    # Set when the item is written (done) or when its caller is to lead the next group.
-    woken: threading.Event = field(default_factory=threading.Event)
+    # Set when the item is written (done) or when its caller is to lead the next group: once per wait (a caller
+    # woken to lead waits no more, and the group it leads holds its own item).
+    woken: Handoff = field(default_factory=Handoff)
 
 
 class GroupCommit(Generic[T]):
@@ -69,7 +72,6 @@ class GroupCommit(Generic[T]):
         while True:
             if not lead:
                 ticket.woken.wait()
-                ticket.woken.clear()
             if ticket.done:
                 if ticket.error is not None:
                     raise ticket.error

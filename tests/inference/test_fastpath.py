@@ -191,3 +191,34 @@ def test_served_unusual_calls_reach_django_with_their_body_intact(
     monkeypatch.setattr(logic, "classify_answer", broken)
     status, _, _ = served.post(api.client, url, {"inputs": ["x"]})
     assert status == 500 and len(served.reached_django) == 5
+
+
+def test_a_connection_past_its_age_is_replaced_before_an_ordinary_call_uses_it() -> None:
+    """What Django's `request_started` does, done by the fast path for the databases it uses (on a thread of its
+    own: the test's connections are inside its transaction, which no refresh may close)."""
+    import threading
+
+    from django.db import connections
+
+    from services.inference.serving.fastpath import _connections_refresh
+
+    seen: dict[str, Any] = {}
+
+    def request_thread() -> None:
+        try:
+            for alias in ("default", "inference"):
+                connections[alias].ensure_connection()
+            first = {alias: connections[alias].connection for alias in ("default", "inference")}
+            _connections_refresh()
+            seen["kept"] = all(connections[alias].connection is first[alias] for alias in first)
+            connections["inference"].close_at = time.monotonic() - 1  # CONN_MAX_AGE ran out
+            _connections_refresh()
+            seen["closed"] = connections["inference"].connection is None
+            seen["default_kept"] = connections["default"].connection is first["default"]
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=request_thread)
+    thread.start()
+    thread.join()
+    assert seen == {"kept": True, "closed": True, "default_kept": True}

@@ -38,6 +38,7 @@ from typing import cast
 
 import numpy as np
 
+from arbiter.handoff import Handoff
 from arbiter.ml.predict import EncoderRuntime, TokenRuntime
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class _Call:
     # Token ids of the texts, where the runtime takes them, and the longest's length (0 without).
     ids: Sequence[Sequence[int]] | None = None
     length: int = 0
-    done: threading.Event = field(default_factory=threading.Event)
+    done: Handoff = field(default_factory=Handoff)
     result: dict[str, np.ndarray] | None = None
     error: BaseException | None = None
 
