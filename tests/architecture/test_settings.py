@@ -26,7 +26,9 @@ def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert typed.core.env == "development" and typed.core.django_allowed_hosts == ["*"]
     assert typed.core.home == tmp_path / ".arbiter"
     assert typed.web.bind == "127.0.0.1:8000" and (typed.web.workers, typed.web.threads) == (1, 32)
-    assert typed.databases.service_database("dataset")["NAME"] == str(tmp_path / ".arbiter/db/dataset.sqlite3")
+    assert typed.databases.service_database("dataset")["NAME"] == str(
+        tmp_path / ".arbiter/db/dataset.sqlite3"
+    )
     assert typed.storage.blob_store == str(tmp_path / ".arbiter" / "blobs")
     assert typed.events.bootstrap_servers is None and typed.events.partitions == 4
     assert typed.kafka.client_config() == {"security_protocol": "PLAINTEXT"}
@@ -93,7 +95,11 @@ def test_database_urls_become_one_database_per_service() -> None:
     ).databases
     dataset = databases.service_database("dataset")
     assert (dataset["NAME"], dataset["USER"], dataset["PASSWORD"]) == ("moderation_dataset", "app", "p@ss")
-    assert (dataset["HOST"], dataset["PORT"], dataset["OPTIONS"]) == ("db.internal", 6432, {"sslmode": "require"})
+    assert (dataset["HOST"], dataset["PORT"], dataset["OPTIONS"]) == (
+        "db.internal",
+        6432,
+        {"sslmode": "require"},
+    )
     assert databases.service_database("training")["HOST"] == "gpu-db"
     assert databases.service_database("training")["NAME"] == "training"
     prefixed = load_settings({"DATABASE_URL": "postgres://h/moderation", "ARBITER_DB_NAME": "run7"}).databases
@@ -117,3 +123,17 @@ def test_the_override_fixture_reaches_every_reader(override_arbiter_settings: An
     assert dataset_conf.setting("ARBITER_IMPORT_MAX_ROWS") == 8
     with pytest.raises(SettingsError, match="ARBITER_IMPORT_MAX_ROWS"):
         override_arbiter_settings(ARBITER_IMPORT_MAX_ROWS="many")
+
+
+def test_the_settings_read_once_follow_a_replacement_and_its_end() -> None:
+    """`arbiter_settings()` keeps the object it read (a read through Django's settings cost 8 us on the request
+    path): a replacement made through Django is seen at once, and so is its end."""
+    from django.test import override_settings
+
+    original = arbiter_settings()
+    assert arbiter_settings() is original  # read once, kept
+    replacement = load_settings({"ARBITER_PLAYGROUND_FREE_QUERIES": 41})
+    with override_settings(ARBITER=replacement):
+        assert arbiter_settings() is replacement
+        assert arbiter_settings().billing.playground_free_queries == 41
+    assert arbiter_settings() is original

@@ -30,7 +30,9 @@ def test_background_imports_from_s3(
     s3_env: str,
     override_arbiter_settings: Any,
 ) -> None:
-    override_arbiter_settings(ARBITER_BLOB_STORE=f"s3://{s3_env}/arbiter", ARBITER_IMPORT_BACKGROUND_BYTES=100)
+    override_arbiter_settings(
+        ARBITER_BLOB_STORE=f"s3://{s3_env}/arbiter", ARBITER_IMPORT_BACKGROUND_BYTES=100
+    )
     api = DatasetApi(tenant, tenant.client(["datasets:read", "datasets:write"]))
 
     book = openpyxl.Workbook()

@@ -85,7 +85,8 @@ def test_dependencies_are_installed_before_the_source_is_copied(instructions: li
     lock_installed = index_of(instructions, "RUN", r"pip install -r \S*requirements\.lock")
     source = re.compile(r"\b(libs|services|pyproject\.toml)\b")
     source_copies = [
-        i for i, instruction in enumerate(instructions)
+        i
+        for i, instruction in enumerate(instructions)
         if instruction.keyword == "COPY" and source.search(instruction.arguments)
     ]
     assert source_copies, "the Dockerfile never copies the source"
@@ -99,7 +100,7 @@ def test_runs_as_a_non_root_user_with_production_settings(instructions: list[Ins
     assert user not in ("root", "0")
     # Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
     assert user.isdigit()
-    assert not [i for i in instructions[users[-1]:] if i.keyword == "RUN" and "pip install" in i.arguments]
+    assert not [i for i in instructions[users[-1] :] if i.keyword == "RUN" and "pip install" in i.arguments]
     env = env_before(instructions, len(instructions))
     assert env["ARBITER_ENV"] == "production"
     assert env["ARBITER_STATIC_ROOT"]
@@ -119,11 +120,19 @@ def test_static_files_are_collected_into_the_static_root_at_build_time(
         inline[name] = value
     assert command[:2] == ["arbiter", "collectstatic"]
     env = {**env_before(instructions, position), **inline}
-    env.update(PATH="/usr/bin:/bin", HOME=str(tmp_path), ARBITER_HOME=str(tmp_path / "home"),
-               ARBITER_STATIC_ROOT=str(tmp_path / "static"))
+    env.update(
+        PATH="/usr/bin:/bin",
+        HOME=str(tmp_path),
+        ARBITER_HOME=str(tmp_path / "home"),
+        ARBITER_STATIC_ROOT=str(tmp_path / "static"),
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "arbiter.cli", *command[1:]], env=env, capture_output=True, text=True,
-        timeout=120, cwd=tmp_path,
+        [sys.executable, "-m", "arbiter.cli", *command[1:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "static" / "console" / "arbiter.css").is_file()
@@ -132,7 +141,8 @@ def test_static_files_are_collected_into_the_static_root_at_build_time(
 
 def test_dockerignore_keeps_local_state_out_and_the_build_inputs_in(instructions: list[Instruction]) -> None:
     patterns = [
-        line.strip() for line in DOCKERIGNORE.read_text().splitlines()
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
 
@@ -142,8 +152,11 @@ def test_dockerignore_keeps_local_state_out_and_the_build_inputs_in(instructions
     for local in (".venv", ".git", ".arbiter", ".venv/bin/python", "tests/deploy/test_image.py"):
         assert ignored(local), local
     copied = [
-        token for i in instructions if i.keyword == "COPY"
-        for token in i.arguments.split()[:-1] if not token.startswith("--")
+        token
+        for i in instructions
+        if i.keyword == "COPY"
+        for token in i.arguments.split()[:-1]
+        if not token.startswith("--")
     ]
     assert copied
     for source in copied:
@@ -159,7 +172,9 @@ def test_every_file_the_code_ships_is_installed_into_the_image() -> None:
         str(path.relative_to(REPO_ROOT))
         for root in (REPO_ROOT / "libs" / "arbiter", REPO_ROOT / "services")
         for path in root.rglob("*")
-        if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts
+        if path.is_file()
+        and path.suffix not in (".py", ".pyc")
+        and "__pycache__" not in path.parts
         and not any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns)
     ]
     assert not missing, f"not in pyproject's [tool.setuptools.package-data], so not in the image: {missing}"

@@ -194,7 +194,9 @@ def test_ensure_broker_with_kafka_configured_only_creates_the_topics(
         assert "test.external" in admin.list_topics()
 
 
-def test_readiness_reports_an_unreachable_broker(kafka_broker: EmbeddedBroker, override_arbiter_settings) -> None:
+def test_readiness_reports_an_unreachable_broker(
+    kafka_broker: EmbeddedBroker, override_arbiter_settings
+) -> None:
     override_arbiter_settings(KAFKA_BOOTSTRAP_SERVERS=kafka_broker.bootstrap_servers)
     assert BrokerReadinessCheck()() is None
     override_arbiter_settings(KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_loopback_port()}")

@@ -142,7 +142,11 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch):
         ("ARBITER_K8S_SECRET_ENV", '{"DATABASE_URL": "no-key"}', "ARBITER_K8S_SECRET_ENV: ['DATABASE_URL']"),
         ("ARBITER_K8S_GPU_COUNT", "-1", "ARBITER_K8S_GPU_COUNT: input should be greater than or equal to 0"),
         ("ARBITER_K8S_GPU_COUNT", "two", "ARBITER_K8S_GPU_COUNT: input should be a valid integer"),
-        ("ARBITER_K8S_IMAGE_PULL_POLICY", "Sometimes", "ARBITER_K8S_IMAGE_PULL_POLICY: input should be 'Always'"),
+        (
+            "ARBITER_K8S_IMAGE_PULL_POLICY",
+            "Sometimes",
+            "ARBITER_K8S_IMAGE_PULL_POLICY: input should be 'Always'",
+        ),
     ],
 )
 def test_a_wrong_setting_is_named(variable: str, value: str, complaint: str):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic import model_validator as _model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -918,15 +919,37 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> ArbiterSettings
     return ArbiterSettings(**concerns)  # type: ignore[arg-type]
 
 
+# The object Django's settings hold, once read: `settings.ARBITER` cost about 8 us a read (Django's LazySettings
+# probes the value for `_mask_wrapped`, which a pydantic model answers by raising), and a classify call read it
+# several times. Forgotten whenever Django says the setting changed (`override_settings`, pytest-django's
+# `settings`).
+_loaded: ArbiterSettings | None = None
+
+
 def arbiter_settings() -> ArbiterSettings:
     """This process's settings: the object Django's settings loaded (and tests may have replaced)."""
+    global _loaded
+    if _loaded is not None:
+        return _loaded
     from django.conf import settings
 
     try:
         loaded = getattr(settings, "ARBITER", None)
     except ImproperlyConfigured:  # used outside Django (a script): read the environment now
         loaded = None
-    return loaded if isinstance(loaded, ArbiterSettings) else load_settings()
+    if isinstance(loaded, ArbiterSettings):
+        _loaded = loaded
+        return loaded
+    return load_settings()
+
+
+def _forget_loaded(*, setting: str, **_: Any) -> None:
+    global _loaded
+    if setting == "ARBITER":
+        _loaded = None
+
+
+setting_changed.connect(_forget_loaded, dispatch_uid="arbiter.config.typed_settings")
 
 
 def django_mirrors(typed: ArbiterSettings) -> dict[str, Any]:
