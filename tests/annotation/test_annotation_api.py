@@ -194,7 +194,7 @@ def test_an_llm_job_labels_rows_and_fails_bad_answers_with_the_reason(
     }
     assert set(failed) == {4, 6}
     assert failed[4]["reason"] == "malformed_answer" and "honestly" in failed[4]["raw"]
-    assert "'spam' is not one of" in failed[6]["message"]
+    assert '"spam" is not one of' in failed[6]["message"]
     # Few-shot examples come from the rows people labeled; the key is sent only as the Authorization header.
     first = fake_llm_server.prompts[0]
     assert first[1]["content"].startswith("you are an idiot (0)") and len(first) == 6

@@ -64,7 +64,7 @@ def test_an_answer_that_stays_wrong_fails_keeping_the_raw_answers(fake_llm_serve
     with pytest.raises(LlmError) as failure:
         ask(fake_llm_server)
     assert failure.value.reason == "malformed_answer"
-    assert "'spam' is not one of ['toxic', 'safe']" in str(failure.value)
+    assert 'at label: "spam" is not one of "toxic" or "safe"' in str(failure.value)
     assert failure.value.raw is not None and failure.value.raw.count('"spam"') == 2
     assert failure.value.prompt_tokens == 60
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httpx2
-import jsonschema
+import jsonschema_rs
 import openai
 import tenacity
 
@@ -169,9 +169,10 @@ def _parsed(raw: str, schema: Mapping[str, Any]) -> tuple[dict[str, Any] | None,
         return None, "the answer is not JSON"
     if not isinstance(data, dict):
         return None, "the answer is not a JSON object"
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
+    validator = jsonschema_rs.Draft202012Validator(dict(schema))
+    errors = sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.instance_path])
     if errors:
-        where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
+        where = "/".join(str(p) for p in errors[0].instance_path) or "(root)"
         return None, f"the answer does not match the schema at {where}: {errors[0].message}"
     return data, ""
 
