@@ -3,7 +3,7 @@ once its own write is committed.
 
 A caller that finds no write in progress becomes the leader: it takes every item queued so far (its own
 included) and writes them in one call; callers arriving meanwhile queue up and wait, and when the leader is done
-the oldest of them leads the next group (each waiter is woken by its own event, once). A lone caller writes at
+the oldest of them leads the next group (each waiter is woken by its own hand-off, once). A lone caller writes at
 once (no added delay); under load a transaction carries as many items as arrived while the previous one
 committed, so the per-request cost of a commit falls with concurrency. A failed write fails every caller of that
 group (nothing of it was committed).
@@ -68,7 +68,7 @@ class GroupCommit(Generic[T]):
             self._queue.append(ticket)
             lead = not self._writing
             self._writing = True
-        # Each waiter is woken once, by its own event (not all of them per group): for its answer, or to lead.
+        # Each waiter is woken once, by its own hand-off (not all of them per group): for its answer, or to lead.
         while True:
             if not lead:
                 ticket.woken.wait()
