@@ -78,7 +78,11 @@ def test_a_user_builds_a_visual_moderation_model_in_the_console_and_the_openai_s
         expect(page.locator(".image-status")).to_contain_text("1 could not be fetched")
         thumbs = page.locator("img.thumb")
         expect(thumbs.first).to_be_visible()
-        assert thumbs.first.evaluate("img => img.complete && img.naturalWidth > 0")
+        # Visible comes before loaded (the picture is fetched after the page): wait until it has drawn. An image
+        # that failed to load is complete with no width, so this still fails on a broken thumbnail.
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=thumbs.first.element_handle(), timeout=30_000
+        )
         failed = page.locator("tr:has(.pill.bad)")  # all 25 rows fit on the first page
         expect(failed).to_have_count(1)
         expect(failed).to_contain_text("HTTP 404")
